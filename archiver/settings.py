@@ -1,0 +1,91 @@
+"""Build settings: one frozen, validated record of everything `scibert-pack build` was asked."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from scibert_pack.config.properties import Ports, Profile
+from scibert_pack.errors import InputError
+from scibert_pack.handlers.settings import HandlerSettings
+
+ArchiveFormat = Literal["zip-store", "default", "tgz", "no-archive"]
+ARCHIVE_FORMATS: tuple[ArchiveFormat, ...] = ("zip-store", "default", "tgz", "no-archive")
+ARCHIVE_SUFFIX: dict[ArchiveFormat, str] = {
+    "zip-store": ".mar",
+    "default": ".mar",
+    "tgz": ".tar.gz",
+    "no-archive": "",
+}
+# torch-model-archiver's own rule for model names; the name is also the URL path segment.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    name: str
+    version: str = "1.0"
+    profile: Profile = "kserve"
+    archive_format: ArchiveFormat = "zip-store"
+    batch_size: int = 8
+    max_batch_delay_ms: int = 10
+    min_workers: int = 1
+    max_workers: int = 1
+    response_timeout_s: int = 120
+    startup_timeout_s: int = 120
+    netty_threads: int = 4
+    job_queue_size: int = 1000
+    token_auth: bool = False
+    allow_pickle: bool = False
+    ports: Ports = field(default_factory=Ports)
+    # None: the handler's default capped at the model's own maximum.
+    max_length: int | None = None
+    handler: HandlerSettings = field(default_factory=HandlerSettings)
+
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.match(self.name):
+            raise InputError(
+                f"model name {self.name!r} is not allowed: it is the key in request URLs and "
+                "must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+                fix="pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert",
+            )
+        if not VERSION_PATTERN.match(self.version):
+            raise InputError(
+                f"model version {self.version!r} is not allowed (expected e.g. 1.0 or 2024-05)",
+                fix="pass --version with letters, digits, '.', '_' or '-'",
+            )
+        _check("--batch-size", self.batch_size, 1, 1024)
+        _check("--max-batch-delay", self.max_batch_delay_ms, 0, 60_000)
+        _check("--min-workers", self.min_workers, 1, 64)
+        _check("--max-workers", self.max_workers, 1, 64)
+        _check("--response-timeout", self.response_timeout_s, 1, 86_400)
+        _check("--startup-timeout", self.startup_timeout_s, 1, 86_400)
+        _check("--netty-threads", self.netty_threads, 1, 256)
+        _check("--job-queue-size", self.job_queue_size, 1, 1_000_000)
+        if self.max_workers < self.min_workers:
+            raise InputError(
+                f"--max-workers {self.max_workers} is below --min-workers {self.min_workers}",
+                fix=f"pass --max-workers {self.min_workers} or more",
+            )
+        ports = self.ports.as_dict()
+        for key, port in ports.items():
+            _check(f"--{key.replace('_', '-')}-port", port, 1, 65_535)
+        if len(set(ports.values())) != len(ports):
+            raise InputError(
+                f"ports must be distinct, got {ports}",
+                fix="give each API its own port",
+            )
+
+    @property
+    def archive_name(self) -> str:
+        return self.name + ARCHIVE_SUFFIX[self.archive_format]
+
+
+def _check(option: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InputError(
+            f"{option} {value} is out of range (expected {low} to {high})",
+            fix=f"pass {option} between {low} and {high}",
+        )

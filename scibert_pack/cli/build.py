@@ -1,0 +1,158 @@
+"""`scibert-pack build`: options -> BuildSettings -> scibert_pack.archiver.build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scibert_pack.archiver.settings import ARCHIVE_FORMATS, BuildSettings
+from scibert_pack.cli._console import Console
+from scibert_pack.config.properties import PROFILES, Ports
+from scibert_pack.errors import InputError
+from scibert_pack.handlers.settings import DEVICES, HandlerSettings, SettingsError
+
+_HANDLER_OPTIONS = (
+    "explain_steps",
+    "max_explain_steps",
+    "internal_batch_size",
+    "merge_subwords",
+    "max_texts_per_request",
+    "max_text_chars",
+    "torch_threads",
+    "device",
+)
+_DEFAULTS = HandlerSettings()
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Model name: the key in request URLs.")
+@click.option("--version", "model_version", default="1.0", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Store folder to write (default: ./build/NAME).",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILES),
+    default="kserve",
+    show_default=True,
+    help="kserve: listen on 0.0.0.0, store at /mnt/models/model-store. local: loopback only.",
+)
+@click.option(
+    "--archive-format",
+    type=click.Choice(ARCHIVE_FORMATS),
+    default="zip-store",
+    show_default=True,
+    help="zip-store does not compress: weights do not compress, and it loads faster.",
+)
+@click.option("--batch-size", default=8, show_default=True, help="TorchServe batchSize.")
+@click.option("--max-batch-delay", default=10, show_default=True, help="Milliseconds.")
+@click.option("--min-workers", default=1, show_default=True)
+@click.option("--max-workers", default=1, show_default=True)
+@click.option("--response-timeout", default=120, show_default=True, help="Seconds.")
+@click.option("--startup-timeout", default=120, show_default=True, help="Seconds.")
+@click.option("--netty-threads", default=4, show_default=True)
+@click.option("--job-queue-size", default=1000, show_default=True)
+@click.option("--inference-port", default=Ports.inference, show_default=True)
+@click.option("--management-port", default=Ports.management, show_default=True)
+@click.option("--metrics-port", default=Ports.metrics, show_default=True)
+@click.option(
+    "--grpc-port",
+    default=Ports.grpc_inference,
+    show_default=True,
+    help="gRPC inference port; gRPC management is the next one.",
+)
+@click.option("--token-auth", is_flag=True, help="Require TorchServe's bearer token on every call.")
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Accept pytorch_model.bin weights. Pickle files can run code when loaded: trust them.",
+)
+@click.option(
+    "--max-length", type=int, help="Truncate texts to this many tokens (default: model maximum)."
+)
+@click.option("--explain-steps", default=_DEFAULTS.explain_steps, show_default=True)
+@click.option("--max-explain-steps", default=_DEFAULTS.max_explain_steps, show_default=True)
+@click.option("--internal-batch-size", default=_DEFAULTS.internal_batch_size, show_default=True)
+@click.option(
+    "--merge-subwords/--no-merge-subwords",
+    default=_DEFAULTS.merge_subwords,
+    show_default=True,
+    help="Merge word pieces into words in explanations.",
+)
+@click.option("--max-texts-per-request", default=_DEFAULTS.max_texts_per_request, show_default=True)
+@click.option("--max-text-chars", default=_DEFAULTS.max_text_chars, show_default=True)
+@click.option("--torch-threads", default=_DEFAULTS.torch_threads, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build result as JSON on stdout.")
+def build(model_dir: Path, output: Path | None, quiet: bool, as_json: bool, **options: Any) -> None:
+    """Build OUT/model-store/NAME.mar and OUT/config/config.properties from MODEL_DIR."""
+    from scibert_pack.archiver.build import build as run_build
+
+    console = Console(quiet=quiet or as_json)
+    settings = _settings(options)
+    out = output or Path("build") / settings.name
+    result = run_build(model_dir, settings, out, progress=console.progress)
+    for warning in result.warnings:
+        console.warn(warning)
+    if as_json:
+        console.json(
+            {
+                "output": str(result.output),
+                "archive": str(result.archive),
+                "config": str(result.config),
+                "report": str(result.report_path),
+                "seconds": round(result.seconds, 3),
+                "warnings": list(result.warnings),
+                "build_report": result.report,
+            }
+        )
+        return
+    console.data(str(result.output))
+    console.progress(f"next: scibert-pack serve {result.output}")
+
+
+def _settings(options: dict[str, Any]) -> BuildSettings:
+    handler_values = {key: options.pop(key) for key in _HANDLER_OPTIONS}
+    try:
+        handler = HandlerSettings(**handler_values)
+    except SettingsError as err:
+        text = str(err)
+        for key in _HANDLER_OPTIONS:
+            text = (
+                text.replace(key, "--" + key.replace("_", "-"), 1) if text.startswith(key) else text
+            )
+        raise InputError(text, fix="change that option") from err
+    grpc = options.pop("grpc_port")
+    ports = Ports(
+        inference=options.pop("inference_port"),
+        management=options.pop("management_port"),
+        metrics=options.pop("metrics_port"),
+        grpc_inference=grpc,
+        grpc_management=grpc + 1,
+    )
+    return BuildSettings(
+        name=options.pop("name"),
+        version=options.pop("model_version"),
+        profile=options.pop("profile"),
+        archive_format=options.pop("archive_format"),
+        batch_size=options.pop("batch_size"),
+        max_batch_delay_ms=options.pop("max_batch_delay"),
+        min_workers=options.pop("min_workers"),
+        max_workers=options.pop("max_workers"),
+        response_timeout_s=options.pop("response_timeout"),
+        startup_timeout_s=options.pop("startup_timeout"),
+        netty_threads=options.pop("netty_threads"),
+        job_queue_size=options.pop("job_queue_size"),
+        token_auth=options.pop("token_auth"),
+        allow_pickle=options.pop("allow_pickle"),
+        max_length=options.pop("max_length"),
+        ports=ports,
+        handler=handler,
+    )
