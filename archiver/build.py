@@ -33,6 +33,8 @@ REPORT_NAME = "build-report.json"
 CONFIG_PATH = Path("config") / "config.properties"
 MODEL_STORE = "model-store"
 # Encoders whose position table has two extra rows (the padding offset of RoBERTa-style models).
+# EFBIG: a file-size limit (ulimit -f, quotas) stops the write the same way a full disk does.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
 
@@ -239,7 +241,7 @@ def _remove(path: Path) -> None:
 
 def _os_failure(err: OSError, model_dir: Path, output: Path) -> str:
     where = f" ({err.filename})" if err.filename else ""
-    if err.errno == errno.ENOSPC:
+    if err.errno in _NO_SPACE:
         return f"building into {output} ran out of disk space{where}; nothing was published"
     if isinstance(err, FileNotFoundError):
         return f"a file vanished while building from {model_dir}{where}; nothing was published"
@@ -247,7 +249,7 @@ def _os_failure(err: OSError, model_dir: Path, output: Path) -> str:
 
 
 def _os_fix(err: OSError, output: Path) -> str:
-    if err.errno == errno.ENOSPC:
+    if err.errno in _NO_SPACE:
         return f"free space on the disk of {output} (about twice the model's size) and rerun"
     if isinstance(err, FileNotFoundError):
         return "keep the model folder in place until the build finishes and rerun"

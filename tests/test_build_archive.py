@@ -1,0 +1,435 @@
+"""What `scibert-pack build` writes: archive contents, config.properties, report, reproducibility,
+atomic publication."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from scibert_pack.archiver.build import build
+from scibert_pack.archiver.settings import BuildSettings
+from scibert_pack.cli import cli
+from scibert_pack.config.properties import parse
+from scibert_pack.errors import BuildError, InputError
+from scibert_pack.handlers.settings import HandlerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+HANDLER_FILES = sorted(p.name for p in (ROOT / "handlers").glob("*.py"))
+
+
+def _build_cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["build", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_archive_holds_manifest_handler_model_and_settings(tiny_bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, stdout, _ = _build_cli(
+        str(tiny_bert), "--name", "scibert", "--version", "2.1", "-o", str(out),
+        "--batch-size", "4", "--max-batch-delay", "25", "--explain-steps", "20",
+        "--internal-batch-size", "8", "--merge-subwords", "--max-length", "32",
+    )  # fmt: skip
+    assert code == 0
+    assert stdout == f"{out}\n"
+    mar = zipfile.ZipFile(out / "model-store" / "scibert.mar")
+    names = set(mar.namelist())
+    expected_model = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    assert expected_model <= names
+    assert {f"scibert_pack_handlers/{f}" for f in HANDLER_FILES} <= names
+    assert {"scibert_pack_handler.py", "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
+    assert all(i.compress_type == zipfile.ZIP_STORED for i in mar.infolist())
+    for name in expected_model:
+        assert mar.read(name) == (tiny_bert / name).read_bytes(), name
+    for name in HANDLER_FILES:
+        assert mar.read(f"scibert_pack_handlers/{name}") == (ROOT / "handlers" / name).read_bytes()
+
+    manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+    assert manifest["model"] == {
+        "modelName": "scibert",
+        "serializedFile": "model.safetensors",
+        "handler": "scibert_pack_handler.py",
+        "modelVersion": "2.1",
+        "configFile": "model-config.yaml",
+    }
+    model_config = yaml.safe_load(mar.read("model-config.yaml"))
+    assert {k: v for k, v in model_config.items() if k != "handler"} == {
+        "minWorkers": 1,
+        "maxWorkers": 1,
+        "batchSize": 4,
+        "maxBatchDelay": 25,
+        "responseTimeout": 120,
+        "startupTimeout": 120,
+    }
+    handler = HandlerSettings.from_mapping(model_config["handler"])
+    assert handler == HandlerSettings(
+        max_length=32, explain_steps=20, internal_batch_size=8, merge_subwords=True
+    )
+    entry = mar.read("scibert_pack_handler.py").decode()
+    assert "from scibert_pack_handlers.torchserve_entry import handle" in entry
+
+
+KSERVE_KEYS = {
+    "inference_address": "http://0.0.0.0:8085",
+    "management_address": "http://0.0.0.0:8081",
+    "metrics_address": "http://0.0.0.0:8082",
+    "grpc_inference_address": "0.0.0.0",
+    "grpc_inference_port": "7070",
+    "grpc_management_address": "0.0.0.0",
+    "grpc_management_port": "7071",
+    "enable_metrics_api": "true",
+    "metrics_mode": "prometheus",
+    "model_metrics_auto_detect": "true",
+    "number_of_netty_threads": "4",
+    "job_queue_size": "1000",
+    "max_request_size": "10485760",
+    "max_response_size": "67108864",
+    "model_store": "/mnt/models/model-store",
+    "enable_envvars_config": "false",
+    "ts_open_inference_protocol": "true",
+    "install_py_dep_per_model": "false",
+    "enable_model_api": "false",
+    "allowed_urls": "file:///mnt/models/model-store/.*",
+    "disable_token_authorization": "true",
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "changes"),
+    [
+        ([], {}),
+        (["--token-auth"], {"disable_token_authorization": "false"}),
+        (
+            ["--inference-port", "9085", "--management-port", "9081", "--metrics-port", "9082",
+             "--grpc-port", "9070", "--netty-threads", "2", "--job-queue-size", "50"],
+            {
+                "inference_address": "http://0.0.0.0:9085",
+                "management_address": "http://0.0.0.0:9081",
+                "metrics_address": "http://0.0.0.0:9082",
+                "grpc_inference_port": "9070",
+                "grpc_management_port": "9071",
+                "number_of_netty_threads": "2",
+                "job_queue_size": "50",
+            },
+        ),
+        (
+            ["--profile", "local"],
+            {
+                "inference_address": "http://127.0.0.1:8085",
+                "management_address": "http://127.0.0.1:8081",
+                "metrics_address": "http://127.0.0.1:8082",
+                "grpc_inference_address": "127.0.0.1",
+                "grpc_management_address": "127.0.0.1",
+                "model_store": "{store}",
+                "allowed_urls": "file://{store}/.*",
+            },
+        ),
+    ],
+    ids=["kserve-default", "token-auth", "ports-and-threads", "local"],
+)  # fmt: skip
+def test_config_properties_key_by_key(
+    tiny_bert: Path, tmp_path: Path, args: list[str], changes: dict[str, str]
+) -> None:
+    out = tmp_path / "out"
+    code, _, stderr = _build_cli(str(tiny_bert), "--name", "sci", "-o", str(out), *args)
+    assert code == 0, stderr
+    text = (out / "config" / "config.properties").read_text()
+    values = parse(text)
+    snapshot = json.loads(values.pop("model_snapshot"))
+    store = str((out / "model-store").resolve())
+    expected = {**KSERVE_KEYS, **{k: v.format(store=store) for k, v in changes.items()}}
+    assert values == expected
+    assert snapshot == {
+        "name": "startup.cfg",
+        "modelCount": 1,
+        "models": {
+            "sci": {
+                "1.0": {
+                    "defaultVersion": True,
+                    "marName": "sci.mar",
+                    "minWorkers": 1,
+                    "maxWorkers": 1,
+                    "batchSize": 8,
+                    "maxBatchDelay": 10,
+                    "responseTimeout": 120,
+                    "startupTimeout": 120,
+                }
+            }
+        },
+    }
+    # Keys TorchServe 0.12 ignores or that break batching never appear, even in comments' place.
+    keys = [line.split("=", 1)[0] for line in text.splitlines() if line and line[0] != "#"]
+    assert "service_envelope" not in keys and "metrics_format" not in keys
+    assert keys == sorted(keys, key=list(keys).index)  # stable: checked against a second build
+    assert "# No service_envelope" in text and "pytorch/serve#2158" in text
+
+
+def test_config_keys_come_in_a_stable_order(tiny_bert: Path, tmp_path: Path) -> None:
+    def keys(out: Path, *args: str) -> list[str]:
+        assert _build_cli(str(tiny_bert), "--name", "a", "-o", str(out), *args)[0] == 0
+        text = (out / "config" / "config.properties").read_text()
+        return [line.split("=", 1)[0] for line in text.splitlines() if line and line[0] != "#"]
+
+    assert keys(tmp_path / "1") == keys(tmp_path / "2", "--batch-size", "32", "--token-auth")
+
+
+@pytest.mark.parametrize("fmt", ["zip-store", "default", "tgz", "no-archive"])
+def test_build_is_reproducible(tiny_bert: Path, tmp_path: Path, fmt: str) -> None:
+    reports = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        code, _, stderr = _build_cli(
+            str(tiny_bert), "--name", "m", "-o", str(out), "--archive-format", fmt
+        )
+        assert code == 0, stderr
+        reports.append(json.loads((out / "build-report.json").read_text()))
+    assert reports[0]["archive"] == reports[1]["archive"]
+    suffix = {"zip-store": ".mar", "default": ".mar", "tgz": ".tar.gz", "no-archive": ""}[fmt]
+    first, second = (tmp_path / r / "model-store" / f"m{suffix}" for r in ("a", "b"))
+    if fmt == "no-archive":
+        files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+        assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+        assert (first / "MAR-INF" / "MANIFEST.json").is_file()
+    else:
+        assert first.read_bytes() == second.read_bytes()
+    if suffix == ".mar":
+        # Every entry, MANIFEST.json included, carries the pinned time, not the build time.
+        times = {info.date_time for info in zipfile.ZipFile(first).infolist()}
+        assert times == {(2020, 1, 1, 0, 0, 0)}
+        assert zipfile.ZipFile(first).testzip() is None
+    if fmt == "tgz":
+        with tarfile.open(first) as tar:
+            assert "m/MAR-INF/MANIFEST.json" in tar.getnames()
+
+
+def test_default_format_deflates(tiny_bert: Path, tmp_path: Path) -> None:
+    assert (
+        _build_cli(
+            str(tiny_bert), "--name", "m", "-o", str(tmp_path), "--archive-format", "default"
+        )[0]
+        == 0
+    )
+    infos = zipfile.ZipFile(tmp_path / "model-store" / "m.mar").infolist()
+    assert {i.compress_type for i in infos} == {zipfile.ZIP_DEFLATED}
+
+
+def test_report_lists_every_artifact_with_its_sha256(tiny_bert: Path, tmp_path: Path) -> None:
+    assert _build_cli(str(tiny_bert), "--name", "m", "-o", str(tmp_path))[0] == 0
+    report = json.loads((tmp_path / "build-report.json").read_text())
+    assert report["schema"] == "scibert-pack/build-report/v1"
+    listed = {a["path"]: a for a in report["artifacts"]}
+    assert set(listed) == {"model-store/m.mar", "config/config.properties"}
+    for rel, entry in listed.items():
+        assert entry["sha256"] == _sha(tmp_path / rel)
+        assert entry["size"] == (tmp_path / rel).stat().st_size
+    assert report["archive"]["sha256"] == listed["model-store/m.mar"]["sha256"]
+    assert report["model"]["labels"] == ["biology", "chemistry", "physics"]
+    assert report["model"]["architecture"] == "BertForSequenceClassification"
+    assert report["settings"]["handler"]["max_length"] == 64  # capped at the tiny model's 64
+    assert report["versions"]["torchserve"] == "0.12.0"
+    assert report["ports"] == {
+        "inference": 8085, "management": 8081, "metrics": 8082,
+        "grpc_inference": 7070, "grpc_management": 7071,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("family", "max_length"), [("bert", 64), ("roberta", 64), ("distilbert", 64)]
+)
+def test_every_bert_family_builds(
+    tiny_models: dict[str, Path], tmp_path: Path, family: str, max_length: int
+) -> None:
+    result = build(tiny_models[family], BuildSettings(name=family), tmp_path)
+    assert result.report["model"]["max_length"] == max_length
+    assert result.archive.is_file()
+
+
+def test_max_length_over_the_model_maximum_is_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    code, _, stderr = _build_cli(
+        str(tiny_bert), "--name", "m", "-o", str(tmp_path / "o"), "--max-length", "100"
+    )
+    assert code == 2
+    assert stderr == (
+        f"Error: --max-length 100 is more than {tiny_bert} can read (64 tokens, from "
+        "max_position_embeddings in config.json); pass --max-length 64 or less\n"
+    ).replace("Error", "checking model folder " + str(tiny_bert) + "\nError", 1)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size 0 is out of range (expected 1 to 1024); pass --batch-size between 1 and 1024"),
+        (["--min-workers", "2", "--max-workers", "1"], "--max-workers 1 is below --min-workers 2; pass --max-workers 2 or more"),
+        (["--explain-steps", "900"], "--explain-steps must be between 1 and 500, got 900; change that option"),
+        (["--max-explain-steps", "20"], "--explain-steps must be between 1 and 20, got 50; change that option"),
+        (["--name", "../evil"], "model name '../evil' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*; pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert"),
+        (["--metrics-port", "8085"], "ports must be distinct"),
+    ],
+    ids=["batch-size", "workers", "explain-steps", "steps-over-cap", "name", "port-clash"],
+)  # fmt: skip
+def test_bad_options_are_usage_errors(
+    tiny_bert: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    base = ["--name", "m"] if "--name" not in args else []
+    code, stdout, stderr = _build_cli(str(tiny_bert), *base, "-o", str(tmp_path / "o"), *args)
+    assert code == 2
+    assert message in stderr
+    assert stdout == ""
+    assert not (tmp_path / "o").exists()
+
+
+def test_click_usage_errors_exit_2(tiny_bert: Path) -> None:
+    code, _, stderr = _build_cli(str(tiny_bert))
+    assert code == 2
+    assert "Missing option '--name'" in stderr
+
+
+def test_json_and_quiet(tiny_bert: Path, tmp_path: Path) -> None:
+    code, stdout, stderr = _build_cli(str(tiny_bert), "--name", "m", "-o", str(tmp_path), "--json")
+    assert code == 0
+    assert stderr == ""
+    result = json.loads(stdout)
+    assert result["archive"] == str(tmp_path / "model-store" / "m.mar")
+    assert result["build_report"]["archive"]["sha256"] == _sha(tmp_path / "model-store" / "m.mar")
+    code, stdout, stderr = _build_cli(str(tiny_bert), "--name", "m", "-o", str(tmp_path), "-q")
+    assert (code, stdout, stderr) == (0, f"{tmp_path}\n", "")
+
+
+def test_progress_goes_to_stderr(tiny_bert: Path, tmp_path: Path) -> None:
+    code, stdout, stderr = _build_cli(str(tiny_bert), "--name", "m", "-o", str(tmp_path))
+    assert code == 0 and stdout == f"{tmp_path}\n"
+    lines = stderr.splitlines()
+    assert lines[0] == f"checking model folder {tiny_bert}"
+    assert lines[1].startswith("staging 4 model files (")
+    assert lines[2] == "packing m.mar (zip-store)"
+    assert lines[-1] == f"next: scibert-pack serve {tmp_path}"
+
+
+def test_parallel_builds_of_one_name_do_not_clobber(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """torch-model-archiver alone stages both in $TMPDIR/<name>; ours stay apart."""
+    results: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def run(family: str) -> None:
+        try:
+            for i in range(3):
+                r = build(
+                    tiny_models[family], BuildSettings(name="same"), tmp_path / f"{family}{i}"
+                )
+                results[f"{family}{i}"] = str(r.report["archive"]["sha256"])
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(f,)) for f in ("bert", "roberta")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    for key, digest in results.items():
+        mar = tmp_path / key / "model-store" / "same.mar"
+        assert _sha(mar) == digest
+        config = json.loads(zipfile.ZipFile(mar).read("config.json"))
+        assert config["model_type"] == key.rstrip("0123456789")
+
+
+def test_rebuild_replaces_the_store_and_drops_other_formats(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    assert (
+        _build_cli(
+            str(tiny_bert), "--name", "m", "-o", str(tmp_path), "--archive-format", "no-archive"
+        )[0]
+        == 0
+    )
+    assert (tmp_path / "model-store" / "m").is_dir()
+    assert _build_cli(str(tiny_bert), "--name", "m", "-o", str(tmp_path))[0] == 0
+    assert sorted(p.name for p in (tmp_path / "model-store").iterdir()) == ["m.mar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "build-report.json",
+        "config",
+        "model-store",
+    ]
+
+
+def test_model_folder_vanishing_mid_build_leaves_nothing(
+    model_copy: Callable[..., Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    folder = model_copy()
+    out = tmp_path / "out"
+
+    def progress(message: str) -> None:
+        if message.startswith("staging"):
+            shutil.rmtree(folder)
+
+    with pytest.raises(BuildError) as caught:
+        build(folder, BuildSettings(name="m"), out, progress=progress)
+    assert str(caught.value).startswith(f"a file vanished while building from {folder} (")
+    assert str(caught.value).endswith(
+        "; nothing was published; keep the model folder in place until the build finishes and rerun"
+    )
+    assert not out.exists()
+
+
+def test_failed_rebuild_keeps_the_previous_store(
+    model_copy: Callable[..., Path], tmp_path: Path
+) -> None:
+    folder = model_copy()
+    out = tmp_path / "out"
+    first = build(folder, BuildSettings(name="m"), out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(InputError):
+        build(folder, BuildSettings(name="m"), out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert first.archive.is_file()
+
+
+def test_full_disk_leaves_no_partial_archive(tiny_bert: Path, tmp_path: Path) -> None:
+    """A file-size limit makes writes fail like a full disk (EFBIG), in a child process."""
+    out = tmp_path / "out"
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))\n"
+        "from scibert_pack.cli import main\n"
+        "sys.argv = ['scibert-pack', 'build', sys.argv[1], '--name', 'm', '-o', sys.argv[2]]\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_bert), str(out)],
+        capture_output=True, text=True, timeout=120, env={**os.environ},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert f"Error: building into {out} ran out of disk space (" in proc.stderr
+    assert "free space on the disk of" in proc.stderr
+    assert not out.exists()
+
+
+def test_output_that_is_a_file_is_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    code, _, stderr = _build_cli(str(tiny_bert), "--name", "m", "-o", str(target))
+    assert code == 2
+    assert f"output {target} exists and is not a folder" in stderr or "is a file" in stderr
