@@ -1,0 +1,202 @@
+"""A small KServe v2 client for a served scibert-pack model (predict and explain).
+
+The HTTP session is injectable (`session=`), so tests and other transports plug in without
+monkeypatching; every failure becomes a ClientError that says what to do next.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from scibert_pack.errors import ClientError
+from scibert_pack.serving.server import KEY_FILE, default_run_dir, read_token
+
+TOKEN_ENV = "SCIBERT_PACK_TOKEN"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    text: str
+    label: str
+    probabilities: dict[str, float]
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class Explanation:
+    text: str
+    label: str
+    target: str
+    words: list[str]
+    importances: list[float]
+    delta: float
+    truncated: bool
+
+
+def find_token(url: str, *, token: str | None = None, key_file: Path | None = None) -> str | None:
+    """An explicit token, $SCIBERT_PACK_TOKEN, or the key file `scibert-pack serve` wrote."""
+    if token:
+        return token
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    if key_file is not None:
+        found = read_token(key_file)
+        if found is None:
+            raise ClientError(
+                f"key file {key_file} has no inference key",
+                fix="pass the key_file.json TorchServe wrote in its working directory",
+            )
+        return found
+    port = urlsplit(url).port
+    return read_token(default_run_dir(port) / KEY_FILE) if port else None
+
+
+class InferenceClient:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        token: str | None = None,
+        session: requests.Session | None = None,
+        timeout_s: float = 300.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        self.token = token
+        self.session = session or requests.Session()
+        self.timeout_s = timeout_s
+
+    def infer(
+        self, texts: Sequence[str], *, request_id: str | None = None
+    ) -> tuple[list[Prediction], dict[str, Any]]:
+        body = self._post("infer", self._payload(texts, request_id, {}))
+        outputs = {o.get("name"): o for o in body.get("outputs", [])}
+        labels = body.get("parameters", {}).get("labels", [])
+        try:
+            names = outputs["label"]["data"]
+            flat = outputs["probabilities"]["data"]
+            width = int(outputs["probabilities"]["shape"][1])
+            truncated = body.get("parameters", {}).get("truncated", [False] * len(texts))
+            predictions = [
+                Prediction(
+                    text=text,
+                    label=str(names[i]),
+                    probabilities=dict(zip(labels, flat[i * width : (i + 1) * width], strict=True)),
+                    truncated=bool(truncated[i]),
+                )
+                for i, text in enumerate(texts)
+            ]
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise self._unexpected(body, err) from err
+        return predictions, body
+
+    def explain(
+        self,
+        texts: Sequence[str],
+        *,
+        target: str | int | None = None,
+        n_steps: int | None = None,
+        merge_subwords: bool | None = None,
+        request_id: str | None = None,
+    ) -> tuple[list[Explanation], dict[str, Any]]:
+        parameters: dict[str, Any] = {}
+        if target is not None:
+            parameters["target"] = target
+        if n_steps is not None:
+            parameters["n_steps"] = n_steps
+        if merge_subwords is not None:
+            parameters["merge_subwords"] = merge_subwords
+        body = self._post("explain", self._payload(texts, request_id, parameters))
+        try:
+            items = body["outputs"][0]["data"]
+            explanations = [
+                Explanation(
+                    text=text,
+                    label=str(item["label"]),
+                    target=str(item.get("target", item["label"])),
+                    words=list(item["words"]),
+                    importances=[float(v) for v in item["importances"]],
+                    delta=float(item["delta"]),
+                    truncated=bool(item.get("truncated", False)),
+                )
+                for text, item in zip(texts, items, strict=True)
+            ]
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise self._unexpected(body, err) from err
+        return explanations, body
+
+    def _payload(
+        self, texts: Sequence[str], request_id: str | None, parameters: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "id": request_id or str(uuid.uuid4()),
+            "inputs": [
+                {"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": list(texts)}
+            ],
+        }
+        if parameters:
+            payload["parameters"] = dict(parameters)
+        return payload
+
+    def _post(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.url}/v2/models/{self.model}/{action}"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            response = self.session.post(url, json=payload, headers=headers, timeout=self.timeout_s)
+        except requests.ConnectionError as err:
+            raise ClientError(
+                f"cannot reach {self.url} ({type(err).__name__})",
+                fix="start the server with `scibert-pack serve OUT` or check --url",
+            ) from err
+        except requests.Timeout as err:
+            raise ClientError(
+                f"{url} did not answer within {self.timeout_s:.0f} s",
+                fix="retry, or raise the timeout if the batch is large",
+            ) from err
+        if response.status_code != 200:
+            message, fix = _http_failure(url, response, self.model)
+            raise ClientError(message, fix=fix)
+        try:
+            body = response.json()
+        except ValueError as err:
+            raise ClientError(
+                f"{url} answered 200 with a body that is not JSON: {response.text[:200]!r}",
+                fix="check that --url points at TorchServe serving a scibert-pack archive",
+            ) from err
+        if not isinstance(body, dict):
+            raise self._unexpected(body, TypeError("not an object"))
+        return body
+
+    def _unexpected(self, body: object, err: Exception) -> ClientError:
+        return ClientError(
+            f"the server's answer is not a scibert-pack v2 response ({err}): {str(body)[:300]}",
+            fix="check that the model was built with scibert-pack build",
+        )
+
+
+def _http_failure(url: str, response: requests.Response, model: str) -> tuple[str, str]:
+    try:
+        detail = response.json()
+        message = detail.get("error") or detail.get("message") or str(detail)
+    except ValueError:
+        message = response.text.strip()[:300] or response.reason
+    code = response.status_code
+    text = f"{url} answered {code}: {message}"
+    if code == 401:
+        return text, "pass --token, or --key-file with the key_file.json TorchServe wrote"
+    if code == 404:
+        return text, f"check --model (is {model!r} the name the store serves?) and --url"
+    if code in (503, 507):
+        return text, "the server is busy or restarting its worker: retry in a moment"
+    if 400 <= code < 500:
+        return text, "fix the request as the message says"
+    return text, "read the server's logs (scibert-pack serve prints where they are)"

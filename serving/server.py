@@ -1,0 +1,310 @@
+"""Runs TorchServe on a built model store and tells when the model's workers are ready.
+
+Each server gets its own run folder: TorchServe keeps a pid file in $TMPDIR (a second server
+would refuse to start), writes key_file.json and logs/ into its working directory and unpacks
+archives into java.io.tmpdir ($TEMP). Isolating these lets several servers run side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from scibert_pack.errors import PortInUseError, ServeError
+from scibert_pack.serving.store import ModelStore, open_store
+
+Progress = Callable[[str], None]
+KEY_FILE = "key_file.json"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8085
+    management_port: int = 8081
+    metrics_port: int = 8082
+    grpc_port: int = 7070  # gRPC management listens on the next port
+    run_dir: Path | None = None  # default: default_run_dir(port)
+    ready_timeout_s: float | None = None  # default: the model's startupTimeout + 60 s
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "inference": self.port,
+            "management": self.management_port,
+            "metrics": self.metrics_port,
+            "gRPC inference": self.grpc_port,
+            "gRPC management": self.grpc_port + 1,
+        }
+
+    def url(self, port: int) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}"
+
+
+def default_run_dir(port: int) -> Path:
+    """Where `serve` keeps logs and the key file; clients find the key here by port."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    return base / f"scibert-pack-{os.getuid()}" / f"serve-{port}"
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+class TorchServeProcess:
+    """`with TorchServeProcess(store_dir, settings) as server:` starts, waits ready, stops."""
+
+    def __init__(
+        self,
+        store_dir: Path,
+        settings: ServeSettings | None = None,
+        *,
+        progress: Progress = _silent,
+    ) -> None:
+        self.store: ModelStore = open_store(store_dir)
+        self.settings = settings or ServeSettings()
+        self.run_dir = self.settings.run_dir or default_run_dir(self.settings.port)
+        self.progress = progress
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # URLs -------------------------------------------------------------------------------
+    @property
+    def inference_url(self) -> str:
+        return self.settings.url(self.settings.port)
+
+    @property
+    def management_url(self) -> str:
+        return self.settings.url(self.settings.management_port)
+
+    @property
+    def metrics_url(self) -> str:
+        return self.settings.url(self.settings.metrics_port)
+
+    @property
+    def model_name(self) -> str:
+        return self.store.model_name
+
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / KEY_FILE
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    # lifecycle ----------------------------------------------------------------------------
+    def __enter__(self) -> TorchServeProcess:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._check_ports()
+        self._prepare_run_dir()
+        config = self.run_dir / "config.properties"
+        config.write_text(self._runtime_config(), encoding="utf-8")
+        torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent))
+        torchserve = torchserve or shutil.which("torchserve")
+        if torchserve is None:
+            raise ServeError(
+                "the torchserve command is not installed in this environment",
+                fix="install scibert-pack with its dependencies: pip install scibert-pack",
+            )
+        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            raise ServeError(
+                "TorchServe needs Java 17 and `java` is not on PATH",
+                fix="install a JDK 17 (apt-get install -y openjdk-17-jre-headless) and rerun",
+            )
+        tmp = self.run_dir / "tmp"
+        env = {
+            **os.environ,
+            "TMPDIR": str(tmp),
+            "TEMP": str(tmp),
+            "LOG_LOCATION": str(self.log_dir),
+            "METRICS_LOCATION": str(self.log_dir),
+            **self.settings.extra_env,
+        }
+        command = [
+            torchserve, "--start", "--foreground", "--ncs",
+            "--model-store", str(self.store.model_store.resolve()),
+            "--ts-config", str(config),
+        ]  # fmt: skip
+        self.progress(f"starting TorchServe on {self.inference_url} (logs: {self.log_dir})")
+        self._stdout = (self.run_dir / "torchserve.out").open("wb")
+        self._process = subprocess.Popen(
+            command,
+            cwd=self.run_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # one process group: java and its Python workers
+        )
+
+    def wait_ready(self) -> None:
+        """Block until the model's workers are READY; ServeError with the log tail otherwise."""
+        timeout = self.settings.ready_timeout_s or self.store.startup_timeout_s + 60.0
+        deadline = time.monotonic() + timeout
+        url = f"{self.management_url}/models/{self.store.model_name}"
+        self.progress(f"waiting for {self.store.model_name} workers to be ready")
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                raise ServeError(
+                    f"TorchServe exited while loading {self.store.model_name}:\n{self.log_tail()}",
+                    fix=f"read the logs in {self.log_dir}",
+                )
+            if self._ready_workers(url) >= self.store.min_workers:
+                return
+            time.sleep(0.25)
+        raise ServeError(
+            f"{self.store.model_name} was not ready after {timeout:.0f} s:\n{self.log_tail()}",
+            fix=f"read the logs in {self.log_dir}, or raise --startup-timeout at build time",
+        )
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def wait(self) -> int:
+        assert self._process is not None
+        return self._process.wait()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM to the whole process group, then SIGKILL after `timeout_s`."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Workers may outlive java for a moment; they share its process group.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _group_alive(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            time.sleep(0.1)
+        self._stdout.close()
+
+    # helpers ------------------------------------------------------------------------------
+    def token(self, api: str = "inference") -> str | None:
+        return read_token(self.key_file, api) if self.store.token_auth else None
+
+    def log_tail(self, lines: int = 30) -> str:
+        chunks = []
+        for name in ("logs/model_log.log", "logs/ts_log.log", "torchserve.out"):
+            path = self.run_dir / name
+            if path.is_file():
+                text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+                chunks.append(f"--- {name}\n" + "\n".join(text))
+        return "\n".join(chunks) or "(no logs written)"
+
+    def _ready_workers(self, url: str) -> int:
+        request = urllib.request.Request(url)
+        token = self.token("management")
+        if self.store.token_auth and token is None:
+            return 0  # the key file is written a moment after start
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                described = json.load(response)
+        except (urllib.error.URLError, OSError, ValueError):
+            return 0
+        workers = described[0].get("workers", []) if described else []
+        return sum(1 for w in workers if w.get("status") == "READY")
+
+    def _check_ports(self) -> None:
+        for api, port in self.settings.ports().items():
+            with socket.socket(
+                socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
+            ) as s:
+                try:
+                    s.bind((self.settings.host, port))
+                except OSError as err:
+                    raise PortInUseError(
+                        f"port {port} on {self.settings.host} ({api} API) is already in use "
+                        f"({err.strerror})",
+                        fix=f"stop what listens there (see `ss -ltnp 'sport = :{port}'`) or "
+                        "pick other ports with --port/--management-port/--metrics-port/--grpc-port",
+                    ) from err
+
+    def _prepare_run_dir(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (self.key_file, self.run_dir / "tmp"):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+        (self.run_dir / "tmp").mkdir()
+
+    def _runtime_config(self) -> str:
+        """The store's config.properties with this machine's addresses, ports and store path."""
+        s = self.settings
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        store = str(self.store.model_store.resolve())
+        overrides = {
+            "inference_address": f"http://{host}:{s.port}",
+            "management_address": f"http://{host}:{s.management_port}",
+            "metrics_address": f"http://{host}:{s.metrics_port}",
+            "grpc_inference_address": s.host,
+            "grpc_inference_port": str(s.grpc_port),
+            "grpc_management_address": s.host,
+            "grpc_management_port": str(s.grpc_port + 1),
+            "model_store": store,
+            "allowed_urls": f"file://{store}/.*",
+        }
+        config = dict(self.store.config)
+        config.update(overrides)
+        lines = [f"# Runtime copy of {self.store.root}/config/config.properties for this machine."]
+        lines += [f"{key}={value}" for key, value in config.items()]
+        return "\n".join(lines) + "\n"
+
+
+def read_token(key_file: Path, api: str = "inference") -> str | None:
+    """The key TorchServe wrote for `api` (inference, management), or None if absent."""
+    try:
+        keys = json.loads(key_file.read_text(encoding="utf-8"))
+        return str(keys[api]["key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
