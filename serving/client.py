@@ -191,7 +191,8 @@ def _http_failure(url: str, response: requests.Response, model: str) -> tuple[st
         message = response.text.strip()[:300] or response.reason
     code = response.status_code
     text = f"{url} answered {code}: {message}"
-    if code == 401:
+    # TorchServe 0.12 refuses a missing or wrong token with 400 InvalidKeyException, not 401.
+    if code == 401 or "Token Authorization failed" in message:
         return text, "pass --token, or --key-file with the key_file.json TorchServe wrote"
     if code == 404:
         return text, f"check --model (is {model!r} the name the store serves?) and --url"

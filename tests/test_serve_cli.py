@@ -1,0 +1,91 @@
+"""`scibert-pack serve` refusals and token authorization against a real TorchServe."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+from served import free_ports, serving
+
+from scibert_pack.archiver.build import build
+from scibert_pack.archiver.settings import BuildSettings
+from scibert_pack.cli import cli
+from scibert_pack.serving.server import TorchServeProcess
+
+
+def test_port_in_use_is_a_clear_error(tiny_bert: Path, tmp_path: Path) -> None:
+    build(tiny_bert, BuildSettings(name="m"), tmp_path / "store")
+    inference, management, metrics, grpc = free_ports(4)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", management))
+        taken.listen()
+        result = CliRunner().invoke(
+            cli,
+            ["serve", str(tmp_path / "store"), "--port", str(inference),
+             "--management-port", str(management), "--metrics-port", str(metrics),
+             "--grpc-port", str(grpc), "--run-dir", str(tmp_path / "run")],
+        )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        f"Error: port {management} on 127.0.0.1 (management API) is already in use (Address "
+        f"already in use); stop what listens there (see `ss -ltnp 'sport = :{management}'`) or "
+        "pick other ports with --port/--management-port/--metrics-port/--grpc-port"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p: None, "Error: model store {s} does not exist; build it with: scibert-pack build MODEL_DIR --name NAME -o {s}"),
+        (lambda p: p.mkdir(), "Error: model store {s} has no config/config.properties; build it with: scibert-pack build MODEL_DIR --name NAME -o {s}"),
+    ],
+    ids=["missing", "no-config"],
+)  # fmt: skip
+def test_serve_needs_a_built_store(tmp_path: Path, setup: object, message: str) -> None:
+    store = tmp_path / "store"
+    setup(store)  # type: ignore[operator]
+    result = CliRunner().invoke(cli, ["serve", str(store)])
+    assert result.exit_code == 2
+    assert result.stderr == message.format(s=store) + "\n"
+
+
+def test_store_without_its_archive(tiny_bert: Path, tmp_path: Path) -> None:
+    build(tiny_bert, BuildSettings(name="m"), tmp_path)
+    (tmp_path / "model-store" / "m.mar").unlink()
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "has no model-store/m.mar, which config.properties serves" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def token_server(
+    tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TorchServeProcess]:
+    settings = BuildSettings(name="locked", token_auth=True, profile="local")
+    with serving(tiny_bert, tmp_path_factory.mktemp("token"), settings) as server:
+        yield server
+
+
+@pytest.mark.server
+def test_token_auth_refuses_calls_without_the_token(token_server: TorchServeProcess) -> None:
+    url = f"{token_server.inference_url}/v2/models/locked/infer"
+    body = {"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["cells divide"]}]}
+    # TorchServe 0.12 answers a missing or wrong token with 400 InvalidKeyException.
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        refused = requests.post(url, json=body, headers=headers, timeout=60)
+        assert refused.status_code == 400
+        assert refused.json()["type"] == "InvalidKeyException"
+    args = ["predict", "cells divide", "--url", token_server.inference_url, "--model", "locked"]
+    denied = CliRunner().invoke(cli, args, env={"SCIBERT_PACK_TOKEN": ""})
+    assert denied.exit_code == 1
+    assert "answered 400: Token Authorization failed" in denied.stderr
+    assert denied.stderr.rstrip().endswith(
+        "pass --token, or --key-file with the key_file.json TorchServe wrote"
+    )
+    allowed = CliRunner().invoke(cli, [*args, "--key-file", str(token_server.key_file)])
+    assert allowed.exit_code == 0, allowed.output
+    assert "cells divide" in allowed.stdout
