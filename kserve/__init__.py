@@ -1,0 +1,1 @@
+"""KServe manifests: InferenceService, our TorchServe ServingRuntime, PVC setup, Grafana."""

@@ -10,6 +10,7 @@ import click
 from scibert_pack.cli._console import Console
 from scibert_pack.files import atomic_write_text
 from scibert_pack.kserve.manifest import build_manifest
+from scibert_pack.kserve.names import isvc_name_for
 from scibert_pack.kserve.options import (
     ACCESS_MODES,
     AUTOSCALERS,
@@ -26,7 +27,10 @@ DOCKERFILE_NAME = "Dockerfile.scibert-pack"
 
 
 @click.command("manifest")
-@click.option("--name", required=True, help="InferenceService name (a DNS-1035 label).")
+@click.option(
+    "--name",
+    help="InferenceService name (a DNS-1035 label; default: the --from-store model's name).",
+)
 @click.option(
     "--storage-uri",
     required=True,
@@ -57,7 +61,9 @@ DOCKERFILE_NAME = "Dockerfile.scibert-pack"
 @click.option("--timeout", type=int, help="Request timeout in seconds.")
 @click.option("--batcher-max-batch-size", type=int, help="KServe batcher (v1 protocol only).")
 @click.option("--batcher-max-latency", type=int, help="KServe batcher wait, in ms.")
-@click.option("--batcher-timeout", type=int, hidden=True)
+@click.option(
+    "--batcher-timeout", type=int, help="Written, but KServe does not pass it on (warns)."
+)
 @click.option("--min-replicas", type=int, help="0 scales to zero (Knative only).")
 @click.option("--max-replicas", type=int)
 @click.option("--container-concurrency", type=int, help="Hard limit of requests per pod.")
@@ -111,8 +117,14 @@ def manifest(
 ) -> None:
     """Write KServe YAML for a model store, ready for `kubectl apply -f -`."""
     console = Console(quiet=quiet)
-    options = ManifestOptions(**values)
     store = read_store(from_store) if from_store is not None else None
+    if values["name"] is None:
+        if store is None:
+            raise click.UsageError(
+                "Missing option '--name' (or pass --from-store OUT to use its model name)"
+            )
+        values["name"] = isvc_name_for(store.model_name)
+    options = ManifestOptions(**values)
     if dockerfile_path is None:
         dockerfile_path = (output.parent if output else Path()) / DOCKERFILE_NAME
     result = build_manifest(options, store, dockerfile_name=dockerfile_path.name)

@@ -1,0 +1,130 @@
+"""What a manifest needs from a built model store: names, ports, token auth, versions.
+
+Read from OUT/build-report.json and OUT/config/config.properties; config.properties wins where
+both say something, because it is what TorchServe reads in the pod.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from scibert_pack.config.properties import parse as parse_properties
+from scibert_pack.errors import StoreError
+
+REPORT_FILE = "build-report.json"
+CONFIG_FILE = "config/config.properties"
+REPORT_SCHEMA = "scibert-pack/build-report/v1"
+DEFAULT_PORTS = {"inference": 8085, "management": 8081, "metrics": 8082}
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    model_name: str
+    # Keys under model_snapshot.models: the only names TorchServe answers to in URLs.
+    served_models: tuple[str, ...]
+    inference_port: int
+    metrics_port: int
+    # Hosts the server binds; 127.0.0.1 (the local profile) is unreachable from outside the pod.
+    bind_hosts: tuple[str, ...]
+    token_auth: bool
+    metrics_mode: str
+    versions: dict[str, str]
+    path: Path | None = None
+
+
+def read_store(out: Path) -> StoreInfo:
+    """The facts of the model store at `out`; StoreError when a file is missing or unreadable."""
+    report = _read_report(out)
+    config_path = out / CONFIG_FILE
+    try:
+        props = parse_properties(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(
+            f"model store {out} has no {CONFIG_FILE}",
+            fix="point --from-store at the OUT folder of `scibert-pack build`, or rebuild it",
+        ) from None
+    served = _snapshot_models(props.get("model_snapshot"), config_path)
+    ports = report.get("ports") or {}
+    inference_port, inference_host = _address(props, "inference_address", ports, "inference")
+    metrics_port, metrics_host = _address(props, "metrics_address", ports, "metrics")
+    if "disable_token_authorization" in props:
+        token_auth = props["disable_token_authorization"].lower() != "true"
+    else:
+        # TorchServe 0.12 turns token authorization on unless told otherwise.
+        token_auth = bool(report.get("token_auth", True))
+    versions = {str(k): str(v) for k, v in (report.get("versions") or {}).items()}
+    model_name = str(report.get("model_name") or (served[0] if served else ""))
+    if not model_name:
+        raise StoreError(
+            f"model store {out} names no model (no model_name in {REPORT_FILE}, "
+            f"no model_snapshot in {CONFIG_FILE})",
+            fix="rebuild the store with `scibert-pack build`",
+        )
+    return StoreInfo(
+        model_name=model_name,
+        served_models=served,
+        inference_port=inference_port,
+        metrics_port=metrics_port,
+        bind_hosts=tuple(h for h in (inference_host, metrics_host) if h),
+        token_auth=token_auth,
+        metrics_mode=props.get("metrics_mode", "log"),
+        versions=versions,
+        path=out,
+    )
+
+
+def _read_report(out: Path) -> dict[str, Any]:
+    path = out / REPORT_FILE
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(
+            f"model store {out} has no {REPORT_FILE}",
+            fix="point --from-store at the OUT folder of `scibert-pack build`, or rebuild it",
+        ) from None
+    except json.JSONDecodeError as err:
+        raise StoreError(
+            f"{path} is not JSON ({err})", fix="rebuild the store with `scibert-pack build`"
+        ) from None
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+        got = report.get("schema") if isinstance(report, dict) else type(report).__name__
+        raise StoreError(
+            f"{path} has schema {got!r}, expected {REPORT_SCHEMA!r}",
+            fix="rebuild the store with this version of `scibert-pack build`",
+        )
+    return report
+
+
+def _snapshot_models(raw: str | None, path: Path) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    try:
+        snapshot = json.loads(raw)
+        models = snapshot["models"]
+        if not isinstance(models, dict):
+            raise TypeError("models is not an object")
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise StoreError(
+            f"model_snapshot in {path} is not a TorchServe snapshot ({err})",
+            fix="rebuild the store with `scibert-pack build`",
+        ) from None
+    return tuple(str(name) for name in models)
+
+
+def _address(
+    props: dict[str, str], key: str, ports: dict[str, Any], port_key: str
+) -> tuple[int, str]:
+    value = props.get(key)
+    if value:
+        split = urlsplit(value)
+        try:
+            port = split.port
+        except ValueError:
+            port = None
+        if port is not None:
+            return port, split.hostname or ""
+    return int(ports.get(port_key, DEFAULT_PORTS[port_key])), ""
