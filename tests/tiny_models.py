@@ -28,7 +28,9 @@ CORPUS = [
 def _word_vocab() -> list[str]:
     words = sorted({w for line in CORPUS for w in line.split()})
     pieces = ["##s", "##ing", "##ed", "##ly", "##ity", "##al", "##ic", "##ation"]
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(97, 123)]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
+        f"##{chr(c)}" for c in range(97, 123)
+    ]
     digits = [str(d) for d in range(10)]
     punct = list(".,;:!?-'\"()[]{}%/")
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -1,0 +1,179 @@
+"""Load a BERT-family sequence classifier, tokenize a batch once, predict in one forward pass."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from .settings import HandlerSettings
+
+# Tokenizer outputs that are for the handler, never for model.forward.
+_NOT_MODEL_INPUTS = frozenset({"offset_mapping", "overflowing_tokens", "length"})
+# Past this, tokenizer.model_max_length is transformers' "no limit" sentinel.
+_UNSET_MAX_LENGTH = 1_000_000
+# These families count positions from pad_token_id + 1 (see RobertaEmbeddings).
+_OFFSET_POSITION_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
+
+
+class ModelLoadError(RuntimeError):
+    """The model folder cannot be served; the message names the folder and the fix."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One tokenization of many texts (dynamic padding to the longest) and what it dropped."""
+
+    inputs: dict[str, torch.Tensor]
+    truncated: tuple[bool, ...]
+    # Per text: the tokenizer's word index of every token (None for special tokens), if known.
+    word_ids: tuple[tuple[int | None, ...], ...] | None
+    offsets: tuple[tuple[tuple[int, int], ...], ...] | None
+
+    @property
+    def size(self) -> int:
+        return len(self.truncated)
+
+    def rows(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Model inputs of some texts, with padding columns none of them use cut off."""
+        picked = torch.as_tensor(list(indices), dtype=torch.long)
+        used = self.inputs["attention_mask"][picked].any(dim=0).nonzero()
+        width = int(used.max()) + 1
+        return {key: value[picked, :width] for key, value in self.inputs.items()}
+
+
+@dataclass(frozen=True)
+class Classifier:
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    labels: tuple[str, ...]
+    max_length: int
+    model_input_names: frozenset[str]
+
+    @classmethod
+    def create(
+        cls, model: Any, tokenizer: Any, settings: HandlerSettings, device: torch.device
+    ) -> Classifier:
+        """Wrap an already loaded model (the seam tests use) for serving on `device`."""
+        model.to(device)
+        model.eval()
+        # Integrated gradients needs gradients of the embedding output only.
+        model.requires_grad_(False)
+        # Explanations and word alignment read real tokens as a prefix of each padded row.
+        tokenizer.padding_side = "right"
+        config = model.config
+        labels = tuple(str(config.id2label[i]) for i in range(config.num_labels))
+        accepted = frozenset(inspect.signature(model.forward).parameters)
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            device=device,
+            labels=labels,
+            max_length=min(settings.max_length, model_max_tokens(model, tokenizer)),
+            model_input_names=accepted,
+        )
+
+    def tokenize(self, texts: Sequence[str]) -> Batch:
+        fast = bool(getattr(self.tokenizer, "is_fast", False))
+        encoding = self.tokenizer(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_offsets_mapping=fast,
+        )
+        inputs = {
+            key: value.to(self.device)
+            for key, value in encoding.items()
+            if key not in _NOT_MODEL_INPUTS and key in self.model_input_names
+        }
+        if not fast:
+            return Batch(inputs, _truncated_slow(self, texts), None, None)
+        encodings = encoding.encodings
+        return Batch(
+            inputs=inputs,
+            truncated=tuple(bool(e.overflowing) for e in encodings),
+            word_ids=tuple(tuple(e.word_ids) for e in encodings),
+            offsets=tuple(tuple(tuple(o) for o in e.offsets) for e in encodings),
+        )
+
+    def probabilities(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Softmax probabilities, shape (texts, labels), on the CPU."""
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits
+        return torch.softmax(logits.float(), dim=-1).cpu()
+
+    def tokens(self, input_ids: torch.Tensor) -> list[str]:
+        return [str(t) for t in self.tokenizer.convert_ids_to_tokens(input_ids.tolist())]
+
+
+def position_ids(classifier: Classifier, attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """Positions of the real tokens, for models that would derive them from the token ids.
+
+    RoBERTa-style models number positions from the non-pad tokens, so a baseline made of pad
+    tokens would move to other positions than its input; passing the input's positions keeps
+    them the same. Models with plain 0..n positions need nothing (None).
+    """
+    config = classifier.model.config
+    if getattr(config, "model_type", "") not in _OFFSET_POSITION_TYPES:
+        return None
+    if "position_ids" not in classifier.model_input_names:
+        return None
+    mask = attention_mask.long()
+    return torch.cumsum(mask, dim=1) * mask + int(config.pad_token_id)
+
+
+def _truncated_slow(classifier: Classifier, texts: Sequence[str]) -> tuple[bool, ...]:
+    lengths = [len(classifier.tokenizer(t, truncation=False)["input_ids"]) for t in texts]
+    return tuple(n > classifier.max_length for n in lengths)
+
+
+def model_max_tokens(model: Any, tokenizer: Any) -> int:
+    """The most tokens the model takes: the tokenizer's limit, else its position embeddings."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _UNSET_MAX_LENGTH:
+        return limit
+    config = model.config
+    positions = int(getattr(config, "max_position_embeddings", 512))
+    if getattr(config, "model_type", "") in _OFFSET_POSITION_TYPES:
+        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return positions
+
+
+def choose_device(settings: HandlerSettings, gpu_id: object) -> torch.device:
+    """cuda:{gpu_id} when TorchServe gave the worker a GPU, CUDA works and settings allow it."""
+    wants_gpu = settings.device in ("auto", "cuda") and gpu_id is not None
+    if wants_gpu and torch.cuda.is_available():
+        return torch.device(f"cuda:{int(str(gpu_id))}")
+    return torch.device("cpu")
+
+
+def load_pretrained(model_dir: Path) -> tuple[Any, Any]:
+    """Model and tokenizer from a saved folder; safetensors unless only a .bin exists."""
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model folder {model_dir} does not exist; check model_dir")
+    safetensors = sorted(model_dir.glob("*.safetensors"))
+    bins = sorted(model_dir.glob("*.bin"))
+    if not safetensors and not bins:
+        raise ModelLoadError(
+            f"model folder {model_dir} has no weights (looked for *.safetensors, *.bin); "
+            "save the model with model.save_pretrained(folder)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), use_safetensors=bool(safetensors)
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load a sequence classifier from {model_dir}: {exc}; the folder must hold "
+            "config.json, the weights and the tokenizer files"
+        ) from exc
+    return model, tokenizer

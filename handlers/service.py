@@ -1,0 +1,287 @@
+"""The batch pipeline: parse every row, predict all texts at once, explain, render each reply.
+
+One bad request never fails its neighbours: parse errors answer that request alone; if the shared
+forward pass or a shared explanation fails, the requests are retried one by one so only the one
+that breaks gets a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .explain import ExplainJob, Explanation, explain, merge_subwords
+from .metrics import (
+    BATCHES_TOTAL,
+    EXPLAIN_MS,
+    EXPLAIN_STEPS,
+    INFERENCE_MS,
+    REQUESTS_TOTAL,
+    TEXTS_PER_BATCH,
+    Metrics,
+)
+from .model import Batch, Classifier, choose_device, load_pretrained
+from .protocol import RawRow, Request, RequestError, parse_request
+from .render import (
+    ModelInfo,
+    Prediction,
+    render_error,
+    render_explanations,
+    render_predictions,
+)
+from .settings import HandlerSettings
+
+logger = logging.getLogger(__name__)
+
+JSON_CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: object
+    phrase: str = ""
+
+
+@dataclass
+class _Work:
+    """Requests tokenized together: request index -> its texts' positions in `batch`."""
+
+    requests: dict[int, Request]
+    batch: Batch
+    spans: dict[int, range]
+    predictions: list[Prediction] = field(default_factory=list)
+
+
+class ClassifierService:
+    def __init__(
+        self,
+        classifier: Classifier,
+        settings: HandlerSettings,
+        info: ModelInfo,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.classifier = classifier
+        self.settings = settings
+        self.info = info
+        self._clock = clock
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        settings: HandlerSettings,
+        *,
+        name: str = "model",
+        version: str = "1.0",
+        device: torch.device | None = None,
+    ) -> ClassifierService:
+        """A service over an already loaded model and tokenizer (the seam tests use)."""
+        classifier = Classifier.create(model, tokenizer, settings, device or torch.device("cpu"))
+        return cls(classifier, settings, ModelInfo(name, version, classifier.labels))
+
+    @classmethod
+    def from_context(cls, context: Any) -> ClassifierService:
+        """Load what TorchServe's context points at: model_dir, the handler settings, the GPU."""
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        settings = HandlerSettings.from_mapping(yaml_config.get("handler"))
+        if settings.torch_threads > 0:
+            torch.set_num_threads(settings.torch_threads)
+        properties = context.system_properties
+        model, tokenizer = load_pretrained(Path(properties["model_dir"]))
+        return cls.from_model(
+            model,
+            tokenizer,
+            settings,
+            name=str(context.model_name),
+            version=_model_version(getattr(context, "manifest", None)),
+            device=choose_device(settings, properties.get("gpu_id")),
+        )
+
+    def handle(self, rows: Sequence[Mapping[str, Any]], context: Any) -> list[str]:
+        """TorchServe's per-batch call: one JSON string per row, statuses set on the context."""
+        raws = [_raw_row(row, idx, context) for idx, row in enumerate(rows)]
+        replies = self.run(raws, Metrics(getattr(context, "metrics", None)))
+        for idx, reply in enumerate(replies):
+            context.set_response_status(reply.status, reply.phrase, idx)
+            context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+        return [json.dumps(reply.body) for reply in replies]
+
+    def run(self, raws: Sequence[RawRow], metrics: Metrics | None = None) -> list[Reply]:
+        metrics = metrics or Metrics(None)
+        metrics.count(BATCHES_TOTAL, 1)
+        metrics.count(REQUESTS_TOTAL, len(raws))
+        replies: dict[int, Reply] = {}
+        requests: dict[int, Request] = {}
+        for idx, raw in enumerate(raws):
+            try:
+                requests[idx] = parse_request(raw, self.settings, self.info.labels)
+            except RequestError as exc:
+                replies[idx] = _error_reply(exc)
+        works, failures = self._predict(requests, metrics) if requests else ([], {})
+        replies.update(failures)
+        for work in works:
+            explanations, explain_failures = self._explain(work, metrics)
+            replies.update(explain_failures)
+            for idx in work.requests:
+                if idx not in replies:
+                    replies[idx] = self._render(idx, work, explanations.get(idx))
+        return [replies[idx] for idx in range(len(raws))]
+
+    # -- prediction -------------------------------------------------------------------------
+
+    def _predict(
+        self, requests: Mapping[int, Request], metrics: Metrics
+    ) -> tuple[list[_Work], dict[int, Reply]]:
+        """All requests in one forward pass; if that fails, each request alone."""
+        try:
+            return [self._predict_together(requests, metrics)], {}
+        except Exception:
+            logger.exception("prediction failed for requests %s", sorted(requests))
+        if len(requests) == 1:
+            idx = next(iter(requests))
+            return [], {idx: _internal_error("prediction", idx)}
+        works: list[_Work] = []
+        failures: dict[int, Reply] = {}
+        for idx, request in requests.items():
+            alone, failed = self._predict({idx: request}, metrics)
+            works.extend(alone)
+            failures.update(failed)
+        return works, failures
+
+    def _predict_together(self, requests: Mapping[int, Request], metrics: Metrics) -> _Work:
+        spans: dict[int, range] = {}
+        texts: list[str] = []
+        for idx, request in requests.items():
+            spans[idx] = range(len(texts), len(texts) + len(request.texts))
+            texts.extend(request.texts)
+        batch = self.classifier.tokenize(texts)
+        start = self._clock()
+        probabilities = self.classifier.probabilities(batch.inputs)
+        metrics.gauge(INFERENCE_MS, (self._clock() - start) * 1000.0, "ms")
+        metrics.gauge(TEXTS_PER_BATCH, len(texts), "count")
+        labels = self.info.labels
+        predictions = [
+            Prediction(labels[int(row.argmax())], tuple(float(p) for p in row), truncated)
+            for row, truncated in zip(probabilities, batch.truncated, strict=True)
+        ]
+        return _Work(dict(requests), batch, spans, predictions)
+
+    # -- explanation ------------------------------------------------------------------------
+
+    def _explain(
+        self, work: _Work, metrics: Metrics
+    ) -> tuple[dict[int, list[Explanation]], dict[int, Reply]]:
+        """Explain the texts of every explain request, one Captum call per integration setting."""
+        results: dict[int, list[Explanation]] = {}
+        failures: dict[int, Reply] = {}
+        for group in self._explain_groups(work):
+            try:
+                results.update(self._explain_group(work, group, metrics))
+                continue
+            except Exception:
+                logger.exception("batch explanation failed; retrying its requests one by one")
+            for idx in group:
+                try:
+                    results.update(self._explain_group(work, [idx], metrics))
+                except Exception:
+                    logger.exception("explanation failed for request %d", idx)
+                    failures[idx] = _internal_error("explanation", idx)
+        return results, failures
+
+    def _explain_groups(self, work: _Work) -> list[list[int]]:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for idx, request in work.requests.items():
+            if request.action == "explain":
+                key = (request.options.n_steps, request.options.internal_batch_size)
+                groups.setdefault(key, []).append(idx)
+        return list(groups.values())
+
+    def _explain_group(
+        self, work: _Work, group: Sequence[int], metrics: Metrics
+    ) -> dict[int, list[Explanation]]:
+        options = work.requests[group[0]].options
+        indices = [pos for idx in group for pos in work.spans[idx]]
+        targets = [self._target(work, idx, pos) for idx in group for pos in work.spans[idx]]
+        job = ExplainJob(
+            tuple(indices), tuple(targets), options.n_steps, options.internal_batch_size
+        )
+        start = self._clock()
+        explained = dict(zip(indices, explain(self.classifier, work.batch, job), strict=True))
+        metrics.gauge(EXPLAIN_MS, (self._clock() - start) * 1000.0, "ms")
+        metrics.gauge(EXPLAIN_STEPS, options.n_steps, "count")
+        return {
+            idx: [self._finish(work, idx, pos, explained[pos]) for pos in work.spans[idx]]
+            for idx in group
+        }
+
+    def _target(self, work: _Work, idx: int, pos: int) -> int:
+        target = work.requests[idx].options.target
+        if target is not None:
+            return target
+        return self.info.labels.index(work.predictions[pos].label)
+
+    def _finish(self, work: _Work, idx: int, pos: int, explanation: Explanation) -> Explanation:
+        request = work.requests[idx]
+        batch = work.batch
+        if not request.options.merge_subwords or batch.word_ids is None or batch.offsets is None:
+            return explanation
+        text = request.texts[pos - work.spans[idx].start]
+        return merge_subwords(explanation, text, batch.word_ids[pos], batch.offsets[pos])
+
+    # -- rendering --------------------------------------------------------------------------
+
+    def _render(self, idx: int, work: _Work, explanations: list[Explanation] | None) -> Reply:
+        request = work.requests[idx]
+        predictions = [work.predictions[pos] for pos in work.spans[idx]]
+        try:
+            if request.action == "explain":
+                assert explanations is not None
+                body = render_explanations(request, predictions, explanations, self.info)
+            else:
+                body = render_predictions(request, predictions, self.info)
+            json.dumps(body)
+        except Exception:
+            logger.exception("rendering the response of request %d failed", idx)
+            return _internal_error("rendering the response", idx)
+        return Reply(200, body)
+
+
+def _error_reply(exc: RequestError) -> Reply:
+    return Reply(exc.code, render_error(exc.code, exc.message), exc.message)
+
+
+def _internal_error(stage: str, idx: int) -> Reply:
+    message = f"{stage} failed inside the model server for request {idx}; see the worker log"
+    return Reply(500, render_error(500, message), message)
+
+
+def _raw_row(row: Mapping[str, Any], idx: int, context: Any) -> RawRow:
+    key = "body" if "body" in row else "data"
+    # TorchServe puts each body part's content type under a request "header" named like the part.
+    part = context.get_request_header(idx, key)
+    content_type = part.get("content-type") if isinstance(part, dict) else None
+    if content_type is None:
+        content_type = context.get_request_header(idx, "Content-Type")
+    explain_header = context.get_request_header(idx, "explain")
+    return RawRow(
+        body=row.get(key),
+        content_type=content_type,
+        explain=str(explain_header).lower() == "true",
+    )
+
+
+def _model_version(manifest: object) -> str:
+    if isinstance(manifest, dict):
+        model = manifest.get("model")
+        if isinstance(model, dict) and model.get("modelVersion") is not None:
+            return str(model["modelVersion"])
+    return "1.0"

@@ -1,0 +1,139 @@
+"""Explanation invariants for BERT, RoBERTa and DistilBERT, checked against the model itself.
+
+sum(importances) - (f(x) - f(baseline)) == delta, where the test computes f (probability of the
+target class) for the text and for its baseline ([CLS] [PAD]... [SEP]) on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_context import HttpRequest
+from handler_support import call, load_trained, make_service, reference_tokens, target_probability
+from tiny_models import Family
+
+from scibert_pack.handlers.service import ClassifierService
+
+TEXTS = [
+    "risk assessment implications of site-specific oral relative bioavailability .",
+    "quantum states of the photon decay in the magnetic field .",
+    "the catalyst speeds up the reaction between the acid and the base .",
+    "cells divide",
+]
+LABELS = ["biology", "chemistry", "physics"]
+FAMILIES = ["bert", "roberta", "distilbert"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models: dict[Family, Path]) -> dict[Family, tuple[Any, Any]]:
+    return {family: load_trained(folder) for family, folder in tiny_models.items()}
+
+
+@pytest.fixture(scope="module")
+def services(trained: dict[Family, tuple[Any, Any]]) -> dict[Family, ClassifierService]:
+    return {family: make_service(*pair) for family, pair in trained.items()}
+
+
+def explain(service: ClassifierService, texts: list[str], **params: object) -> list[dict]:
+    (response,) = call(service, [HttpRequest({"texts": texts, "parameters": params}, explain=True)])
+    assert response.status == 200, response.body
+    return list(response.body)
+
+
+def predict(service: ClassifierService, texts: list[str]) -> list[dict]:
+    (response,) = call(service, [HttpRequest({"texts": texts})])
+    return list(response.body)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_importances_add_up_to_the_probability_change(
+    services: dict[Family, ClassifierService],
+    trained: dict[Family, tuple[Any, Any]],
+    family: Family,
+) -> None:
+    model, tokenizer = trained[family]
+    explanations = explain(services[family], TEXTS)
+    predictions = predict(services[family], TEXTS)
+    assert len(explanations) == len(TEXTS)
+    changes = []
+    for text, item, prediction in zip(TEXTS, explanations, predictions, strict=True):
+        assert item["words"] == reference_tokens(tokenizer, text)
+        assert len(item["importances"]) == len(item["words"])
+        assert item["target"] == item["label"] == prediction["label"]
+        fx, fb = target_probability(model, tokenizer, text, LABELS.index(item["target"]))
+        assert fx == pytest.approx(prediction["probabilities"][item["target"]], abs=1e-5)
+        assert sum(item["importances"]) - (fx - fb) == pytest.approx(item["delta"], abs=1e-4)
+        assert abs(item["delta"]) < 0.01
+        changes.append(abs(fx - fb))
+    # The invariant must be able to fail: the probabilities do move between text and baseline.
+    assert max(changes) > 0.01
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("target", ["physics", 0], ids=["label", "index"])
+def test_a_named_target_is_explained(
+    services: dict[Family, ClassifierService],
+    trained: dict[Family, tuple[Any, Any]],
+    family: Family,
+    target: str | int,
+) -> None:
+    model, tokenizer = trained[family]
+    name = target if isinstance(target, str) else LABELS[target]
+    (item,) = explain(services[family], TEXTS[1:2], target=target)
+    assert item["target"] == name
+    fx, fb = target_probability(model, tokenizer, TEXTS[1], LABELS.index(name))
+    assert sum(item["importances"]) - (fx - fb) == pytest.approx(item["delta"], abs=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_padding_contributes_nothing(
+    services: dict[Family, ClassifierService], family: Family
+) -> None:
+    """A short text explained beside a long one gets the explanation it gets alone."""
+    together = explain(services[family], [TEXTS[0], TEXTS[3]])
+    (alone,) = explain(services[family], [TEXTS[3]])
+    assert together[1]["words"] == alone["words"]
+    assert together[1]["importances"] == pytest.approx(alone["importances"], abs=1e-5)
+    assert together[1]["delta"] == pytest.approx(alone["delta"], abs=1e-5)
+
+
+MERGE_CASES = [
+    pytest.param(
+        "bert", "hello photon", ["[CLS]", "hello", "photon", "[SEP]"], id="bert-wordpiece"
+    ),
+    pytest.param(
+        "roberta",
+        "bioavailability of photons",
+        ["<s>", "bioavailability", "of", "photons", "</s>"],
+        id="roberta-bpe",
+    ),
+    pytest.param(
+        "distilbert", "zebra cells", ["[CLS]", "zebra", "cells", "[SEP]"], id="distilbert-wordpiece"
+    ),
+]
+
+
+@pytest.mark.parametrize(("family", "text", "words"), MERGE_CASES)
+def test_merge_subwords_joins_pieces_and_keeps_the_sum(
+    services: dict[Family, ClassifierService],
+    trained: dict[Family, tuple[Any, Any]],
+    family: Family,
+    text: str,
+    words: list[str],
+) -> None:
+    _, tokenizer = trained[family]
+    assert len(reference_tokens(tokenizer, text)) > len(words)  # the text does split into pieces
+    (pieces,) = explain(services[family], [text], n_steps=20)
+    (merged,) = explain(services[family], [text], n_steps=20, merge_subwords=True)
+    assert merged["words"] == words
+    assert len(merged["importances"]) == len(words)
+    assert sum(merged["importances"]) == pytest.approx(sum(pieces["importances"]), abs=1e-6)
+
+
+def test_fewer_steps_are_honoured(services: dict[Family, ClassifierService]) -> None:
+    """n_steps reaches Captum: 1 step gives a different (worse) integral than 50."""
+    (coarse,) = explain(services["roberta"], TEXTS[:1], n_steps=1)
+    (fine,) = explain(services["roberta"], TEXTS[:1])
+    assert abs(coarse["delta"]) > abs(fine["delta"])

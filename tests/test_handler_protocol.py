@@ -1,0 +1,308 @@
+"""Parsing one TorchServe row into a typed request: accepted shapes and pinned refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scibert_pack.handlers.protocol import RawRow, Request, RequestError, parse_request
+from scibert_pack.handlers.settings import HandlerSettings
+
+LABELS = ("biology", "chemistry", "physics")
+SETTINGS = HandlerSettings(max_texts_per_request=3, max_text_chars=40, max_explain_steps=100)
+JSON = "application/json"
+
+
+def v2(data: object, shape: object = -1, datatype: str = "BYTES", **extra: object) -> dict:
+    return {
+        "id": "r1",
+        "inputs": [{"name": "text", "shape": shape, "datatype": datatype, "data": data}],
+        **extra,
+    }
+
+
+def parse(body: object, content_type: str | None = JSON, explain: bool = False) -> Request:
+    return parse_request(RawRow(body, content_type, explain), SETTINGS, LABELS)
+
+
+GOOD = [
+    pytest.param(
+        v2('{"text": "Risk assessment implications."}'),
+        "v2",
+        ("Risk assessment implications.",),
+        False,
+        id="v2-blog-shape-minus-1-json-string",
+    ),
+    pytest.param(v2(["a b", "c d"], shape=[2]), "v2", ("a b", "c d"), False, id="v2-list"),
+    pytest.param(v2(["a b", "c d"], shape=[1, 2]), "v2", ("a b", "c d"), False, id="v2-2d-shape"),
+    pytest.param(v2(["a", "b"], shape=[-1, 1]), "v2", ("a", "b"), False, id="v2-wildcard-shape"),
+    pytest.param(
+        v2([{"text": "x y"}, "{not json"]),
+        "v2",
+        ("x y", "{not json"),
+        False,
+        id="v2-object-item-and-brace-text",
+    ),
+    pytest.param(
+        {
+            "inputs": [
+                {"name": "a", "datatype": "BYTES", "shape": [1], "data": ["one"]},
+                {"name": "b", "datatype": "BYTES", "shape": [1], "data": ["two"]},
+            ]
+        },
+        "v2",
+        ("one", "two"),
+        False,
+        id="v2-two-inputs",
+    ),
+    pytest.param(
+        {"instances": ["a", {"text": "b"}, '{"text": "c"}']},
+        "v1",
+        ("a", "b", "c"),
+        False,
+        id="v1-mixed-items",
+    ),
+    pytest.param("plain words", "native", ("plain words",), True, id="native-text-plain"),
+    pytest.param({"text": "one"}, "native", ("one",), True, id="native-text-object"),
+    pytest.param({"texts": ["one", "two"]}, "native", ("one", "two"), False, id="native-texts"),
+    pytest.param(["one", {"text": "two"}], "native", ("one", "two"), False, id="native-list"),
+    pytest.param(
+        bytearray(b"caf\xc3\xa9 au lait"), "native", ("café au lait",), True, id="native-utf8-bytes"
+    ),
+    pytest.param(
+        bytearray(b'{"texts": ["p", "q"]}'), "native", ("p", "q"), False, id="native-json-bytes"
+    ),
+    pytest.param(
+        bytearray(b"[1] Smith et al. found"),
+        "native",
+        ("[1] Smith et al. found",),
+        True,
+        id="native-bytes-bracket-not-json",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "protocol", "texts", "single"), GOOD)
+def test_accepted_bodies(body: object, protocol: str, texts: tuple[str, ...], single: bool) -> None:
+    content_type = None if isinstance(body, bytearray) else JSON
+    request = parse(body, content_type)
+    assert (request.protocol, request.texts, request.single) == (protocol, texts, single)
+    assert request.action == "predict"
+
+
+def test_v2_id_and_explain_header() -> None:
+    request = parse(v2(["a"]), explain=True)
+    assert (request.request_id, request.action) == ("r1", "explain")
+
+
+OPTIONS = [
+    pytest.param({}, (None, 50, 64, False), id="defaults-from-settings"),
+    pytest.param({"target": "physics"}, (2, 50, 64, False), id="target-label"),
+    pytest.param({"target": 1}, (1, 50, 64, False), id="target-index"),
+    pytest.param(
+        {"n_steps": 7, "internal_batch_size": 3, "merge_subwords": True},
+        (None, 7, 3, True),
+        id="overrides",
+    ),
+]
+
+
+@pytest.mark.parametrize(("params", "expected"), OPTIONS)
+def test_explain_options(params: dict, expected: tuple) -> None:
+    options = parse(v2(["a"], parameters=params)).options
+    got = (options.target, options.n_steps, options.internal_batch_size, options.merge_subwords)
+    assert got == expected
+
+
+BAD = [
+    pytest.param(
+        bytearray(b'{"x":'),
+        JSON,
+        400,
+        "request body is not valid JSON (Expecting value at line 1 column 6); "
+        "fix the JSON or send text/plain",
+        id="bad-json",
+    ),
+    pytest.param(
+        bytearray(b"\xff\xfe abc"),
+        "text/plain",
+        400,
+        "request body is not valid UTF-8 (invalid start byte at byte 0); send UTF-8 encoded text",
+        id="bad-utf8",
+    ),
+    pytest.param(
+        bytearray(b""),
+        JSON,
+        400,
+        "request body is empty; send text or a JSON request",
+        id="empty-body",
+    ),
+    pytest.param(
+        None,
+        None,
+        400,
+        "request has no body; send text (Content-Type: text/plain) or JSON "
+        "(Content-Type: application/json)",
+        id="no-body",
+    ),
+    pytest.param(
+        42,
+        JSON,
+        400,
+        'JSON body must be an object or a list, got int; send {"text": "..."} or a '
+        "KServe v1/v2 request",
+        id="json-number",
+    ),
+    pytest.param(
+        {"foo": 1},
+        JSON,
+        400,
+        "JSON object has none of the keys inputs (KServe v2), instances (KServe v1), "
+        'text, texts (got keys: foo); send e.g. {"text": "..."}',
+        id="unknown-object",
+    ),
+    pytest.param(
+        {"inputs": []},
+        JSON,
+        400,
+        "inputs must be a non-empty list of BYTES tensors",
+        id="v2-no-inputs",
+    ),
+    pytest.param(
+        v2([1.0], datatype="FP32"),
+        JSON,
+        400,
+        "input 'text' has datatype 'FP32'; this model takes text: send datatype 'BYTES'",
+        id="v2-wrong-datatype",
+    ),
+    pytest.param(
+        v2(["a", "b"], shape=[3]),
+        JSON,
+        400,
+        "input 'text' shape [3] disagrees with 2 data item(s)",
+        id="v2-shape-mismatch",
+    ),
+    pytest.param(
+        v2(["a"], shape="1"),
+        JSON,
+        400,
+        "input 'text' shape must be a list of integers, got '1'",
+        id="v2-shape-string",
+    ),
+    pytest.param(
+        v2(7),
+        JSON,
+        400,
+        "input 'text' data must be a list of strings or a string, got int",
+        id="v2-data-number",
+    ),
+    pytest.param(
+        v2(["a", 3]),
+        JSON,
+        400,
+        "input 'text' data[1] must be a string or an object with a \"text\" string, got int",
+        id="v2-non-string-item",
+    ),
+    pytest.param(v2([]), JSON, 400, "request holds no text; send at least one", id="v2-empty-data"),
+    pytest.param(
+        {"instances": "a"},
+        JSON,
+        400,
+        "instances must be a list of texts, got str",
+        id="v1-instances-not-list",
+    ),
+    pytest.param(
+        {"text": 5}, JSON, 400, 'body "text" must be a string, got int', id="text-not-string"
+    ),
+    pytest.param(
+        {"texts": ["ok", "  \n"]},
+        JSON,
+        400,
+        "text 1 is empty or whitespace; send some words",
+        id="whitespace-text",
+    ),
+    pytest.param(
+        {"texts": ["a", "b", "c", "d"]},
+        JSON,
+        413,
+        "request holds 4 texts, more than the limit of 3; split it",
+        id="too-many-texts",
+    ),
+    pytest.param(
+        {"text": "x" * 41},
+        JSON,
+        413,
+        "text 0 has 41 characters, more than the limit of 40; shorten it",
+        id="text-too-long",
+    ),
+    pytest.param(
+        v2(["a"], parameters={"target": "maths"}),
+        JSON,
+        400,
+        "unknown target label 'maths'; labels: biology, chemistry, physics",
+        id="unknown-target-label",
+    ),
+    pytest.param(
+        v2(["a"], parameters={"target": 3}),
+        JSON,
+        400,
+        "target index 3 is out of range; the model has labels 0..2",
+        id="target-index-out-of-range",
+    ),
+    pytest.param(
+        v2(["a"], parameters={"n_steps": 0}),
+        JSON,
+        400,
+        "n_steps must be between 1 and 100, got 0",
+        id="n-steps-zero",
+    ),
+    pytest.param(
+        v2(["a"], parameters={"n_steps": 101}),
+        JSON,
+        400,
+        "n_steps must be between 1 and 100, got 101",
+        id="n-steps-over-cap",
+    ),
+    pytest.param(
+        v2(["a"], parameters={"n_steps": "5"}),
+        JSON,
+        400,
+        "n_steps must be an integer, got '5'",
+        id="n-steps-string",
+    ),
+    pytest.param(
+        v2(["a"], parameters={"merge_subwords": "yes"}),
+        JSON,
+        400,
+        "merge_subwords must be true or false, got 'yes'",
+        id="merge-not-bool",
+    ),
+    pytest.param(
+        v2(["a"], parameters=[1]),
+        JSON,
+        400,
+        "parameters must be an object, got list",
+        id="parameters-not-object",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "code", "message"), BAD)
+def test_refused_bodies(body: object, content_type: str | None, code: int, message: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse(body, content_type)
+    assert (caught.value.code, caught.value.message) == (code, message)
+
+
+def test_bad_json_without_json_content_type_is_plain_text() -> None:
+    """Only a JSON content type makes a broken-JSON body an error; otherwise it is text."""
+    assert parse(bytearray(b'{"x":'), "application/octet-stream").texts == ('{"x":',)
+
+
+def test_v2_blog_payload_round_trips_through_json() -> None:
+    blog = json.loads(
+        '{"id": "42", "inputs": [{"name": "input-0", "shape": -1, "datatype": "BYTES", '
+        '"data": "{\\"text\\": \\"Risk assessment implications.\\"}"}]}'
+    )
+    assert parse(blog).texts == ("Risk assessment implications.",)

@@ -1,0 +1,482 @@
+"""The handler pipeline end to end on tiny classifiers, through a fake TorchServe context."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fake_context import FakeContext, FakeMetrics, HttpRequest, MetricTypes, Response
+from handler_support import (
+    TEST_SETTINGS,
+    call,
+    load_trained,
+    make_service,
+    reference_probabilities,
+)
+from tiny_models import Family
+
+from scibert_pack.handlers.model import ModelLoadError, choose_device
+from scibert_pack.handlers.service import ClassifierService
+from scibert_pack.handlers.settings import HandlerSettings, SettingsError
+
+LABELS = ["biology", "chemistry", "physics"]
+TEXTS = [
+    "risk assessment implications of site-specific oral relative bioavailability .",
+    "quantum states of the photon decay",
+    "the catalyst speeds up the reaction between the acid and the base",
+]
+BLOG = {
+    "id": "42",
+    "inputs": [
+        {
+            "name": "input-0",
+            "shape": -1,
+            "datatype": "BYTES",
+            "data": '{"text": "Risk assessment implications."}',
+        }
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models: dict[Family, Path]) -> dict[Family, tuple[Any, Any]]:
+    return {family: load_trained(folder) for family, folder in tiny_models.items()}
+
+
+@pytest.fixture(scope="module")
+def services(trained: dict[Family, tuple[Any, Any]]) -> dict[Family, ClassifierService]:
+    return {family: make_service(*pair) for family, pair in trained.items()}
+
+
+@pytest.fixture(scope="module")
+def bert(services: dict[Family, ClassifierService]) -> ClassifierService:
+    return services["bert"]
+
+
+# -- response formats ------------------------------------------------------------------------
+
+
+def v2_infer(body: dict) -> list[tuple[str, list[float]]]:
+    assert set(body) == {"id", "model_name", "model_version", "outputs", "parameters"}
+    assert (body["model_name"], body["model_version"]) == ("scibert", "2.1")
+    label, probs = body["outputs"]
+    n = len(label["data"])
+    assert {k: label[k] for k in ("name", "datatype", "shape")} == {
+        "name": "label",
+        "datatype": "BYTES",
+        "shape": [n],
+    }
+    assert {k: probs[k] for k in ("name", "datatype", "shape")} == {
+        "name": "probabilities",
+        "datatype": "FP32",
+        "shape": [n, 3],
+    }
+    assert body["parameters"] == {"labels": LABELS, "truncated": [False] * n}
+    flat = probs["data"]
+    return [(label["data"][i], flat[3 * i : 3 * i + 3]) for i in range(n)]
+
+
+def v1_items(body: dict) -> list[tuple[str, list[float]]]:
+    assert set(body) == {"predictions"}
+    return native_items(body["predictions"])
+
+
+def native_items(body: Any) -> list[tuple[str, list[float]]]:
+    items = body if isinstance(body, list) else [body]
+    for item in items:
+        assert set(item) == {"label", "probabilities", "truncated"}
+        assert list(item["probabilities"]) == LABELS and item["truncated"] is False
+    return [(i["label"], list(i["probabilities"].values())) for i in items]
+
+
+def v2_explanations(body: dict) -> list[dict]:
+    assert set(body) == {"id", "model_name", "model_version", "outputs"}
+    (output,) = body["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == (
+        "explain",
+        "BYTES",
+        [len(output["data"])],
+    )
+    return list(output["data"])
+
+
+def v1_explanations(body: dict) -> list[dict]:
+    assert set(body) == {"explanations"}
+    return list(body["explanations"])
+
+
+def native_explanations(body: Any) -> list[dict]:
+    return list(body) if isinstance(body, list) else [body]
+
+
+PREDICT_CASES = [
+    pytest.param(HttpRequest(BLOG), v2_infer, ["Risk assessment implications."], id="v2-blog"),
+    pytest.param(
+        HttpRequest(
+            {"id": "7", "inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": TEXTS}]}
+        ),
+        v2_infer,
+        TEXTS,
+        id="v2-three-texts",
+    ),
+    pytest.param(HttpRequest({"instances": TEXTS[:2]}), v1_items, TEXTS[:2], id="v1"),
+    pytest.param(
+        HttpRequest(TEXTS[1], content_type="text/plain"),
+        native_items,
+        TEXTS[1:2],
+        id="native-text-plain",
+    ),
+    pytest.param(
+        HttpRequest(TEXTS[0].encode(), content_type="application/octet-stream"),
+        native_items,
+        TEXTS[:1],
+        id="native-bytes",
+    ),
+    pytest.param(HttpRequest({"texts": TEXTS}), native_items, TEXTS, id="native-texts"),
+    pytest.param(HttpRequest(TEXTS[1:]), native_items, TEXTS[1:], id="native-list"),
+]
+
+
+@pytest.mark.parametrize(("request_", "extract", "texts"), PREDICT_CASES)
+def test_predictions_match_the_model(
+    bert: ClassifierService,
+    trained: dict[Family, tuple[Any, Any]],
+    request_: HttpRequest,
+    extract: Any,
+    texts: list[str],
+) -> None:
+    (response,) = call(bert, [request_])
+    assert (response.status, response.content_type) == (200, "application/json")
+    got = extract(response.body)
+    model, tokenizer = trained["bert"]
+    assert len(got) == len(texts)
+    for (label, probs), text in zip(got, texts, strict=True):
+        expected = reference_probabilities(model, tokenizer, text)
+        assert probs == pytest.approx(expected, abs=1e-5)
+        assert label == LABELS[max(range(3), key=expected.__getitem__)]
+
+
+def test_native_single_text_is_one_object_and_list_is_a_list(bert: ClassifierService) -> None:
+    single, listed = call(bert, [HttpRequest({"text": TEXTS[0]}), HttpRequest([TEXTS[0]])])
+    assert isinstance(single.body, dict) and listed.body == [single.body]
+
+
+def test_v2_echoes_ids_per_request(bert: ClassifierService) -> None:
+    requests = [HttpRequest({**BLOG, "id": f"req-{i}"}) for i in range(4)]
+    assert [r.body["id"] for r in call(bert, requests)] == ["req-0", "req-1", "req-2", "req-3"]
+
+
+EXPLAIN_CASES = [
+    pytest.param(HttpRequest(BLOG, explain=True), v2_explanations, 1, id="v2-blog"),
+    pytest.param(HttpRequest({"instances": TEXTS}, explain=True), v1_explanations, 3, id="v1"),
+    pytest.param(
+        HttpRequest(TEXTS[0], content_type="text/plain", explain=True),
+        native_explanations,
+        1,
+        id="native-text",
+    ),
+    pytest.param(
+        HttpRequest({"texts": TEXTS[:2]}, explain=True), native_explanations, 2, id="native-texts"
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_", "extract", "count"), EXPLAIN_CASES)
+def test_explanation_formats(
+    bert: ClassifierService, request_: HttpRequest, extract: Any, count: int
+) -> None:
+    (response,) = call(bert, [request_])
+    assert response.status == 200
+    items = extract(response.body)
+    assert len(items) == count
+    for item in items:
+        assert set(item) == {"words", "importances", "delta", "label", "target", "truncated"}
+        assert len(item["words"]) == len(item["importances"]) > 2
+        assert item["target"] == item["label"] and item["truncated"] is False
+
+
+# -- batching --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+def test_batch_answers_equal_single_answers(
+    services: dict[Family, ClassifierService], family: Family
+) -> None:
+    """Dynamic padding to the batch's longest text must not change any answer."""
+    service = services[family]
+    requests = [
+        HttpRequest({"texts": [TEXTS[0], "photon"]}),
+        HttpRequest({"instances": [TEXTS[1]]}, explain=True),
+        HttpRequest(TEXTS[2], content_type="text/plain"),
+        HttpRequest({"texts": ["cells divide"]}, explain=True),
+    ]
+    together = call(service, requests)
+    for request, batched in zip(requests, together, strict=True):
+        (alone,) = call(service, [request])
+        assert batched.status == alone.status == 200
+        assert_same_body(batched.body, alone.body)
+
+
+def assert_same_body(got: Any, expected: Any) -> None:
+    if isinstance(expected, float):
+        assert got == pytest.approx(expected, abs=1e-5)
+    elif isinstance(expected, dict):
+        assert set(got) == set(expected)
+        for key in expected:
+            assert_same_body(got[key], expected[key])
+    elif isinstance(expected, list):
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected, strict=True):
+            assert_same_body(g, e)
+    else:
+        assert got == expected
+
+
+def test_one_forward_pass_per_batch(bert: ClassifierService) -> None:
+    metrics = FakeMetrics()
+    call(bert, [HttpRequest({"texts": TEXTS}), HttpRequest(BLOG, explain=True)], metrics)
+    assert [m.value for m in metrics.named("scibert_texts_per_batch")] == [4.0]
+    assert len(metrics.named("scibert_inference_ms")) == 1
+
+
+def test_requests_with_different_n_steps_are_explained_in_groups(bert: ClassifierService) -> None:
+    metrics = FakeMetrics()
+    requests = [
+        HttpRequest({"texts": [TEXTS[0]], "parameters": {"n_steps": 20}}, explain=True),
+        HttpRequest({"texts": [TEXTS[1]], "parameters": {"n_steps": 30}}, explain=True),
+        HttpRequest({"texts": [TEXTS[2]], "parameters": {"n_steps": 20}}, explain=True),
+    ]
+    assert [r.status for r in call(bert, requests, metrics)] == [200, 200, 200]
+    assert sorted(m.value for m in metrics.named("scibert_explain_steps")) == [20.0, 30.0]
+
+
+def test_metrics_have_their_types_and_units(bert: ClassifierService) -> None:
+    metrics = FakeMetrics()
+    call(bert, [HttpRequest(BLOG, explain=True), HttpRequest(BLOG)], metrics)
+    units = {m.name: (m.unit, m.metric_type) for m in metrics.recorded}
+    assert [m.value for m in metrics.named("scibert_requests_total")] == [2.0]
+    assert [m.value for m in metrics.named("scibert_batches_total")] == [1.0]
+    assert units == {
+        "scibert_requests_total": ("count", MetricTypes.COUNTER),
+        "scibert_batches_total": ("count", MetricTypes.COUNTER),
+        "scibert_texts_per_batch": ("count", MetricTypes.GAUGE),
+        "scibert_inference_ms": ("ms", MetricTypes.GAUGE),
+        "scibert_explain_ms": ("ms", MetricTypes.GAUGE),
+        "scibert_explain_steps": ("count", MetricTypes.GAUGE),
+    }
+
+
+# -- bad requests ----------------------------------------------------------------------------
+
+BAD = [
+    pytest.param(
+        HttpRequest(b'{"x":'),
+        400,
+        "request body is not valid JSON (Expecting value at line 1 column 6); "
+        "fix the JSON or send text/plain",
+        id="bad-json",
+    ),
+    pytest.param(
+        HttpRequest(b"\xff abc", content_type="text/plain"),
+        400,
+        "request body is not valid UTF-8 (invalid start byte at byte 0); send UTF-8 encoded text",
+        id="bad-utf8",
+    ),
+    pytest.param(
+        HttpRequest(
+            {"id": "9", "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+        ),
+        400,
+        "input 'x' has datatype 'FP32'; this model takes text: send datatype 'BYTES'",
+        id="v2-fp32",
+    ),
+    pytest.param(
+        HttpRequest({"texts": ["a"] * 9}),
+        413,
+        "request holds 9 texts, more than the limit of 8; split it",
+        id="too-many-texts",
+    ),
+    pytest.param(
+        HttpRequest({"text": "word " * 101}),
+        413,
+        "text 0 has 505 characters, more than the limit of 500; shorten it",
+        id="text-too-long",
+    ),
+    pytest.param(
+        HttpRequest({"texts": ["a"], "parameters": {"target": "maths"}}, explain=True),
+        400,
+        "unknown target label 'maths'; labels: biology, chemistry, physics",
+        id="unknown-target",
+    ),
+    pytest.param(
+        HttpRequest({"instances": ["a"], "parameters": {"n_steps": 0}}, explain=True),
+        400,
+        "n_steps must be between 1 and 100, got 0",
+        id="n-steps-zero",
+    ),
+    pytest.param(
+        HttpRequest("   ", content_type="text/plain"),
+        400,
+        "text 0 is empty or whitespace; send some words",
+        id="whitespace",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_", "code", "message"), BAD)
+def test_bad_request_alone(
+    bert: ClassifierService, request_: HttpRequest, code: int, message: str
+) -> None:
+    (response,) = call(bert, [request_])
+    assert response == Response(code, message, {"error": message, "code": code}, "application/json")
+
+
+@pytest.mark.parametrize(("request_", "code", "message"), BAD)
+def test_bad_request_in_a_batch_fails_alone(
+    bert: ClassifierService, request_: HttpRequest, code: int, message: str
+) -> None:
+    good = [HttpRequest(BLOG), HttpRequest({"texts": TEXTS[:2]}, explain=True)]
+    first, bad, second = call(bert, [good[0], request_, good[1]])
+    assert (bad.status, bad.body) == (code, {"error": message, "code": code})
+    for response, request in ((first, good[0]), (second, good[1])):
+        (alone,) = call(bert, [request])
+        assert response.status == 200
+        assert_same_body(response.body, alone.body)
+
+
+# -- truncation ------------------------------------------------------------------------------
+
+
+def test_truncated_texts_are_reported(bert: ClassifierService) -> None:
+    long_text = " ".join(["energy"] * 60)  # 60 tokens > max_length 32
+    v2, v1, explained = call(
+        bert,
+        [
+            HttpRequest(
+                {
+                    "inputs": [
+                        {
+                            "name": "t",
+                            "shape": [2],
+                            "datatype": "BYTES",
+                            "data": [long_text, "photon"],
+                        }
+                    ]
+                }
+            ),
+            HttpRequest({"instances": [long_text]}),
+            HttpRequest({"text": long_text}, explain=True),
+        ],
+    )
+    assert v2.body["parameters"]["truncated"] == [True, False]
+    assert v1.body["predictions"][0]["truncated"] is True
+    assert explained.body["truncated"] is True
+    assert len(explained.body["words"]) == TEST_SETTINGS.max_length
+    assert explained.body["words"][-1] == "[SEP]"
+
+
+# -- failures inside the model ---------------------------------------------------------------
+
+
+class PoisonedModel(torch.nn.Module):
+    """Wraps a classifier; fails on batches holding `poison_id` (when `in_gradients`: only
+    while gradients are on, i.e. during explanations, not predictions)."""
+
+    def __init__(self, inner: Any, poison_id: int, *, in_gradients: bool = False) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+        self.poison_id = poison_id
+        self.in_gradients = in_gradients
+
+    def get_input_embeddings(self) -> Any:
+        return self.inner.get_input_embeddings()
+
+    def forward(
+        self, input_ids: Any = None, attention_mask: Any = None, token_type_ids: Any = None
+    ) -> Any:
+        poisoned = bool((input_ids == self.poison_id).any())
+        if poisoned and (torch.is_grad_enabled() or not self.in_gradients):
+            raise RuntimeError("poisoned batch")
+        return self.inner(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
+
+
+@pytest.mark.parametrize(
+    ("in_gradients", "stage"),
+    [(False, "prediction"), (True, "explanation")],
+    ids=["forward-pass", "explanation"],
+)
+def test_a_failing_request_gets_500_and_its_neighbours_succeed(
+    trained: dict[Family, tuple[Any, Any]],
+    bert: ClassifierService,
+    in_gradients: bool,
+    stage: str,
+) -> None:
+    model, tokenizer = trained["bert"]
+    poison_id = tokenizer.convert_tokens_to_ids("magnetic")
+    service = make_service(PoisonedModel(model, poison_id, in_gradients=in_gradients), tokenizer)
+    requests = [
+        HttpRequest({"texts": TEXTS[:2]}, explain=True),
+        HttpRequest({"text": "the magnetic field"}, explain=True),
+        HttpRequest(BLOG),
+    ]
+    first, poisoned, third = call(service, requests)
+    message = f"{stage} failed inside the model server for request 1; see the worker log"
+    assert (poisoned.status, poisoned.body) == (500, {"error": message, "code": 500})
+    for response, request in ((first, requests[0]), (third, requests[2])):
+        (reference,) = call(bert, [request])
+        assert response.status == 200
+        assert_same_body(response.body, reference.body)
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def test_loads_from_the_context(tiny_models: dict[Family, Path]) -> None:
+    metrics = FakeMetrics()
+    context = FakeContext(
+        tiny_models["roberta"],
+        handler_settings={"max_length": 16},
+        model_name="sci",
+        model_version="3",
+        metrics=metrics,
+    )
+    service = ClassifierService.from_context(context)
+    assert (service.info.name, service.info.version, service.classifier.max_length) == (
+        "sci",
+        "3",
+        16,
+    )
+    assert service.classifier.device == torch.device("cpu")
+    assert not service.classifier.model.training
+
+
+def test_unknown_handler_setting_fails_loading(tiny_models: dict[Family, Path]) -> None:
+    context = FakeContext(tiny_models["bert"], handler_settings={"max_lenght": 16})
+    with pytest.raises(SettingsError, match="unknown handler setting"):
+        ClassifierService.from_context(context)
+
+
+def test_model_folder_without_weights_fails_loading(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError) as caught:
+        ClassifierService.from_context(FakeContext(tmp_path))
+    assert str(caught.value) == (
+        f"model folder {tmp_path} has no weights (looked for *.safetensors, *.bin); "
+        "save the model with model.save_pretrained(folder)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("device", "gpu_id"),
+    [("auto", None), ("cpu", 0), ("auto", 0), ("cuda", 0)],
+    ids=["no-gpu-id", "cpu-setting", "auto-without-cuda", "cuda-without-cuda"],
+)
+def test_device_falls_back_to_cpu(device: Any, gpu_id: int | None) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert choose_device(HandlerSettings(device=device), gpu_id) == torch.device("cpu")
