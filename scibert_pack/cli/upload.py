@@ -109,7 +109,7 @@ def upload(
         console.warn(warning)
     if dry_run:
         if as_json:
-            console.json({**plan_json(plan), "dry_run": True})
+            console.json({**plan_json(plan, backend), "dry_run": True})
         else:
             console.data(_plan_text(plan, backend.uri_of))
         return

@@ -1,0 +1,216 @@
+"""Filesystem backend: a local directory, or a PVC mounted on this machine (copy pod, NFS).
+
+Layout under ROOT:
+  ROOT/.VERSION.partial/            staging: files land here first (kept to resume a rerun)
+  ROOT/VERSION/                     the complete version, renamed from staging in one step
+  ROOT/VERSION.complete.json        the completion record, written last
+Staging is inside ROOT, so the rename stays on one filesystem and is atomic: a pod reading the
+claim sees no version or a whole one. The record sits beside the version for the same reason as
+on S3: the served directory must equal the local store exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from scibert_pack.errors import StorageError
+from scibert_pack.files import atomic_write_bytes, sha256_file
+from scibert_pack.storage.backend import ByteCallback, FileCallback, RemoteFile
+from scibert_pack.storage.local_store import CONFIG_FILE, LocalFile
+
+_RECORD_SUFFIX = ".complete.json"
+_PARTIAL = re.compile(r"^\.(.+)\.partial$")
+_CHUNK = 1 << 20
+
+
+class FilesystemBackend:
+    drops_empty_files = False
+
+    def __init__(self, root: Path, *, uri_base: str | None = None) -> None:
+        """`uri_base` is the storageUri of `root` (pvc://claim/path); None for a plain path."""
+        self._root = root
+        self._uri_base = uri_base
+
+    # -- names ---------------------------------------------------------------------------------
+    def _final(self, version: str) -> Path:
+        return self._root / version
+
+    def _staging(self, version: str) -> Path:
+        return self._root / f".{version}.partial"
+
+    def _record(self, version: str) -> Path:
+        return self._root / f"{version}{_RECORD_SUFFIX}"
+
+    def _current(self, version: str) -> Path:
+        final = self._final(version)
+        return final if final.is_dir() else self._staging(version)
+
+    def version_uri(self, version: str) -> str:
+        if self._uri_base is None:
+            return str(self._final(version))
+        return f"{self._uri_base.rstrip('/')}/{version}"
+
+    def record_uri(self, version: str) -> str:
+        return str(self._record(version))
+
+    def uri_of(self, name: str) -> str:
+        return str(self._root / name)
+
+    def member(self, version: str, path: str) -> str:
+        return self._current(version).relative_to(self._root).joinpath(path).as_posix()
+
+    # -- reading -------------------------------------------------------------------------------
+    def check(self) -> list[str]:
+        if self._root.exists() and not self._root.is_dir():
+            raise StorageError(
+                f"{self._root} is a file, not a directory",
+                fix="give a directory to upload into",
+            )
+        if (self._root / CONFIG_FILE).exists():
+            raise StorageError(
+                f"{self._root} already holds an unversioned model store ({CONFIG_FILE}); "
+                "versions uploaded beneath it would be served along with it",
+                fix=f"upload to another directory, e.g. {self._root}-versions",
+            )
+        return []
+
+    def read_version(self, version: str, files: Sequence[LocalFile] = ()) -> dict[str, RemoteFile]:
+        base = self._current(version)
+        return {
+            rel: RemoteFile(path.stat().st_size, sha256_file(path)) for rel, path in _files(base)
+        }
+
+    def read_record(self, version: str) -> bytes | None:
+        try:
+            return self._record(version).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    # -- writing -------------------------------------------------------------------------------
+    def put(
+        self,
+        version: str,
+        files: Sequence[LocalFile],
+        on_bytes: ByteCallback,
+        on_file: FileCallback,
+    ) -> None:
+        if self._final(version).is_dir():
+            raise StorageError(
+                f"{self._final(version)} differs from the store it was uploaded from, "
+                "but a version is never changed in place",
+                fix="delete that directory and its .complete.json record, then rerun",
+            )
+        staging = self._staging(version)
+        with _os_errors(f"copy into {staging}"):
+            for f in files:
+                _copy(f.source, staging / f.path, on_bytes)
+                on_file(f)
+
+    def verify(self, version: str, files: Sequence[LocalFile]) -> None:
+        stored = self.read_version(version)
+        for f in files:
+            got = stored.get(f.path)
+            if got is None or got.size != f.size or got.sha256 != f.sha256:
+                raise StorageError(
+                    f"{self._current(version) / f.path} does not match {f.source} after copying",
+                    fix="check the disk or mount, then rerun",
+                )
+
+    def commit(self, version: str, record: bytes) -> None:
+        final = self._final(version)
+        with _os_errors(f"complete {final}"):
+            if not final.is_dir():
+                _purge_hidden(self._staging(version))
+                os.rename(self._staging(version), final)
+                _fsync_dir(self._root)
+            atomic_write_bytes(self._record(version), record)
+
+    def strays(self, version: str) -> list[str]:
+        """Only what an upload made (versions with a record, their records, staging dirs): a
+        directory given by mistake keeps everything else."""
+        if not self._root.is_dir():
+            return []
+        keep = {version, f"{version}{_RECORD_SUFFIX}", self._staging(version).name}
+        names = {p.name for p in self._root.iterdir()}
+        ours = set()
+        for name in names - keep:
+            if name.endswith(_RECORD_SUFFIX):
+                ours.add(name)
+                stem = name[: -len(_RECORD_SUFFIX)]
+                if stem in names:
+                    ours.add(stem)
+            elif _PARTIAL.match(name):
+                ours.add(name)
+        return sorted(ours)
+
+    def delete(self, names: Sequence[str]) -> None:
+        with _os_errors(f"delete in {self._root}"):
+            for name in names:
+                path = self._root / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+
+
+def _files(base: Path) -> list[tuple[str, Path]]:
+    if not base.is_dir():
+        return []
+    return sorted(
+        (p.relative_to(base).as_posix(), p)
+        for p in base.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+
+
+def _copy(source: Path, dest: Path, on_bytes: ByteCallback) -> None:
+    """Copy through a temp file in the destination folder, so a file is whole or absent."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                on_bytes(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _purge_hidden(base: Path) -> None:
+    """Temp files left by a killed copy are no part of the store; they must not be served."""
+    for path in sorted(base.rglob(".*"), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _os_errors(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        raise StorageError(
+            f"could not {doing}: {err.strerror or err} ({err.filename or ''})",
+            fix="check free space and write permission there, then rerun (it resumes)",
+        ) from err

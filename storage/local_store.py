@@ -1,0 +1,136 @@
+"""The model store folder to upload: checked, listed and hashed once, named by its content."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scibert_pack.errors import StoreError
+from scibert_pack.files import sha256_file
+
+CONFIG_FILE = "config/config.properties"
+MODEL_STORE_DIR = "model-store"
+REPORT_FILE = "build-report.json"
+REPORT_SCHEMA = "scibert-pack/build-report/v1"
+_BUILD_FIX = "point OUT at the folder `scibert-pack build MODEL_DIR OUT` wrote, or rebuild it"
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    # POSIX path relative to the store root; also the key suffix under the version prefix.
+    path: str
+    source: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LocalStore:
+    root: Path
+    files: tuple[LocalFile, ...]
+    # sha256 over the sorted (sha256, size, path) lines: equal trees, equal hashes.
+    tree_sha256: str
+    # The immutable version prefix's name: "<model_version>-<tree hash>" or "<tree hash>".
+    version: str
+    model_name: str | None
+    model_version: str | None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def empty_files(self) -> tuple[str, ...]:
+        return tuple(f.path for f in self.files if f.size == 0)
+
+
+def read_store(root: Path) -> LocalStore:
+    """Check and hash the store at `root`; StoreError naming what is missing and how to fix it."""
+    if not root.is_dir():
+        raise StoreError(f"model store {root} is not a folder", fix=_BUILD_FIX)
+    if not (root / CONFIG_FILE).is_file():
+        raise StoreError(f"model store {root} has no {CONFIG_FILE}", fix=_BUILD_FIX)
+    archives = _archives(root / MODEL_STORE_DIR)
+    if not archives:
+        raise StoreError(
+            f"model store {root} has no model archive in {MODEL_STORE_DIR}/ "
+            "(looked for *.mar, *.tar.gz or a model folder)",
+            fix=_BUILD_FIX,
+        )
+    files = tuple(
+        LocalFile(rel, path, path.stat().st_size, sha256_file(path)) for rel, path in _walk(root)
+    )
+    report = _read_report(root)
+    if report is not None:
+        _check_artifacts(root, report, {f.path: f for f in files})
+    lines = "".join(f"{f.sha256} {f.size} {f.path}\n" for f in files)
+    tree = hashlib.sha256(lines.encode("utf-8")).hexdigest()
+    model_version = str(report["model_version"]) if report and "model_version" in report else None
+    model_name = str(report["model_name"]) if report and "model_name" in report else None
+    version = tree[:12]
+    if model_version:
+        version = f"{re.sub(r'[^A-Za-z0-9._-]+', '-', model_version).strip('.-')}-{version}"
+    return LocalStore(root, files, tree, version, model_name, model_version)
+
+
+def _archives(model_store: Path) -> list[Path]:
+    if not model_store.is_dir():
+        return []
+    return [
+        p
+        for p in model_store.iterdir()
+        if not p.name.startswith(".")
+        and ((p.name.endswith((".mar", ".tar.gz")) and p.is_file()) or p.is_dir())
+    ]
+
+
+def _walk(root: Path) -> list[tuple[str, Path]]:
+    """Every regular file under `root`, sorted; hidden names (editor, OS, temp files) are not
+    part of a store."""
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not name.startswith(".") and path.is_file():
+                found.append((path.relative_to(root).as_posix(), path))
+    return sorted(found)
+
+
+def _read_report(root: Path) -> dict[str, Any] | None:
+    path = root / REPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StoreError(f"{path} is not readable JSON ({err})", fix=_BUILD_FIX) from None
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+        got = report.get("schema") if isinstance(report, dict) else type(report).__name__
+        raise StoreError(
+            f"{path} has schema {got!r}, expected {REPORT_SCHEMA!r}",
+            fix="rebuild the store with this version of `scibert-pack build`",
+        )
+    return report
+
+
+def _check_artifacts(root: Path, report: dict[str, Any], files: dict[str, LocalFile]) -> None:
+    """A store edited after its build would be served under the build's version name."""
+    changed: list[str] = []
+    for artifact in report.get("artifacts") or []:
+        rel = str(artifact.get("path", ""))
+        have = files.get(rel)
+        if have is None:
+            changed.append(f"{rel} (missing)")
+        elif have.sha256 != artifact.get("sha256") or have.size != artifact.get("size"):
+            changed.append(f"{rel} (sha256 or size differs)")
+    if changed:
+        raise StoreError(
+            f"model store {root} no longer matches its {REPORT_FILE}: {', '.join(changed)}",
+            fix="rebuild the store with `scibert-pack build` instead of editing it",
+        )
