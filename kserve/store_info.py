@@ -6,18 +6,15 @@ both say something, because it is what TorchServe reads in the pod.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from scibert_pack.config.properties import parse as parse_properties
 from scibert_pack.errors import StoreError
+from scibert_pack.layout import CONFIG_FILE, REPORT_FILE, read_config, read_report, snapshot_models
 
-REPORT_FILE = "build-report.json"
-CONFIG_FILE = "config/config.properties"
-REPORT_SCHEMA = "scibert-pack/build-report/v1"
+_FROM_STORE_FIX = "point --from-store at the OUT folder of `scibert-pack build`, or rebuild it"
 DEFAULT_PORTS = {"inference": 8085, "management": 8081, "metrics": 8082}
 
 
@@ -38,16 +35,9 @@ class StoreInfo:
 
 def read_store(out: Path) -> StoreInfo:
     """The facts of the model store at `out`; StoreError when a file is missing or unreadable."""
-    report = _read_report(out)
-    config_path = out / CONFIG_FILE
-    try:
-        props = parse_properties(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StoreError(
-            f"model store {out} has no {CONFIG_FILE}",
-            fix="point --from-store at the OUT folder of `scibert-pack build`, or rebuild it",
-        ) from None
-    served = _snapshot_models(props.get("model_snapshot"), config_path)
+    report = read_report(out, required=True, fix=_FROM_STORE_FIX) or {}
+    props = read_config(out, fix=_FROM_STORE_FIX)
+    served = tuple(snapshot_models(props, out))
     ports = report.get("ports") or {}
     inference_port, inference_host = _address(props, "inference_address", ports, "inference")
     metrics_port, metrics_host = _address(props, "metrics_address", ports, "metrics")
@@ -75,44 +65,6 @@ def read_store(out: Path) -> StoreInfo:
         versions=versions,
         path=out,
     )
-
-
-def _read_report(out: Path) -> dict[str, Any]:
-    path = out / REPORT_FILE
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StoreError(
-            f"model store {out} has no {REPORT_FILE}",
-            fix="point --from-store at the OUT folder of `scibert-pack build`, or rebuild it",
-        ) from None
-    except json.JSONDecodeError as err:
-        raise StoreError(
-            f"{path} is not JSON ({err})", fix="rebuild the store with `scibert-pack build`"
-        ) from None
-    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
-        got = report.get("schema") if isinstance(report, dict) else type(report).__name__
-        raise StoreError(
-            f"{path} has schema {got!r}, expected {REPORT_SCHEMA!r}",
-            fix="rebuild the store with this version of `scibert-pack build`",
-        )
-    return report
-
-
-def _snapshot_models(raw: str | None, path: Path) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    try:
-        snapshot = json.loads(raw)
-        models = snapshot["models"]
-        if not isinstance(models, dict):
-            raise TypeError("models is not an object")
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise StoreError(
-            f"model_snapshot in {path} is not a TorchServe snapshot ({err})",
-            fix="rebuild the store with `scibert-pack build`",
-        ) from None
-    return tuple(str(name) for name in models)
 
 
 def _address(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from scibert_pack.config import properties
 from scibert_pack.errors import StoreError
+from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, read_config, snapshot_models
 
 
 @dataclass(frozen=True)
@@ -28,43 +27,41 @@ class ModelStore:
 
     @property
     def model_store(self) -> Path:
-        return self.root / "model-store"
+        return self.root / MODEL_STORE_DIR
 
 
 def open_store(root: Path) -> ModelStore:
     """Read and check a store folder; StoreError naming what is missing and how to make it."""
     fix = f"build it with: scibert-pack build MODEL_DIR --name NAME -o {root}"
-    config_file = root / "config" / "config.properties"
     if not root.is_dir():
         raise StoreError(f"model store {root} does not exist", fix=fix)
-    if not config_file.is_file():
-        raise StoreError(f"model store {root} has no config/config.properties", fix=fix)
-    config = properties.parse(config_file.read_text(encoding="utf-8"))
-    try:
-        snapshot = json.loads(config["model_snapshot"])
-        ((name, versions),) = snapshot["models"].items()
-        version, entry = next(
-            ((v, e) for v, e in versions.items() if e.get("defaultVersion")),
-            next(iter(versions.items())),
-        )
-        mar_name = str(entry["marName"])
-    except (KeyError, ValueError, TypeError, StopIteration, AttributeError) as err:
+    config = read_config(root, fix=fix)
+    models = snapshot_models(config, root)
+    if len(models) != 1:
         raise StoreError(
-            f"config/config.properties in {root} has no usable model_snapshot "
-            "(one model with marName, batchSize, ...)",
+            f"{CONFIG_FILE} in {root} must serve exactly one model in model_snapshot, "
+            f"found {len(models)}",
             fix=fix,
-        ) from err
-    archive = root / "model-store" / mar_name
+        )
+    ((name, versions),) = models.items()
+    defaults = [v for v, e in versions.items() if e.get("defaultVersion")]
+    version = defaults[0] if defaults else next(iter(versions), "")
+    entry = versions.get(version, {})
+    if "marName" not in entry:
+        raise StoreError(f"model_snapshot in {root / CONFIG_FILE} has no marName", fix=fix)
+    mar_name = str(entry["marName"])
+    archive = root / MODEL_STORE_DIR / mar_name
     if not archive.exists():
         raise StoreError(
-            f"model store {root} has no model-store/{mar_name}, which config.properties serves",
+            f"model store {root} has no {MODEL_STORE_DIR}/{mar_name}, which "
+            "config.properties serves",
             fix=fix,
         )
     return ModelStore(
         root=root,
         config=config,
-        model_name=str(name),
-        model_version=str(version),
+        model_name=name,
+        model_version=version,
         archive=archive,
         batch_size=int(entry.get("batchSize", 1)),
         startup_timeout_s=int(entry.get("startupTimeout", 120)),

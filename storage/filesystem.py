@@ -21,8 +21,9 @@ from pathlib import Path
 
 from scibert_pack.errors import StorageError
 from scibert_pack.files import atomic_write_bytes, sha256_file
+from scibert_pack.layout import CONFIG_FILE
 from scibert_pack.storage.backend import ByteCallback, FileCallback, RemoteFile
-from scibert_pack.storage.local_store import CONFIG_FILE, LocalFile
+from scibert_pack.storage.local_store import LocalFile
 
 _RECORD_SUFFIX = ".complete.json"
 _PARTIAL = re.compile(r"^\.(.+)\.partial$")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -12,11 +11,8 @@ from typing import Any
 
 from scibert_pack.errors import StoreError
 from scibert_pack.files import sha256_file
+from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE, read_report
 
-CONFIG_FILE = "config/config.properties"
-MODEL_STORE_DIR = "model-store"
-REPORT_FILE = "build-report.json"
-REPORT_SCHEMA = "scibert-pack/build-report/v1"
 _BUILD_FIX = "point OUT at the folder `scibert-pack build MODEL_DIR OUT` wrote, or rebuild it"
 
 
@@ -65,7 +61,7 @@ def read_store(root: Path) -> LocalStore:
     files = tuple(
         LocalFile(rel, path, path.stat().st_size, sha256_file(path)) for rel, path in _walk(root)
     )
-    report = _read_report(root)
+    report = read_report(root, required=False, fix=_BUILD_FIX)
     if report is not None:
         _check_artifacts(root, report, {f.path: f for f in files})
     lines = "".join(f"{f.sha256} {f.size} {f.path}\n" for f in files)
@@ -100,23 +96,6 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
             if not name.startswith(".") and path.is_file():
                 found.append((path.relative_to(root).as_posix(), path))
     return sorted(found)
-
-
-def _read_report(root: Path) -> dict[str, Any] | None:
-    path = root / REPORT_FILE
-    if not path.is_file():
-        return None
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StoreError(f"{path} is not readable JSON ({err})", fix=_BUILD_FIX) from None
-    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
-        got = report.get("schema") if isinstance(report, dict) else type(report).__name__
-        raise StoreError(
-            f"{path} has schema {got!r}, expected {REPORT_SCHEMA!r}",
-            fix="rebuild the store with this version of `scibert-pack build`",
-        )
-    return report
 
 
 def _check_artifacts(root: Path, report: dict[str, Any], files: dict[str, LocalFile]) -> None:

@@ -26,8 +26,9 @@ from s3transfer.subscribers import BaseSubscriber
 from s3transfer.utils import ChunksizeAdjuster
 
 from scibert_pack.errors import InputError, StorageError
+from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR
 from scibert_pack.storage.backend import ByteCallback, FileCallback, RemoteFile
-from scibert_pack.storage.local_store import CONFIG_FILE, MODEL_STORE_DIR, LocalFile
+from scibert_pack.storage.local_store import LocalFile
 from scibert_pack.storage.targets import S3Target
 
 if TYPE_CHECKING:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from scibert_pack.errors import StorageError, StoreError
+from scibert_pack.layout import CONFIG_FILE
 from scibert_pack.storage.backend import Backend, RemoteFile
-from scibert_pack.storage.local_store import CONFIG_FILE, LocalFile, LocalStore
+from scibert_pack.storage.local_store import LocalFile, LocalStore
 
 RECORD_SCHEMA = "scibert-pack/upload-record/v1"
 Action = Literal["upload", "skip"]

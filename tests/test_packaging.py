@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,9 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_has_one_top_level_namespace(tmp_path: Path) -> None:
+    # Build from a copy: setuptools leaves build/ and *.egg-info/ in the source folder.
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT, source, symlinks=True,
+        ignore=shutil.ignore_patterns(".venv", ".git", ".bench-cache", "build", "*-work", "__pycache__"),
+    )  # fmt: skip
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+         "-w", str(tmp_path), str(source)],
         check=True, timeout=300, capture_output=True,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("scibert_pack-*.whl")

@@ -274,9 +274,11 @@ def test_upload_killed_midway_serves_nothing_partial_and_rerun_completes(
             stdout, _ = proc.communicate(timeout=10)
     assert (proc.returncode, stdout) == (-9, b"")  # killed before any storageUri was printed
 
-    # One file at a time: the small report landed, the .mar did not, config goes last anyway
-    # (a version without it is not even startable by TorchServe).
-    assert moto_server.keys(bucket, f"m/{version}/") == [f"m/{version}/build-report.json"]
+    # The .mar did not land, and config goes last anyway (a version without it is not even
+    # startable by TorchServe). The small report may or may not have landed: s3transfer submits
+    # files from several threads, so which PUT reaches the stalled proxy first is not fixed.
+    landed = moto_server.keys(bucket, f"m/{version}/")
+    assert set(landed) <= {f"m/{version}/build-report.json"}
     assert f"m/{version}.complete.json" not in moto_server.keys(bucket)
     assert kserve_download(served, tmp_path / "still-v1") == tree(v1)
 
@@ -284,7 +286,7 @@ def test_upload_killed_midway_serves_nothing_partial_and_rerun_completes(
 
     record = json.loads(rerun.stdout)
     assert {o["path"]: o["action"] for o in record["objects"]} == {
-        "build-report.json": "unchanged",
+        "build-report.json": "unchanged" if landed else "uploaded",
         "config/config.properties": "uploaded",
         "model-store/scibert.mar": "uploaded",
     }
