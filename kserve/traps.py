@@ -208,6 +208,23 @@ def _knative_timeout(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
+def _stock_image_libraries(r: Resolved) -> list[ManifestWarning]:
+    if not r.stock:
+        return []
+    return [
+        ManifestWarning(
+            "stock-runtime-libraries",
+            "pytorch/torchserve-kfs images ship torch but not transformers or captum, and the "
+            "store's config.properties keeps install_py_dep_per_model=false: the handler cannot "
+            "import them and the model never loads",
+            "use the default --runtime scibert-pack (its Dockerfile pins transformers=="
+            f"{r.transformers_version} and captum=={r.captum_version}), or build an image FROM "
+            f"pytorch/torchserve-kfs:{r.runtime_version} with those two installed and set it as "
+            "the kserve-torchserve runtime's image",
+        )
+    ]
+
+
 def _major_minor(tag: str) -> tuple[int, int] | None:
     parts = tag.split("-", 1)[0].split(".")
     try:
@@ -217,6 +234,7 @@ def _major_minor(tag: str) -> tuple[int, int] | None:
 
 
 _CHECKS: tuple[Callable[[Resolved], list[ManifestWarning]], ...] = (
+    _stock_image_libraries,
     _batcher_v2,
     _batcher_timeout,
     _stock_image,

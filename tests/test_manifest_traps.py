@@ -175,7 +175,21 @@ def test_trap_gives_its_warning(
     assert (matching[0].message, matching[0].fix) == (message, fix)
 
 
-# Setups that look like a trap but are right: no warning at all.
+def test_stock_runtime_always_warns_about_its_missing_libraries(tmp_path: Path) -> None:
+    store = read_store(write_store(tmp_path / "out"))
+    options = ManifestOptions(**{**BASE, "runtime": "kserve-torchserve", "protocol": "v1"})
+    (warning,) = build_manifest(options, store).warnings
+    assert warning.code == "stock-runtime-libraries"
+    assert warning.message == (
+        "pytorch/torchserve-kfs images ship torch but not transformers or captum, and the "
+        "store's config.properties keeps install_py_dep_per_model=false: the handler cannot "
+        "import them and the model never loads"
+    )
+    assert warning.fix.startswith("use the default --runtime scibert-pack (its Dockerfile pins ")
+
+
+# Setups that look like a trap but are right: no warning at all (the stock runtime's
+# always-present library warning aside).
 CLEAN: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
     ("defaults", {}, None),
     ("store-matches", {}, {}),
@@ -200,4 +214,5 @@ def test_no_warning_when_right(
     store = None
     if store_overrides is not None:
         store = read_store(write_store(tmp_path / "out", **store_overrides))
-    assert build_manifest(ManifestOptions(**{**BASE, **extra}), store).warnings == ()
+    warnings = build_manifest(ManifestOptions(**{**BASE, **extra}), store).warnings
+    assert [w.code for w in warnings if w.code != "stock-runtime-libraries"] == []
