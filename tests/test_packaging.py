@@ -31,10 +31,20 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/", 1)[0] for name in names}
     assert tops == {"scibert_pack", next(t for t in tops if t.endswith(".dist-info"))}
-    for package in ("archiver", "config", "handlers", "storage", "serving", "kserve", "cli"):
+    for package in (
+        "archiver",
+        "config",
+        "handlers",
+        "storage",
+        "serving",
+        "kserve",
+        "cli",
+        "demo",
+    ):
         assert f"scibert_pack/{package}/__init__.py" in names, package
     assert "scibert_pack/handlers/settings.py" in names
     assert "scibert_pack/py.typed" in names
+    assert "scibert_pack/demo/corpus.tsv" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert (
         "scibert-pack = scibert_pack.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

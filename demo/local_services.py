@@ -1,0 +1,145 @@
+"""What the demo runs beside TorchServe: free loopback ports and a local S3-protocol server.
+
+The S3 server is moto's standalone server in its own process group, so stopping it (also on
+Ctrl-C or an error, through the context manager) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from scibert_pack.errors import InputError, StorageError
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports on `host`, none adjacent, so port+1 of each is free too
+    (TorchServe's gRPC management listens on the gRPC inference port + 1)."""
+    ports: list[int] = []
+    with contextlib.ExitStack() as stack:
+        for _ in range(count * 20):  # bounded: adjacent picks are rare
+            if len(ports) == count:
+                break
+            s = stack.enter_context(socket.socket())
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+            if all(abs(port - p) > 1 for p in ports) and _free(host, port + 1):
+                ports.append(port)
+    if len(ports) < count:
+        raise StorageError(
+            f"found only {len(ports)} of {count} free ports on {host}",
+            fix="free some ports (see `ss -ltn`) and rerun",
+        )
+    return ports
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class LocalS3Server:
+    """`with LocalS3Server(log) as s3:` runs moto's S3 server on a free 127.0.0.1 port."""
+
+    def __init__(
+        self, log_file: Path, *, host: str = "127.0.0.1", start_timeout_s: float = 60.0
+    ) -> None:
+        self.log_file = log_file
+        self.host = host
+        self.start_timeout_s = start_timeout_s
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> LocalS3Server:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if importlib.util.find_spec("moto") is None:
+            raise InputError(
+                "the local S3 server of the demo needs moto, which is not installed",
+                fix="pip install 'moto[server]' (scripts/demo.sh installs it with the dev extras)",
+            )
+        (self.port,) = free_ports(1, self.host)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_file.open("wb")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            self._wait_listening()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise StorageError(
+                    f"the local S3 server (moto) exited with code {self._process.returncode}: "
+                    f"{self._log_tail()}",
+                    fix=f"read {self.log_file}",
+                )
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise StorageError(
+            f"the local S3 server (moto) did not listen on {self.endpoint} within "
+            f"{self.start_timeout_s:.0f} s",
+            fix=f"read {self.log_file}",
+        )
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, sig)
+                try:
+                    process.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _log_tail(self, chars: int = 600) -> str:
+        try:
+            return self.log_file.read_text(encoding="utf-8", errors="replace")[-chars:].strip()
+        except OSError:
+            return "(no log)"

@@ -1,0 +1,174 @@
+"""A self-contained HTML report of explanations: each word shaded by its importance.
+
+One section per text: the text, label, target, delta, the probabilities when known, and every
+word as a span whose background alpha is |importance| / the largest |importance| of that text
+(green supports the target label, red speaks against it). Inline CSS, no scripts, no fonts to
+fetch: the file opens anywhere, offline. Everything from the model or the user is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from scibert_pack.files import atomic_write_text
+from scibert_pack.serving.client import Explanation
+
+# Tokenizer markers, not words of the text: shown greyed, never shaded.
+SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
+POSITIVE_RGB = (22, 163, 74)
+NEGATIVE_RGB = (220, 38, 38)
+TOP_WORDS = 5
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
+       max-width: 60rem; padding: 0 1rem; color: #1f2937; line-height: 1.5; }
+h1 { font-size: 1.4rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.05rem; margin: 0 0 0.5rem; }
+.meta, .legend { color: #4b5563; font-size: 0.9rem; }
+section { border: 1px solid #e5e7eb; border-radius: 8px; padding: 1rem 1.2rem; margin: 1.2rem 0; }
+.facts { display: flex; flex-wrap: wrap; gap: 0.4rem 1.5rem; margin: 0 0 0.8rem;
+         font-size: 0.9rem; }
+.facts dt { font-weight: 600; display: inline; }
+.facts dd { display: inline; margin: 0 0 0 0.3rem; }
+.words { font-size: 1.1rem; line-height: 2.1; }
+.w { padding: 0.15rem 0.2rem; border-radius: 4px; }
+.special { color: #9ca3af; font-size: 0.75rem; }
+.probs { border-collapse: collapse; font-size: 0.85rem; margin: 0.6rem 0; }
+.probs td { padding: 0.1rem 0.5rem 0.1rem 0; }
+.bar { display: inline-block; height: 0.7rem; background: #6366f1; border-radius: 2px; }
+.top { font-size: 0.9rem; color: #374151; }
+.swatch { padding: 0 0.4rem; border-radius: 3px; }
+"""
+
+
+def render_report(
+    explanations: Sequence[Explanation],
+    *,
+    probabilities: Sequence[Mapping[str, float] | None] | None = None,
+    title: str = "Explanations",
+    model: str | None = None,
+) -> str:
+    """The report as one HTML document; `probabilities[i]` belongs to `explanations[i]`."""
+    if probabilities is not None and len(probabilities) != len(explanations):
+        raise ValueError(
+            f"{len(probabilities)} probability maps for {len(explanations)} explanations"
+        )
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
+    if model:
+        parts.append(f'<p class="meta">Model: <code>{e(model)}</code></p>')
+    pos, neg = _rgba(POSITIVE_RGB, 0.6), _rgba(NEGATIVE_RGB, 0.6)
+    parts.append(
+        '<p class="legend">Integrated-gradients importance of each word for the target label: '
+        f'<span class="swatch" style="background: {pos}">green</span> supports it, '
+        f'<span class="swatch" style="background: {neg}">red</span> speaks against it; the '
+        "stronger the shade, the larger the importance relative to the other words of that "
+        "text (hover a word for its value). Delta is the attribution's convergence error: "
+        "near 0 is good.</p>"
+    )
+    for index, explanation in enumerate(explanations):
+        probs = probabilities[index] if probabilities is not None else None
+        parts.append(_section(index + 1, explanation, probs))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(
+    path: Path,
+    explanations: Sequence[Explanation],
+    *,
+    probabilities: Sequence[Mapping[str, float] | None] | None = None,
+    title: str = "Explanations",
+    model: str | None = None,
+) -> Path:
+    atomic_write_text(
+        path,
+        render_report(explanations, probabilities=probabilities, title=title, model=model),
+    )
+    return path
+
+
+def word_alphas(explanation: Explanation) -> list[float]:
+    """Shade per word: |importance| / max |importance| over the text's real words (0 for
+    special tokens and for a text whose importances are all zero)."""
+    scale = max(
+        (abs(v) for w, v in zip(explanation.words, explanation.importances, strict=True)
+         if w not in SPECIAL_TOKENS),
+        default=0.0,
+    )  # fmt: skip
+    return [
+        0.0 if w in SPECIAL_TOKENS or scale == 0 else round(abs(v) / scale, 3)
+        for w, v in zip(explanation.words, explanation.importances, strict=True)
+    ]
+
+
+def _section(number: int, x: Explanation, probabilities: Mapping[str, float] | None) -> str:
+    e = html.escape
+    facts = [("label", x.label), ("target", x.target), ("delta", f"{x.delta:+.2e}")]
+    if x.truncated:
+        facts.append(("truncated", "yes: only the first tokens were read"))
+    rows = [
+        f'<section class="explanation" id="text-{number}">',
+        f"<h2>Text {number}</h2>",
+        f'<p class="text">{e(x.text)}</p>',
+        '<dl class="facts">'
+        + "".join(f"<div><dt>{e(k)}</dt><dd>{e(v)}</dd></div>" for k, v in facts)
+        + "</dl>",
+    ]
+    if probabilities:
+        rows.append('<table class="probs">')
+        for label, p in sorted(probabilities.items(), key=lambda kv: -kv[1]):
+            width = max(0.0, min(1.0, p)) * 12
+            rows.append(
+                f"<tr><td>{e(label)}</td><td>{p:.3f}</td>"
+                f'<td><span class="bar" style="width: {width:.2f}rem"></span></td></tr>'
+            )
+        rows.append("</table>")
+    rows.append(f'<p class="words">{_words(x)}</p>')
+    ranked = sorted(
+        (p for p in zip(x.words, x.importances, strict=True) if p[0] not in SPECIAL_TOKENS),
+        key=lambda p: abs(p[1]),
+        reverse=True,
+    )[:TOP_WORDS]
+    if ranked:
+        top = ", ".join(f"{e(_shown(w))} ({v:+.3f})" for w, v in ranked)
+        rows.append(f'<p class="top">Most important: {top}</p>')
+    rows.append("</section>")
+    return "\n".join(rows)
+
+
+def _words(x: Explanation) -> str:
+    e = html.escape
+    out: list[str] = []
+    for i, (word, value, alpha) in enumerate(
+        zip(x.words, x.importances, word_alphas(x), strict=True)
+    ):
+        piece = word.startswith("##") and i > 0
+        if i > 0 and not piece:
+            out.append(" ")
+        if word in SPECIAL_TOKENS:
+            out.append(f'<span class="w special" title="special token">{e(word)}</span>')
+            continue
+        rgb = POSITIVE_RGB if value >= 0 else NEGATIVE_RGB
+        out.append(
+            f'<span class="w" style="background: {_rgba(rgb, alpha)}" '
+            f'title="{e(word)}: {value:+.4f}">{e(_shown(word))}</span>'
+        )
+    return "".join(out)
+
+
+def _shown(word: str) -> str:
+    return word[2:] if word.startswith("##") and len(word) > 2 else word
+
+
+def _rgba(rgb: tuple[int, int, int], alpha: float) -> str:
+    r, g, b = rgb
+    return f"rgba({r}, {g}, {b}, {alpha:.3f})"
