@@ -27,14 +27,12 @@ from scibert_pack.archiver.settings import ARCHIVE_SUFFIX, BuildSettings
 from scibert_pack.config import properties
 from scibert_pack.errors import BuildError, InputError, ScibertPackError
 from scibert_pack.handlers import settings as handler_settings
+from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
 
 Progress = Callable[[str], None]
-REPORT_NAME = "build-report.json"
-CONFIG_PATH = Path("config") / "config.properties"
-MODEL_STORE = "model-store"
-# Encoders whose position table has two extra rows (the padding offset of RoBERTa-style models).
 # EFBIG: a file-size limit (ulimit -f, quotas) stops the write the same way a full disk does.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Encoders whose position table has two extra rows (the padding offset of RoBERTa-style models).
 _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
 
@@ -108,7 +106,12 @@ def _handler_settings(
     max_length = requested or (min(default, model_max) if model_max else default)
     try:
         return handler_settings.HandlerSettings.from_mapping(
-            {**settings.handler.to_mapping(), "max_length": max_length}
+            {
+                **settings.handler.to_mapping(),
+                "max_length": max_length,
+                # The worker loads pickle weights only from archives built with --allow-pickle.
+                "allow_pickle": settings.allow_pickle,
+            }
         )
     except handler_settings.SettingsError as err:
         raise InputError(f"handler setting rejected: {err}", fix="change that option") from err
@@ -145,7 +148,7 @@ def _build_in(
     model_store = (
         properties.KSERVE_MODEL_STORE
         if settings.profile == "kserve"
-        else str((output / MODEL_STORE).resolve())
+        else str((output / MODEL_STORE_DIR).resolve())
     )
     config_text = properties.render(
         _server_config(settings, model_store), generator=f"scibert-pack {__version__}"
@@ -159,10 +162,10 @@ def _build_in(
         folder=folder,
         archive=archive,
         config_file=work / "config.properties",
-        archive_rel=f"{MODEL_STORE}/{settings.archive_name}",
-        config_rel=CONFIG_PATH.as_posix(),
+        archive_rel=f"{MODEL_STORE_DIR}/{settings.archive_name}",
+        config_rel=CONFIG_FILE,
     )
-    write_report(work / REPORT_NAME, report)
+    write_report(work / REPORT_FILE, report)
     return (*_publish(work, archive, settings, output), report)
 
 
@@ -199,6 +202,7 @@ def _server_config(settings: BuildSettings, model_store: str) -> properties.Serv
         token_auth=settings.token_auth,
         netty_threads=settings.netty_threads,
         job_queue_size=settings.job_queue_size,
+        max_request_bytes=settings.max_request_bytes,
     )
 
 
@@ -206,17 +210,17 @@ def _publish(
     work: Path, archive: Path, settings: BuildSettings, output: Path
 ) -> tuple[Path, Path, Path]:
     """Rename everything into place: archive, then config, then the report that marks it done."""
-    store = output / MODEL_STORE
+    store = output / MODEL_STORE_DIR
     store.mkdir(exist_ok=True)
-    (output / CONFIG_PATH).parent.mkdir(exist_ok=True)
+    (output / CONFIG_FILE).parent.mkdir(exist_ok=True)
     target = store / settings.archive_name
     _replace(archive, target)
     for suffix in set(ARCHIVE_SUFFIX.values()) - {ARCHIVE_SUFFIX[settings.archive_format]}:
         _remove(store / f"{settings.name}{suffix}")  # an earlier build in another format
-    config = output / CONFIG_PATH
+    config = output / CONFIG_FILE
     _replace(work / "config.properties", config)
-    report = output / REPORT_NAME
-    _replace(work / REPORT_NAME, report)
+    report = output / REPORT_FILE
+    _replace(work / REPORT_FILE, report)
     return target, config, report
 
 

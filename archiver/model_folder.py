@@ -79,6 +79,7 @@ def inspect_model_folder(path: Path, *, allow_pickle: bool = False) -> ModelFold
     labels = _labels(config, shown)
     weights, pickled = _weight_files(path, shown, allow_pickle=allow_pickle)
     tokenizer = _tokenizer_files(path, shown)
+    _check_links(path, shown, {"config.json", *weights, *tokenizer})
     warnings = []
     if all(label == f"LABEL_{i}" for i, label in enumerate(labels)):
         warnings.append(
@@ -96,6 +97,26 @@ def inspect_model_folder(path: Path, *, allow_pickle: bool = False) -> ModelFold
         pickle_weights=pickled,
         warnings=tuple(warnings),
     )
+
+
+def _check_links(path: Path, shown: str, names: set[str]) -> None:
+    """Every file to pack must really live in the folder: a link to /etc/passwd named
+    tokenizer.json would otherwise ship that file inside the archive."""
+    root = path.resolve()
+    allowed = [root]
+    if root.parent.name == "snapshots":
+        # A Hugging Face cache snapshot links each file to ../../blobs/<hash>.
+        allowed.append(root.parent.parent / "blobs")
+    for name in sorted(names):
+        file = path / name
+        target = file.resolve()
+        if not any(target.is_relative_to(base) for base in allowed):
+            raise ModelFolderError(
+                f"{name} in model folder {shown} is a link to {target}, outside the folder; "
+                "scibert-pack packs only files that live in the model folder",
+                fix=f"replace {file} with a copy of the file you mean to ship "
+                f"(cp --remove-destination {target} {file}) and rerun",
+            )
 
 
 def _shown(path: Path) -> str:

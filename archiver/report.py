@@ -14,8 +14,8 @@ from scibert_pack.archiver.model_folder import ModelFolder
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.files import atomic_write_text, sha256_file
 from scibert_pack.handlers.settings import HandlerSettings
+from scibert_pack.layout import REPORT_SCHEMA
 
-SCHEMA = "scibert-pack/build-report/v1"
 _DISTRIBUTIONS = {
     "torch": "torch",
     "transformers": "transformers",
@@ -38,7 +38,7 @@ def build_report(
     artifacts = [*_artifact_entries(archive, archive_rel), _entry(config_file, config_rel)]
     archive_digest, archive_size = _digest_of(archive, artifacts, archive_rel)
     return {
-        "schema": SCHEMA,
+        "schema": REPORT_SCHEMA,
         "model_name": settings.name,
         "model_version": settings.version,
         "profile": settings.profile,
@@ -60,6 +60,7 @@ def build_report(
                 "startup_timeout_s": settings.startup_timeout_s,
                 "netty_threads": settings.netty_threads,
                 "job_queue_size": settings.job_queue_size,
+                "max_request_bytes": settings.max_request_bytes,
             },
             "handler": handler.to_mapping(),
         },

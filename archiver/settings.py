@@ -21,6 +21,9 @@ ARCHIVE_SUFFIX: dict[ArchiveFormat, str] = {
 # torch-model-archiver's own rule for model names; the name is also the URL path segment.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+# TorchServe reads max_request_size into a Java int; below 1 KiB not even a v2 header fits.
+MAX_REQUEST_BYTES_RANGE = (1024, 2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class BuildSettings:
     startup_timeout_s: int = 120
     netty_threads: int = 4
     job_queue_size: int = 1000
+    # TorchServe's max_request_size: the front end refuses bigger bodies with 413.
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     token_auth: bool = False
     allow_pickle: bool = False
     ports: Ports = field(default_factory=Ports)
@@ -64,6 +69,7 @@ class BuildSettings:
         _check("--startup-timeout", self.startup_timeout_s, 1, 86_400)
         _check("--netty-threads", self.netty_threads, 1, 256)
         _check("--job-queue-size", self.job_queue_size, 1, 1_000_000)
+        _check("--max-request-size", self.max_request_bytes, *MAX_REQUEST_BYTES_RANGE)
         if self.max_workers < self.min_workers:
             raise InputError(
                 f"--max-workers {self.max_workers} is below --min-workers {self.min_workers}",

@@ -155,8 +155,8 @@ def choose_device(settings: HandlerSettings, gpu_id: object) -> torch.device:
     return torch.device("cpu")
 
 
-def load_pretrained(model_dir: Path) -> tuple[Any, Any]:
-    """Model and tokenizer from a saved folder; safetensors unless only a .bin exists."""
+def load_pretrained(model_dir: Path, *, allow_pickle: bool = False) -> tuple[Any, Any]:
+    """Model and tokenizer from a saved folder: safetensors, or a .bin only if allowed."""
     if not model_dir.is_dir():
         raise ModelLoadError(f"model folder {model_dir} does not exist; check model_dir")
     safetensors = sorted(model_dir.glob("*.safetensors"))
@@ -165,6 +165,12 @@ def load_pretrained(model_dir: Path) -> tuple[Any, Any]:
         raise ModelLoadError(
             f"model folder {model_dir} has no weights (looked for *.safetensors, *.bin); "
             "save the model with model.save_pretrained(folder)"
+        )
+    if not safetensors and not allow_pickle:
+        raise ModelLoadError(
+            f"model folder {model_dir} holds only pickle weights ({bins[0].name}) and this "
+            "archive was not built to load them (unpickling can run code); rebuild from "
+            "safetensors weights, or with `scibert-pack build --allow-pickle` if you trust them"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

@@ -80,7 +80,7 @@ def parse_request(raw: RawRow, settings: HandlerSettings, labels: Sequence[str])
     """The typed request of one row, or RequestError naming what is wrong."""
     action: Action = "explain" if raw.explain else "predict"
     body = _classify(_decode_body(raw.body, raw.content_type))
-    texts = _check_texts(body.texts, settings)
+    texts = _check_texts(body.texts, settings, action)
     options = _parse_options(body.params, settings, labels)
     return Request(body.protocol, action, texts, options, body.request_id, body.single)
 
@@ -107,7 +107,10 @@ def _decode_body(body: object, content_type: str | None) -> object:
     if not isinstance(body, (bytes, bytearray)):
         return body
     if not body:
-        raise bad_request("request body is empty; send text or a JSON request")
+        raise bad_request(
+            "request body is empty; POST text (Content-Type: text/plain) or a JSON request "
+            "(Content-Type: application/json) to this route"
+        )
     try:
         text = bytes(body).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -232,13 +235,24 @@ def _text_field(obj: Mapping[str, Any], where: str) -> object:
     return text
 
 
-def _check_texts(texts: Sequence[object], settings: HandlerSettings) -> tuple[str, ...]:
+def _check_texts(
+    texts: Sequence[object], settings: HandlerSettings, action: Action
+) -> tuple[str, ...]:
     if not texts:
         raise bad_request("request holds no text; send at least one")
     limit = settings.max_texts_per_request
     if len(texts) > limit:
         raise RequestError(
-            413, f"request holds {len(texts)} texts, more than the limit of {limit}; split it"
+            413,
+            f"request holds {len(texts)} texts, more than the limit of {limit} "
+            "(max_texts_per_request); split it",
+        )
+    if action == "explain" and len(texts) > settings.max_explain_texts:
+        raise RequestError(
+            413,
+            f"explain request holds {len(texts)} texts, more than the limit of "
+            f"{settings.max_explain_texts} (max_explain_texts); split it, or ask the infer route "
+            "for predictions only",
         )
     for i, text in enumerate(texts):
         if not isinstance(text, str):  # pragma: no cover - _text_item guarantees str
@@ -249,9 +263,26 @@ def _check_texts(texts: Sequence[object], settings: HandlerSettings) -> tuple[st
             raise RequestError(
                 413,
                 f"text {i} has {len(text)} characters, more than the limit of "
-                f"{settings.max_text_chars}; shorten it",
+                f"{settings.max_text_chars} (max_text_chars); shorten it",
             )
+        _check_characters(i, text)
     return tuple(str(t) for t in texts)
+
+
+def _check_characters(i: int, text: str) -> None:
+    # A JSON "\udc80" escape decodes to a lone surrogate, which no tokenizer can encode.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise bad_request(
+            f"text {i} holds an unpaired surrogate {text[exc.start]!r} at character {exc.start}; "
+            "send valid Unicode text"
+        ) from None
+    if not any(ch.isprintable() and not ch.isspace() for ch in text):
+        raise bad_request(
+            f"text {i} has no printable characters (only control or format characters); "
+            "send some words"
+        )
 
 
 def _parse_options(

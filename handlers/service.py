@@ -96,7 +96,9 @@ class ClassifierService:
         if settings.torch_threads > 0:
             torch.set_num_threads(settings.torch_threads)
         properties = context.system_properties
-        model, tokenizer = load_pretrained(Path(properties["model_dir"]))
+        model, tokenizer = load_pretrained(
+            Path(properties["model_dir"]), allow_pickle=settings.allow_pickle
+        )
         return cls.from_model(
             model,
             tokenizer,

@@ -34,6 +34,11 @@ class HandlerSettings:
     # Server-side limits: a request over them fails alone with a 4xx naming the limit.
     max_texts_per_request: int = 256
     max_text_chars: int = 100_000
+    # Explaining costs n_steps forward passes per text: a tighter cap keeps one explain request
+    # well inside the response timeout (16 texts x 500 steps on a SciBERT-sized model is minutes).
+    max_explain_texts: int = 16
+    # Load pickle weights (pytorch_model.bin) when no safetensors exist: `build --allow-pickle`.
+    allow_pickle: bool = False
     # 0 leaves torch's own default (one thread per core).
     torch_threads: int = 0
     device: Device = "auto"
@@ -45,7 +50,10 @@ class HandlerSettings:
         _check_range("internal_batch_size", self.internal_batch_size, 1, 4096)
         _check_range("max_texts_per_request", self.max_texts_per_request, 1, 100_000)
         _check_range("max_text_chars", self.max_text_chars, 1, 10_000_000)
+        _check_range("max_explain_texts", self.max_explain_texts, 1, 100_000)
         _check_range("torch_threads", self.torch_threads, 0, 1024)
+        if not isinstance(self.allow_pickle, bool):
+            raise SettingsError(f"allow_pickle must be true or false, got {self.allow_pickle!r}")
         if not isinstance(self.merge_subwords, bool):
             got = self.merge_subwords
             raise SettingsError(f"merge_subwords must be true or false, got {got!r}")

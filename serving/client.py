@@ -20,6 +20,21 @@ from scibert_pack.errors import ClientError
 from scibert_pack.serving.server import KEY_FILE, default_run_dir, read_token
 
 TOKEN_ENV = "SCIBERT_PACK_TOKEN"
+# Answers worth sending again: the worker is busy, restarting or failed for a moment.
+RETRYABLE_STATUSES = frozenset({500, 502, 503, 504, 507})
+
+
+class RequestFailed(ClientError):
+    """A request that got no 200: `status` is the HTTP code, None when no answer came at all."""
+
+    def __init__(self, message: str, *, fix: str, status: int | None) -> None:
+        super().__init__(message, fix=fix)
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        """Connection errors, timeouts and busy/failing servers may pass on a second try."""
+        return self.status is None or self.status in RETRYABLE_STATUSES
 
 
 @dataclass(frozen=True)
@@ -153,18 +168,20 @@ class InferenceClient:
         try:
             response = self.session.post(url, json=payload, headers=headers, timeout=self.timeout_s)
         except requests.ConnectionError as err:
-            raise ClientError(
+            raise RequestFailed(
                 f"cannot reach {self.url} ({type(err).__name__})",
                 fix="start the server with `scibert-pack serve OUT` or check --url",
+                status=None,
             ) from err
         except requests.Timeout as err:
-            raise ClientError(
+            raise RequestFailed(
                 f"{url} did not answer within {self.timeout_s:.0f} s",
                 fix="retry, or raise the timeout if the batch is large",
+                status=None,
             ) from err
         if response.status_code != 200:
             message, fix = _http_failure(url, response, self.model)
-            raise ClientError(message, fix=fix)
+            raise RequestFailed(message, fix=fix, status=response.status_code)
         try:
             body = response.json()
         except ValueError as err:

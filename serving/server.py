@@ -100,6 +100,11 @@ class TorchServeProcess:
         return self.store.model_name
 
     @property
+    def pid(self) -> int | None:
+        """The launcher's pid, which is also the process group of java and its workers."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def key_file(self) -> Path:
         return self.run_dir / KEY_FILE
 

@@ -135,7 +135,8 @@ BAD = [
         bytearray(b""),
         JSON,
         400,
-        "request body is empty; send text or a JSON request",
+        "request body is empty; POST text (Content-Type: text/plain) or a JSON request "
+        "(Content-Type: application/json) to this route",
         id="empty-body",
     ),
     pytest.param(
@@ -226,15 +227,29 @@ BAD = [
         {"texts": ["a", "b", "c", "d"]},
         JSON,
         413,
-        "request holds 4 texts, more than the limit of 3; split it",
+        "request holds 4 texts, more than the limit of 3 (max_texts_per_request); split it",
         id="too-many-texts",
     ),
     pytest.param(
         {"text": "x" * 41},
         JSON,
         413,
-        "text 0 has 41 characters, more than the limit of 40; shorten it",
+        "text 0 has 41 characters, more than the limit of 40 (max_text_chars); shorten it",
         id="text-too-long",
+    ),
+    pytest.param(
+        {"texts": ["ok", "\x00\x07\u200b"]},
+        JSON,
+        400,
+        "text 1 has no printable characters (only control or format characters); send some words",
+        id="control-characters-only",
+    ),
+    pytest.param(
+        {"text": "cells \udc80 divide"},
+        JSON,
+        400,
+        "text 0 holds an unpaired surrogate '\\udc80' at character 6; send valid Unicode text",
+        id="lone-surrogate",
     ),
     pytest.param(
         v2(["a"], parameters={"target": "maths"}),
@@ -306,3 +321,21 @@ def test_v2_blog_payload_round_trips_through_json() -> None:
         '"data": "{\\"text\\": \\"Risk assessment implications.\\"}"}]}'
     )
     assert parse(blog).texts == ("Risk assessment implications.",)
+
+
+def test_explain_has_its_own_text_cap() -> None:
+    settings = HandlerSettings(max_texts_per_request=10, max_explain_texts=2)
+    body = {"texts": ["a", "b", "c"]}
+    assert parse_request(RawRow(body, JSON, False), settings, LABELS).texts == ("a", "b", "c")
+    with pytest.raises(RequestError) as caught:
+        parse_request(RawRow(body, JSON, True), settings, LABELS)
+    assert (caught.value.code, caught.value.message) == (
+        413,
+        "explain request holds 3 texts, more than the limit of 2 (max_explain_texts); split it, "
+        "or ask the infer route for predictions only",
+    )
+
+
+def test_control_characters_and_emoji_inside_words_are_text() -> None:
+    text = "cells\x07 divide \U0001f9ec under the microscope\u200b"
+    assert parse({"text": text}).texts == (text,)

@@ -295,13 +295,13 @@ BAD = [
     pytest.param(
         HttpRequest({"texts": ["a"] * 9}),
         413,
-        "request holds 9 texts, more than the limit of 8; split it",
+        "request holds 9 texts, more than the limit of 8 (max_texts_per_request); split it",
         id="too-many-texts",
     ),
     pytest.param(
         HttpRequest({"text": "word " * 101}),
         413,
-        "text 0 has 505 characters, more than the limit of 500; shorten it",
+        "text 0 has 505 characters, more than the limit of 500 (max_text_chars); shorten it",
         id="text-too-long",
     ),
     pytest.param(

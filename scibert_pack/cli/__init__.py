@@ -23,6 +23,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("scibert_pack.cli.client", "Explain predictions on a running server."),
     "upload": ("scibert_pack.cli.upload", "Sync a model store to S3 or a PVC."),
     "manifest": ("scibert_pack.cli.manifest", "Write KServe InferenceService YAML."),
+    "demo": ("scibert_pack.cli.demo", "Run the whole path end to end on a demo model."),
+    "bench": ("scibert_pack.cli.bench", "Load-test a served model (throughput, latency)."),
 }
 
 

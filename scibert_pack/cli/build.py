@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import click
 
-from scibert_pack.archiver.settings import ARCHIVE_FORMATS, BuildSettings
+from scibert_pack.archiver.settings import (
+    ARCHIVE_FORMATS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    BuildSettings,
+)
 from scibert_pack.cli._console import Console
 from scibert_pack.config.properties import PROFILES, Ports
 from scibert_pack.errors import InputError
@@ -20,10 +25,33 @@ _HANDLER_OPTIONS = (
     "merge_subwords",
     "max_texts_per_request",
     "max_text_chars",
+    "max_explain_texts",
     "torch_threads",
     "device",
 )
 _DEFAULTS = HandlerSettings()
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$")
+
+
+class ByteSize(click.ParamType[int]):
+    """A size in bytes: 10485760, 10MiB, 10MB (1000-based) or 512KiB."""
+
+    name = "bytes"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = _SIZE.match(str(value).lower())
+        if match is None or match.group(2) not in _UNITS:
+            self.fail(
+                f"{value!r} is not a size; give bytes or a number with a unit "
+                "(B, KB, MB, GB, KiB, MiB, GiB), e.g. 10MiB",
+                param,
+                ctx,
+            )
+        return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 @click.command()
@@ -58,6 +86,13 @@ _DEFAULTS = HandlerSettings()
 @click.option("--startup-timeout", default=120, show_default=True, help="Seconds.")
 @click.option("--netty-threads", default=4, show_default=True)
 @click.option("--job-queue-size", default=1000, show_default=True)
+@click.option(
+    "--max-request-size",
+    type=ByteSize(),
+    default=DEFAULT_MAX_REQUEST_BYTES,
+    show_default=True,
+    help="Largest request body TorchServe accepts (bytes, or e.g. 10MiB); bigger ones get 413.",
+)
 @click.option("--inference-port", default=Ports.inference, show_default=True)
 @click.option("--management-port", default=Ports.management, show_default=True)
 @click.option("--metrics-port", default=Ports.metrics, show_default=True)
@@ -87,6 +122,12 @@ _DEFAULTS = HandlerSettings()
 )
 @click.option("--max-texts-per-request", default=_DEFAULTS.max_texts_per_request, show_default=True)
 @click.option("--max-text-chars", default=_DEFAULTS.max_text_chars, show_default=True)
+@click.option(
+    "--max-explain-texts",
+    default=_DEFAULTS.max_explain_texts,
+    show_default=True,
+    help="Most texts one explain request may hold (each costs n_steps forward passes).",
+)
 @click.option("--torch-threads", default=_DEFAULTS.torch_threads, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
@@ -150,6 +191,7 @@ def _settings(options: dict[str, Any]) -> BuildSettings:
         startup_timeout_s=options.pop("startup_timeout"),
         netty_threads=options.pop("netty_threads"),
         job_queue_size=options.pop("job_queue_size"),
+        max_request_bytes=options.pop("max_request_size"),
         token_auth=options.pop("token_auth"),
         allow_pickle=options.pop("allow_pickle"),
         max_length=options.pop("max_length"),

@@ -11,9 +11,9 @@ import click
 from scibert_pack.cli._console import Console
 
 
-def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def _client_options(func: Callable[..., Any], *, texts_required: bool = True) -> Callable[..., Any]:
     options = [
-        click.argument("texts", nargs=-1, required=True),
+        click.argument("texts", nargs=-1, required=texts_required),
         click.option("--url", default="http://127.0.0.1:8085", show_default=True),
         click.option("--model", required=True, help="Model name (the URL key)."),
         click.option(
@@ -42,8 +42,43 @@ def _client(url: str, model: str, token: str | None, key_file: Path | None, time
     )
 
 
+def _optional_texts(func: Callable[..., Any]) -> Callable[..., Any]:
+    return _client_options(func, texts_required=False)
+
+
 @click.command()
-@_client_options
+@_optional_texts
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Batch mode: a file of texts (one per line, JSON lines or CSV) instead of TEXTS.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Batch mode: JSON lines results (default: stdout). If it exists, finished rows are "
+    "skipped and new ones appended.",
+)
+@click.option(
+    "--format",
+    "input_format",
+    type=click.Choice(["lines", "jsonl", "csv"]),
+    help="Input format (default: from the extension: .txt, .jsonl, .csv).",
+)
+@click.option(
+    "--text-field",
+    "--column",
+    "text_field",
+    default="text",
+    show_default=True,
+    help="JSON field or CSV column that holds the text.",
+)
+@click.option("--concurrency", default=8, show_default=True, help="Requests in flight.")
+@click.option("--batch-texts", default=16, show_default=True, help="Texts per request.")
+@click.option("--retries", default=3, show_default=True, help="Retries of a failed request.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def predict(
     texts: tuple[str, ...],
     url: str,
@@ -52,10 +87,35 @@ def predict(
     key_file: Path | None,
     timeout: float,
     as_json: bool,
+    input_path: Path | None,
+    output_path: Path | None,
+    input_format: str | None,
+    text_field: str,
+    concurrency: int,
+    batch_texts: int,
+    retries: int,
+    quiet: bool,
 ) -> None:
-    """Classify TEXTS with a served model (KServe v2 infer)."""
+    """Classify TEXTS with a served model (KServe v2 infer), or every text of --input."""
+    console = Console(quiet=quiet)
+    if input_path is not None:
+        if texts:
+            raise click.UsageError("give TEXTS or --input, not both")
+        _predict_file(
+            console,
+            _client(url, model, token, key_file, timeout),
+            input_path,
+            output_path,
+            input_format,
+            text_field,
+            (concurrency, batch_texts, retries),
+        )
+        return
+    if not texts:
+        raise click.UsageError("give some TEXTS to classify, or --input FILE")
+    if output_path is not None:
+        raise click.UsageError("--output goes with --input")
     predictions, raw = _client(url, model, token, key_file, timeout).infer(list(texts))
-    console = Console()
     if as_json:
         console.json(raw)
         return
@@ -68,6 +128,59 @@ def predict(
         )
 
 
+def _predict_file(
+    console: Console,
+    client: Any,
+    input_path: Path,
+    output_path: Path | None,
+    input_format: str | None,
+    text_field: str,
+    limits: tuple[int, int, int],
+) -> None:
+    import sys
+
+    from requests.adapters import HTTPAdapter
+
+    from scibert_pack.serving.batch import BatchPredictor, BatchProgress, BatchSettings
+    from scibert_pack.serving.batch_input import input_format as detect_format
+    from scibert_pack.serving.batch_input import read_texts
+    from scibert_pack.serving.batch_output import ResultSink, ResumableOutput, StreamOutput
+
+    concurrency, batch_texts, retries = limits
+    settings = BatchSettings(concurrency, batch_texts, retries)
+    fmt = detect_format(input_path, input_format)  # type: ignore[arg-type]  # click.Choice
+    texts = read_texts(input_path, fmt, text_field)
+    # One pooled connection per concurrent request (requests keeps 10 by default).
+    client.session.mount("http://", HTTPAdapter(pool_maxsize=concurrency))
+    client.session.mount("https://", HTTPAdapter(pool_maxsize=concurrency))
+    sink: ResultSink = (
+        ResumableOutput(output_path, len(texts)) if output_path else StreamOutput(sys.stdout)
+    )
+    if sink.finished:
+        console.progress(
+            f"resuming {output_path}: {len(sink.finished)} of {len(texts)} rows already done"
+        )
+    last = [0.0]
+
+    def show(p: BatchProgress) -> None:
+        if p.elapsed_s - last[0] >= 1.0 or p.done == p.total:
+            last[0] = p.elapsed_s
+            console.progress(
+                f"{p.done}/{p.total} rows, {p.rows_per_s:.1f} rows/s, {p.errors} errors, "
+                f"{p.retries} retries"
+            )
+
+    try:
+        final = BatchPredictor(client, settings, progress=show).run(texts, sink)
+    finally:
+        sink.close()
+    where = f" to {output_path}" if output_path else ""
+    console.progress(
+        f"wrote {final.written} rows{where} in {final.elapsed_s:.1f} s "
+        f"({final.skipped} already done, {final.errors} refused by the server)"
+    )
+
+
 @click.command()
 @_client_options
 @click.option("--target", help="Label (or index) to explain instead of the predicted one.")
@@ -76,6 +189,12 @@ def predict(
     "--merge-subwords/--no-merge-subwords", default=None, help="Merge word pieces into words."
 )
 @click.option("--top", default=8, show_default=True, help="Words to show per text.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write an HTML report: each word shaded by its importance.",
+)
 def explain(
     texts: tuple[str, ...],
     url: str,
@@ -88,6 +207,7 @@ def explain(
     n_steps: int | None,
     merge_subwords: bool | None,
     top: int,
+    html_file: Path | None,
 ) -> None:
     """Explain the predictions for TEXTS (Captum integrated gradients, KServe v2 explain)."""
     target_value: str | int | None = int(target) if target and target.isdigit() else target
@@ -95,6 +215,11 @@ def explain(
         list(texts), target=target_value, n_steps=n_steps, merge_subwords=merge_subwords
     )
     console = Console()
+    if html_file is not None:
+        from scibert_pack.demo.report_html import write_report
+
+        write_report(html_file, explanations, model=model)
+        console.progress(f"wrote {html_file}")
     if as_json:
         console.json(raw)
         return
