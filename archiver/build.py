@@ -8,11 +8,12 @@ failed or interrupted build leaves the previous store (or nothing) behind, never
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from scibert_pack.archiver.model_folder import ModelFolder, inspect_model_folder
 from scibert_pack.archiver.report import build_report, write_report
 from scibert_pack.archiver.settings import ARCHIVE_SUFFIX, BuildSettings
 from scibert_pack.config import properties
-from scibert_pack.errors import BuildError, InputError, ScibertPackError
+from scibert_pack.errors import BuildError, InputError, ModelFolderError
 from scibert_pack.handlers import settings as handler_settings
 from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
 
@@ -34,6 +35,20 @@ Progress = Callable[[str], None]
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # Encoders whose position table has two extra rows (the padding offset of RoBERTa-style models).
 _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer"}
+# The ranges HandlerSettings enforces, so that messages can name the `build` option and a value
+# that works (a test checks they agree with HandlerSettings). --explain-steps runs from 1 to
+# --max-explain-steps, --max-length from 8 to the smaller of 8192 and the model's maximum.
+HANDLER_OPTION_RANGES: dict[str, tuple[int, int]] = {
+    "max_explain_steps": (1, 10_000),
+    "internal_batch_size": (1, 4096),
+    "max_texts_per_request": (1, 100_000),
+    "max_text_chars": (1, 10_000_000),
+    "max_explain_texts": (1, 100_000),
+    "max_explain_work": (1, 10_000_000),
+    "max_batch_tokens": (64, 100_000_000),
+    "torch_threads": (0, 1024),
+}
+MAX_LENGTH_RANGE = (8, 8192)
 
 
 @dataclass(frozen=True)
@@ -58,52 +73,87 @@ def build(
     progress(f"checking model folder {model_dir}")
     folder = inspect_model_folder(model_dir, allow_pickle=settings.allow_pickle)
     handler = _handler_settings(settings, folder)
-    created_output = not output.exists()
     if output.exists() and not output.is_dir():
         raise InputError(
             f"output {output} exists and is not a folder",
             fix="pass -o with a new or existing folder",
         )
+    # Folders this build creates: a failed build removes them again when they are left empty.
+    created = [
+        *(d for d in (output / MODEL_STORE_DIR, (output / CONFIG_FILE).parent) if not d.exists()),
+        *_missing_folders(output),
+    ]
     try:
         output.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".scibert-pack-build-", dir=output))
     except OSError as err:
+        _remove_empty(created)
         raise BuildError(
             f"cannot create output folder {output} ({err.strerror})",
             fix="pass -o with a folder you can write to",
         ) from err
+    done = False
     try:
         result = _build_in(work, folder, settings, handler, output, progress)
-    except ScibertPackError:
-        raise
+        done = True
     except OSError as err:
         raise BuildError(_os_failure(err, model_dir, output), fix=_os_fix(err, output)) from err
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if created_output:
-            with contextlib.suppress(OSError):
-                output.rmdir()  # only when the failed build left it empty
+        if not done:
+            _remove_empty(created)
     seconds = time.monotonic() - started
     progress(f"built {result[0]} in {seconds:.1f} s")
     archive, config, report_path, report = result
     return BuildResult(output, archive, config, report_path, report, folder.warnings, seconds)
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.name in ("", ".", "..") or folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each folder that is empty (deepest first): what a failed build created."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # fails, and stays, when anything else is inside
+
+
 def _handler_settings(
     settings: BuildSettings, folder: ModelFolder
 ) -> handler_settings.HandlerSettings:
+    low, high = MAX_LENGTH_RANGE
     model_max = folder.max_positions
     if model_max is not None and folder.model_type in _POSITION_OFFSET_TYPES:
         model_max -= 2
-    requested = settings.max_length
-    if requested is not None and model_max is not None and requested > model_max:
-        raise InputError(
-            f"--max-length {requested} is more than {folder.path} can read "
-            f"({model_max} tokens, from max_position_embeddings in config.json)",
-            fix=f"pass --max-length {model_max} or less",
+    if model_max is not None and model_max < low:
+        raise ModelFolderError(
+            f"config.json of {folder.path} says the model reads {model_max} tokens "
+            f"(from max_position_embeddings); scibert-pack needs at least {low}",
+            fix=f"build from a model that reads {low} tokens or more",
         )
-    default = settings.handler.max_length
-    max_length = requested or (min(default, model_max) if model_max else default)
+    if model_max is not None:
+        high = min(high, model_max)
+    requested = settings.max_length
+    if requested is not None and not low <= requested <= high:
+        if model_max is not None and requested > model_max:
+            problem = (
+                f"is more than {folder.path} can read "
+                f"({model_max} tokens, from max_position_embeddings in config.json)"
+            )
+        else:
+            problem = f"is out of range (expected {low} to {high})"
+        raise InputError(
+            f"--max-length {requested} {problem}",
+            fix=f"pass --max-length between {low} and {high}",
+        )
+    max_length = requested if requested is not None else min(settings.handler.max_length, high)
     try:
         return handler_settings.HandlerSettings.from_mapping(
             {
@@ -114,7 +164,84 @@ def _handler_settings(
             }
         )
     except handler_settings.SettingsError as err:
-        raise InputError(f"handler setting rejected: {err}", fix="change that option") from err
+        raise _option_error(err) from err
+
+
+def handler_settings_from_options(
+    options: Mapping[str, Any], *, defaulted: Collection[str] = ()
+) -> handler_settings.HandlerSettings:
+    """HandlerSettings from `build` options, keyed by setting name (explain_steps, ...).
+
+    A bad value is an InputError naming the option (--explain-steps, not the model-config.yaml
+    key) and a value that works. `defaulted` names the options left at their default, so that a
+    conflict between two options blames the one the user gave.
+    """
+    for key, (low, high) in HANDLER_OPTION_RANGES.items():
+        if key in options:
+            _check_option(key, options[key], low, high)
+    defaults = handler_settings.HandlerSettings()
+    steps = options.get("explain_steps", defaults.explain_steps)
+    cap = options.get("max_explain_steps", defaults.max_explain_steps)
+    if isinstance(steps, int) and steps > cap:
+        raise _steps_over_cap(steps, cap, defaulted)
+    _check_option("explain_steps", steps, 1, cap)
+    try:
+        return handler_settings.HandlerSettings(**options)
+    except (handler_settings.SettingsError, TypeError) as err:
+        raise _option_error(err) from err
+
+
+def option_name(key: str) -> str:
+    """The `build` option of a handler setting: max_explain_steps -> --max-explain-steps."""
+    return "--" + key.replace("_", "-")
+
+
+def _check_option(key: str, value: object, low: int, high: int) -> None:
+    option = option_name(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(
+            f"{option} {value!r} is not a whole number",
+            fix=f"pass {option} between {low} and {high}",
+        )
+    if not low <= value <= high:
+        raise InputError(
+            f"{option} {value} is out of range (expected {low} to {high})",
+            fix=f"pass {option} between {low} and {high}",
+        )
+
+
+def _steps_over_cap(steps: int, cap: int, defaulted: Collection[str]) -> InputError:
+    """--explain-steps above --max-explain-steps: blame the option the user gave."""
+    top = HANDLER_OPTION_RANGES["max_explain_steps"][1]
+    raise_cap = f"--max-explain-steps {steps} or more" if steps <= top else ""
+    lower_steps = f"--explain-steps between 1 and {cap}"
+    if "explain_steps" in defaulted and "max_explain_steps" not in defaulted:
+        return InputError(
+            f"--max-explain-steps {cap} is below the default --explain-steps {steps} "
+            "(the steps an explanation takes when a request names none)",
+            fix=f"pass {raise_cap}, or add {lower_steps}" if raise_cap else f"add {lower_steps}",
+        )
+    if "max_explain_steps" in defaulted:
+        problem = (
+            f"--explain-steps {steps} is more than the default --max-explain-steps {cap} "
+            "(the most steps a request may ask for)"
+        )
+        fix = f"pass {lower_steps}" + (f", or add {raise_cap}" if raise_cap else "")
+    else:
+        problem = f"--explain-steps {steps} is more than --max-explain-steps {cap}"
+        fix = f"pass {lower_steps}" + (f", or {raise_cap}" if raise_cap else "")
+    return InputError(problem, fix=fix)
+
+
+def _option_error(err: Exception) -> InputError:
+    # A SettingsError starts with the setting's key: show the build option in its place.
+    key, _, rest = str(err).partition(" ")
+    known = {f.name for f in dataclasses.fields(handler_settings.HandlerSettings)}
+    shown = f"{option_name(key)} {rest}" if key in known else str(err)
+    return InputError(
+        f"handler option rejected: {shown}",
+        fix="pass a value in the range the message gives (see scibert-pack build --help)",
+    )
 
 
 def _build_in(

@@ -221,6 +221,7 @@ def _serve_and_ask(
     settings: DemoSettings, store: Path, run_dir: Path, steps: _Steps, progress: Progress
 ) -> tuple[str, list[Prediction], list[Explanation]]:
     from scibert_pack.demo.local_services import free_ports
+    from scibert_pack.serving.batch import explain_texts
     from scibert_pack.serving.client import InferenceClient
     from scibert_pack.serving.server import ServeSettings, TorchServeProcess
 
@@ -239,9 +240,10 @@ def _serve_and_ask(
             running.enter_context(server)
         with steps.step("v2 infer + explain"):
             client = InferenceClient(server.inference_url, server.model_name, token=server.token())
-            texts = list(settings.texts)
-            predictions, _ = client.infer(texts)
-            explanations, _ = client.explain(texts)
+            # In requests the server accepts (it caps texts per explain request), in order.
+            explained = explain_texts(client, settings.texts, with_predictions=True)
+            predictions = list(explained.predictions or ())
+            explanations = list(explained.explanations)
         with steps.step("serve: stop TorchServe"):
             running.close()
     return server.inference_url, predictions, explanations

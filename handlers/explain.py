@@ -6,6 +6,9 @@ the input's positions (RoBERTa would otherwise renumber positions around pad tok
 padding contributes exactly 0 and the importances of a text (attributions on the word-embedding
 output, summed over the embedding dimension, not normalised) add up to f(x) - f(baseline) up to
 the convergence delta Captum reports.
+
+Captum is imported when the first explanation is computed, not with this module: its import
+costs about a second of every worker start, and most workers only predict.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from captum.attr import LayerIntegratedGradients
 
-from .model import Batch, Classifier, position_ids
+from .model import Batch, Classifier, position_ids, token_chunks
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,17 @@ class Explanation:
 
 @dataclass(frozen=True)
 class ExplainJob:
-    """Texts (indices into a Batch) explained together with the same integration settings."""
+    """Texts (indices into a Batch) explained together with the same integration settings.
+
+    Each Captum pass (forward and backward) takes at most `internal_batch_size` rows and at most
+    `max_tokens` padded tokens (rows x longest text), a lone over-long text excepted.
+    """
 
     indices: tuple[int, ...]
     targets: tuple[int, ...]
     n_steps: int
     internal_batch_size: int
+    max_tokens: int
 
 
 def baseline_ids(classifier: Classifier, input_ids: torch.Tensor) -> torch.Tensor:
@@ -70,7 +77,39 @@ def class_probabilities(
 
 
 def explain(classifier: Classifier, batch: Batch, job: ExplainJob) -> list[Explanation]:
-    inputs = batch.rows(job.indices)
+    """One explanation per text of `job`, in its order, in as few Captum calls as fit."""
+    every_length = batch.lengths
+    lengths = [every_length[i] for i in job.indices]
+    results: dict[int, Explanation] = {}
+    for group in token_chunks(lengths, job.max_tokens, job.internal_batch_size):
+        indices = tuple(job.indices[k] for k in group)
+        targets = tuple(job.targets[k] for k in group)
+        rows = _rows_per_pass(job, len(group), max(lengths[k] for k in group))
+        explained = _integrate(classifier, batch, indices, targets, job.n_steps, rows)
+        results.update(zip(group, explained, strict=True))
+    return [results[k] for k in range(len(job.indices))]
+
+
+def _rows_per_pass(job: ExplainJob, texts: int, width: int) -> int:
+    """Captum's internal_batch_size for `texts` texts padded to `width` tokens.
+
+    Captum runs (internal_batch_size // texts) steps of every text per pass, and all the texts
+    at once when internal_batch_size is smaller than their number, so never go below `texts`.
+    """
+    return max(texts, min(job.internal_batch_size, job.max_tokens // width))
+
+
+def _integrate(
+    classifier: Classifier,
+    batch: Batch,
+    indices: tuple[int, ...],
+    targets: tuple[int, ...],
+    n_steps: int,
+    rows_per_pass: int,
+) -> list[Explanation]:
+    from captum.attr import LayerIntegratedGradients
+
+    inputs = batch.rows(indices)
     input_ids = inputs.pop("input_ids")
     names = tuple(sorted(inputs))
     lig = LayerIntegratedGradients(
@@ -80,9 +119,9 @@ def explain(classifier: Classifier, batch: Batch, job: ExplainJob) -> list[Expla
         inputs=input_ids,
         baselines=baseline_ids(classifier, input_ids),
         additional_forward_args=tuple(inputs[name] for name in names),
-        target=torch.tensor(job.targets, device=input_ids.device),
-        n_steps=job.n_steps,
-        internal_batch_size=job.internal_batch_size,
+        target=torch.tensor(targets, device=input_ids.device),
+        n_steps=n_steps,
+        internal_batch_size=rows_per_pass,
         return_convergence_delta=True,
     )
     scores = attributions.sum(dim=-1).detach().cpu()
@@ -95,7 +134,7 @@ def explain(classifier: Classifier, batch: Batch, job: ExplainJob) -> list[Expla
             delta=float(deltas[row]),
             target=target,
         )
-        for row, target in enumerate(job.targets)
+        for row, target in enumerate(targets)
     ]
 
 

@@ -17,6 +17,8 @@ EXPLAIN_STEPS = "scibert_explain_steps"
 # Counters: their rates give the mean requests per batch, the proof that batching happens.
 REQUESTS_TOTAL = "scibert_requests_total"
 BATCHES_TOTAL = "scibert_batches_total"
+# Forward passes of predictions: above BATCHES_TOTAL when batches exceed max_batch_tokens.
+FORWARD_PASSES_TOTAL = "scibert_forward_passes_total"
 
 Unit = Literal["ms", "count"]
 

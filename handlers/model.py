@@ -39,6 +39,11 @@ class Batch:
     def size(self) -> int:
         return len(self.truncated)
 
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """Real (unpadded) tokens of every text."""
+        return tuple(int(n) for n in self.inputs["attention_mask"].sum(dim=1).tolist())
+
     def rows(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """Model inputs of some texts, with padding columns none of them use cut off."""
         picked = torch.as_tensor(list(indices), dtype=torch.long)
@@ -110,8 +115,45 @@ class Classifier:
             logits = self.model(**inputs).logits
         return torch.softmax(logits.float(), dim=-1).cpu()
 
+    def batch_probabilities(self, batch: Batch, chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Probabilities of every text of `batch` (in its order), one forward pass per chunk."""
+        if len(chunks) == 1 and len(chunks[0]) == batch.size:
+            return self.probabilities(batch.inputs)
+        out = torch.empty(batch.size, len(self.labels))
+        for chunk in chunks:
+            out[torch.as_tensor(list(chunk), dtype=torch.long)] = self.probabilities(
+                batch.rows(chunk)
+            )
+        return out
+
     def tokens(self, input_ids: torch.Tensor) -> list[str]:
         return [str(t) for t in self.tokenizer.convert_ids_to_tokens(input_ids.tolist())]
+
+
+def token_chunks(
+    lengths: Sequence[int], max_tokens: int, max_rows: int | None = None
+) -> list[tuple[int, ...]]:
+    """Text positions grouped so that each group's padded size (texts x longest) <= max_tokens.
+
+    When everything fits, one group in the original order (the usual batch: one pass). Otherwise
+    shortest first, so that each group pads to texts of about its own length. A text longer than
+    max_tokens forms a group alone; `max_rows` also caps the texts per group.
+    """
+    rows = len(lengths) if max_rows is None else max(1, max_rows)
+    if not lengths:
+        return []
+    if len(lengths) <= rows and len(lengths) * max(lengths) <= max_tokens:
+        return [tuple(range(len(lengths)))]
+    groups: list[tuple[int, ...]] = []
+    current: list[int] = []
+    for pos in sorted(range(len(lengths)), key=lengths.__getitem__):
+        full = len(current) == rows or (len(current) + 1) * lengths[pos] > max_tokens
+        if current and full:
+            groups.append(tuple(current))
+            current = []
+        current.append(pos)
+    groups.append(tuple(current))
+    return groups
 
 
 def position_ids(classifier: Classifier, attention_mask: torch.Tensor) -> torch.Tensor | None:

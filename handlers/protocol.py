@@ -1,10 +1,13 @@
 """Parse one TorchServe batch row into a typed `Request` (KServe v2, KServe v1 or native).
 
 TorchServe (no service_envelope) hands the handler one row per HTTP request: a JSON body is
-already decoded under row["body"] (dict, list, str, int ...), text/plain arrives as str, anything
-else (octet-stream, invalid JSON, invalid UTF-8) as bytes/bytearray under row["body"] or
-row["data"]. The route is not visible, so the body's shape picks the protocol and the `explain`
-request header picks the action.
+already decoded under row["body"] (dict, list, str, int, None ...), text/plain arrives as str,
+anything else (octet-stream, invalid JSON, invalid UTF-8) as bytes/bytearray under row["body"] or
+row["data"]; a form-encoded request has no body, only its fields. The `explain` request header
+picks the action. The route shows only through the headers TorchServe adds (`request_route`):
+on the KServe routes the body must be a JSON object holding `inputs` (v2) or `instances` (v1),
+whatever its Content-Type; the native routes take plain text or JSON; when the route is unknown
+the body's shape picks the protocol.
 """
 
 from __future__ import annotations
@@ -19,8 +22,14 @@ from .settings import HandlerSettings
 
 Protocol = Literal["v2", "v1", "native"]
 Action = Literal["predict", "explain"]
+# "kserve": /v2/models/NAME/infer|explain or /v1/models/NAME:predict|:explain (TorchServe tells
+# the worker nothing that separates v1 from v2); "native": /predictions, /explanations.
+Route = Literal["kserve", "native"]
 
 V2_TEXT_DATATYPE = "BYTES"
+KSERVE_SHAPE = '{"inputs": [...]} (KServe v2) or {"instances": [...]} (KServe v1)'
+# What TorchServe decodes itself (its worker compares the part's exact mime type).
+SERVER_DECODED_JSON = "application/json"
 
 
 class RequestError(Exception):
@@ -59,12 +68,36 @@ class Request:
 
 
 @dataclass(frozen=True)
+class MissingBody:
+    """A row without a body: TorchServe split a form-encoded request into `fields`."""
+
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RawRow:
     """What the parser needs from one batch row and its request headers."""
 
+    # The body as TorchServe decoded it (None is a JSON null), or MissingBody.
     body: object
     content_type: str | None
     explain: bool
+    # The kind of route the request came in on; None when unknown (the body's shape decides).
+    route: Route | None = None
+
+
+def request_route(url_path: object, explain_header: object) -> Route | None:
+    """The kind of route of a request, from the headers TorchServe 0.12 adds to it.
+
+    /predictions and /explanations get `url_path` ('' or '/...') and `explain`; the KServe v1 and
+    v2 routes get `explain` only; other routes (/invocations) get neither. A client can send a
+    `url_path` header of its own on a KServe route: it then only gets the lenient native parsing.
+    """
+    if url_path is not None:
+        return "native"
+    if explain_header is not None:
+        return "kserve"
+    return None
 
 
 @dataclass(frozen=True)
@@ -79,10 +112,77 @@ class _Body:
 def parse_request(raw: RawRow, settings: HandlerSettings, labels: Sequence[str]) -> Request:
     """The typed request of one row, or RequestError naming what is wrong."""
     action: Action = "explain" if raw.explain else "predict"
-    body = _classify(_decode_body(raw.body, raw.content_type))
+    if raw.route == "kserve":
+        body = _classify_kserve(_kserve_payload(raw))
+    else:
+        body = _classify(_decode_body(raw.body, raw.content_type))
     texts = _check_texts(body.texts, settings, action)
     options = _parse_options(body.params, settings, labels)
+    if action == "explain":
+        _check_explain_work(len(texts), options.n_steps, settings)
     return Request(body.protocol, action, texts, options, body.request_id, body.single)
+
+
+# -- KServe routes: a JSON object, whatever the Content-Type ----------------------------------
+
+
+def _kserve_payload(raw: RawRow) -> dict[str, Any]:
+    body = raw.body
+    if isinstance(body, MissingBody):
+        raise _no_body(body, f"send a JSON object, {KSERVE_SHAPE}")
+    if isinstance(body, (bytes, bytearray)):
+        return _json_object(_parse_json(_utf8(body, f"POST a JSON object, {KSERVE_SHAPE}")))
+    if isinstance(body, str) and _mime(raw.content_type) != SERVER_DECODED_JSON:
+        # text/plain: TorchServe decoded the UTF-8 only. (With application/json, a str body is
+        # a JSON string TorchServe decoded.)
+        return _json_object(_parse_json(body))
+    return _json_object(body)
+
+
+def _parse_json(text: str) -> object:
+    if not text.strip():
+        raise bad_request(
+            f"request body is empty or whitespace; POST a JSON object, {KSERVE_SHAPE}"
+        )
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise bad_request(
+            f"request body is not valid JSON ({exc.msg} at line {exc.lineno} column "
+            f"{exc.colno}); send a JSON object, {KSERVE_SHAPE}"
+        ) from None
+
+
+def _json_object(value: object) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    raise bad_request(
+        f"request body is {_json_type(value)}, not a JSON object; send a JSON object, "
+        f"{KSERVE_SHAPE}"
+    )
+
+
+def _classify_kserve(payload: dict[str, Any]) -> _Body:
+    body = _classify_kserve_keys(payload)
+    if body is not None:
+        return body
+    raise bad_request(
+        f"JSON object has neither inputs (KServe v2) nor instances (KServe v1) "
+        f"(got keys: {_keys(payload)}); send {KSERVE_SHAPE}, or send "
+        '{"text": "..."} to /predictions/NAME'
+    )
+
+
+def _classify_kserve_keys(payload: dict[str, Any]) -> _Body | None:
+    params = payload.get("parameters")
+    if "inputs" in payload:
+        return _Body("v2", _v2_texts(payload["inputs"]), params=params, request_id=_v2_id(payload))
+    if "instances" in payload:
+        return _Body("v1", _text_list(payload["instances"], "instances"), params=params)
+    return None
+
+
+# -- native and unknown routes: plain text or JSON --------------------------------------------
 
 
 def _classify(payload: object) -> _Body:
@@ -93,31 +193,23 @@ def _classify(payload: object) -> _Body:
     if isinstance(payload, dict):
         return _classify_object(payload)
     raise bad_request(
-        f"JSON body must be an object or a list, got {type(payload).__name__}; "
+        f"JSON body must be an object or a list, got {_json_type(payload)}; "
         'send {"text": "..."} or a KServe v1/v2 request'
     )
 
 
 def _decode_body(body: object, content_type: str | None) -> object:
-    if body is None:
-        raise bad_request(
-            "request has no body; send text (Content-Type: text/plain) or JSON "
-            "(Content-Type: application/json)"
+    if isinstance(body, MissingBody):
+        raise _no_body(
+            body, "send text (Content-Type: text/plain) or JSON (Content-Type: application/json)"
         )
     if not isinstance(body, (bytes, bytearray)):
         return body
-    if not body:
-        raise bad_request(
-            "request body is empty; POST text (Content-Type: text/plain) or a JSON request "
-            "(Content-Type: application/json) to this route"
-        )
-    try:
-        text = bytes(body).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise bad_request(
-            f"request body is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-            "send UTF-8 encoded text"
-        ) from None
+    text = _utf8(
+        body,
+        "POST text (Content-Type: text/plain) or a JSON request "
+        "(Content-Type: application/json) to this route",
+    )
     is_json = content_type is not None and "json" in content_type.lower()
     if is_json or text.lstrip()[:1] in ("{", "["):
         try:
@@ -133,19 +225,61 @@ def _decode_body(body: object, content_type: str | None) -> object:
 
 def _classify_object(payload: dict[str, Any]) -> _Body:
     params = payload.get("parameters")
-    if "inputs" in payload:
-        return _Body("v2", _v2_texts(payload["inputs"]), params=params, request_id=_v2_id(payload))
-    if "instances" in payload:
-        return _Body("v1", _text_list(payload["instances"], "instances"), params=params)
+    kserve = _classify_kserve_keys(payload)
+    if kserve is not None:
+        return kserve
     if "texts" in payload:
         return _Body("native", _text_list(payload["texts"], "texts"), params=params)
     if "text" in payload:
         return _Body("native", [_text_field(payload, "body")], single=True, params=params)
-    keys = ", ".join(sorted(payload)) or "none"
     raise bad_request(
         f"JSON object has none of the keys inputs (KServe v2), instances (KServe v1), text, "
-        f'texts (got keys: {keys}); send e.g. {{"text": "..."}}'
+        f'texts (got keys: {_keys(payload)}); send e.g. {{"text": "..."}}'
     )
+
+
+# -- shared body helpers ----------------------------------------------------------------------
+
+
+def _utf8(body: bytes | bytearray, expected: str) -> str:
+    """Raw body bytes as text; `expected` says what to send instead of an empty body."""
+    if not body:
+        raise bad_request(f"request body is empty; {expected}")
+    try:
+        return bytes(body).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_request(
+            f"request body is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+            "send UTF-8 encoded text"
+        ) from None
+
+
+def _no_body(body: MissingBody, expected: str) -> RequestError:
+    form = f" (TorchServe read it as form fields: {', '.join(body.fields)})" if body.fields else ""
+    return bad_request(f"request has no body{form}; {expected}")
+
+
+def _mime(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _keys(payload: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(payload)) or "none"
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a decoded value's type: object, array, string, number, boolean, null."""
+    if value is None:
+        return "JSON null"
+    if isinstance(value, bool):
+        return "a JSON boolean"
+    if isinstance(value, (int, float)):
+        return "a JSON number"
+    if isinstance(value, str):
+        return "a JSON string"
+    if isinstance(value, list):
+        return "a JSON array"
+    return f"a {type(value).__name__}"
 
 
 def _text_list(items: object, where: str) -> list[object]:
@@ -267,6 +401,18 @@ def _check_texts(
             )
         _check_characters(i, text)
     return tuple(str(t) for t in texts)
+
+
+def _check_explain_work(texts: int, n_steps: int, settings: HandlerSettings) -> None:
+    work = texts * n_steps
+    limit = settings.max_explain_work
+    if work > limit:
+        raise RequestError(
+            413,
+            f"explain request asks for {texts} text(s) x {n_steps} steps = {work} text-steps, "
+            f"more than the limit of {limit} (max_explain_work); send fewer texts per request "
+            "or fewer steps (parameters.n_steps)",
+        )
 
 
 def _check_characters(i: int, text: str) -> None:

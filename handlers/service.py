@@ -22,13 +22,14 @@ from .metrics import (
     BATCHES_TOTAL,
     EXPLAIN_MS,
     EXPLAIN_STEPS,
+    FORWARD_PASSES_TOTAL,
     INFERENCE_MS,
     REQUESTS_TOTAL,
     TEXTS_PER_BATCH,
     Metrics,
 )
-from .model import Batch, Classifier, choose_device, load_pretrained
-from .protocol import RawRow, Request, RequestError, parse_request
+from .model import Batch, Classifier, choose_device, load_pretrained, token_chunks
+from .protocol import MissingBody, RawRow, Request, RequestError, parse_request, request_route
 from .render import (
     ModelInfo,
     Prediction,
@@ -166,10 +167,13 @@ class ClassifierService:
             spans[idx] = range(len(texts), len(texts) + len(request.texts))
             texts.extend(request.texts)
         batch = self.classifier.tokenize(texts)
+        # Padded tokens per pass stay within max_batch_tokens; a usual batch is one chunk.
+        chunks = token_chunks(batch.lengths, self.settings.max_batch_tokens)
         start = self._clock()
-        probabilities = self.classifier.probabilities(batch.inputs)
+        probabilities = self.classifier.batch_probabilities(batch, chunks)
         metrics.gauge(INFERENCE_MS, (self._clock() - start) * 1000.0, "ms")
         metrics.gauge(TEXTS_PER_BATCH, len(texts), "count")
+        metrics.count(FORWARD_PASSES_TOTAL, len(chunks))
         labels = self.info.labels
         predictions = [
             Prediction(labels[int(row.argmax())], tuple(float(p) for p in row), truncated)
@@ -214,7 +218,11 @@ class ClassifierService:
         indices = [pos for idx in group for pos in work.spans[idx]]
         targets = [self._target(work, idx, pos) for idx in group for pos in work.spans[idx]]
         job = ExplainJob(
-            tuple(indices), tuple(targets), options.n_steps, options.internal_batch_size
+            tuple(indices),
+            tuple(targets),
+            options.n_steps,
+            options.internal_batch_size,
+            self.settings.max_explain_tokens,
         )
         start = self._clock()
         explained = dict(zip(indices, explain(self.classifier, work.batch, job), strict=True))
@@ -274,10 +282,13 @@ def _raw_row(row: Mapping[str, Any], idx: int, context: Any) -> RawRow:
     if content_type is None:
         content_type = context.get_request_header(idx, "Content-Type")
     explain_header = context.get_request_header(idx, "explain")
+    # A form-encoded request arrives as its fields, without a body.
+    body = row[key] if key in row else MissingBody(tuple(sorted(str(k) for k in row)))
     return RawRow(
-        body=row.get(key),
+        body=body,
         content_type=content_type,
         explain=str(explain_header).lower() == "true",
+        route=request_route(context.get_request_header(idx, "url_path"), explain_header),
     )
 
 

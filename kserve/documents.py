@@ -7,6 +7,7 @@ from typing import Any
 from scibert_pack.errors import ManifestError
 from scibert_pack.kserve.options import STOCK_RUNTIME
 from scibert_pack.kserve.resolved import Resolved
+from scibert_pack.storage.kubectl_steps import copy_pod_manifest
 
 Document = dict[str, Any]
 
@@ -18,8 +19,6 @@ CONTAINER_NAME = "kserve-container"
 METRICS_PATH = "/metrics"
 # TorchServe's health check: 200 once every model has its minimum workers.
 HEALTH_PATH = "/ping"
-COPY_IMAGE = "busybox:1.36"
-COPY_MOUNT = "/mnt/pvc"
 _MANAGED_BY = {"app.kubernetes.io/managed-by": "scibert-pack"}
 
 
@@ -206,25 +205,12 @@ def persistent_volume_claim(r: Resolved) -> Document:
 
 
 def copy_pod(r: Resolved) -> Document:
-    """A pod that only holds the claim mounted, so `kubectl cp` can fill it (needs tar: busybox)."""
+    """The pod the PVC fill steps exec into (storage.kubectl_steps: one recipe for upload and
+    manifest); it only holds the claim mounted."""
     claim = _claim(r)
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata(copy_pod_name(claim), r.options.namespace, labels=dict(_MANAGED_BY)),
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [
-                {
-                    "name": "copy",
-                    "image": COPY_IMAGE,
-                    "command": ["sh", "-c", "sleep 3600"],
-                    "volumeMounts": [{"name": "store", "mountPath": COPY_MOUNT}],
-                }
-            ],
-            "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": claim}}],
-        },
-    }
+    return copy_pod_manifest(
+        copy_pod_name(claim), claim, namespace=r.options.namespace, labels=dict(_MANAGED_BY)
+    )
 
 
 def _claim(r: Resolved) -> str:

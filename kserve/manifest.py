@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
 from scibert_pack import __version__
@@ -17,6 +15,8 @@ from scibert_pack.kserve.resolved import Resolved, resolve
 from scibert_pack.kserve.store_info import StoreInfo
 from scibert_pack.kserve.traps import ManifestWarning, check_traps
 from scibert_pack.kserve.yaml_text import dump_documents
+from scibert_pack.storage import local_store
+from scibert_pack.storage.kubectl_steps import Step, pvc_copy, steps_script
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,9 @@ class Manifest:
     warnings: tuple[ManifestWarning, ...]
     # Text of our runtime's Dockerfile; None for the stock runtime or without serving documents.
     dockerfile: str | None
-    # Shell commands to run after applying (filling a PVC); empty when there is nothing to do.
-    next_steps: tuple[str, ...]
+    # The steps that fill the PVC after applying (storage.kubectl_steps, the recipe `scibert-pack
+    # upload` prints too); empty when there is nothing to do or no store to copy.
+    next_steps: tuple[Step, ...]
     resolved: Resolved
 
 
@@ -39,10 +40,13 @@ def build_manifest(
 ) -> Manifest:
     r = resolve(options, store)
     documents: list[dict[str, Any]] = []
-    steps: tuple[str, ...] = ()
+    steps: tuple[Step, ...] = ()
+    warnings: list[ManifestWarning] = []
     if options.pvc is not None and options.only in ("all", "storage"):
         documents += [docs.persistent_volume_claim(r), docs.copy_pod(r)]
         steps = fill_pvc_commands(r)
+        if not steps:
+            warnings.append(_no_fill_steps(r))
     if options.only in ("all", "serving"):
         if not r.stock:
             documents.append(docs.serving_runtime(r))
@@ -51,37 +55,50 @@ def build_manifest(
             documents.append(dashboard_config_map(r))
     for document in documents:
         check_document(document)
-    warnings = tuple(check_traps(r)) if options.only != "storage" else ()
+    if options.only != "storage":
+        warnings = [*check_traps(r), *warnings]
     serving = options.only != "storage" and not r.stock
     header = f"# Written by scibert-pack {__version__}: kubectl apply -f <this file>\n"
     if steps:
-        header += "# Then fill the PVC:\n" + "".join(f"#   {step}\n" for step in steps)
+        header += "# Then fill the PVC with this script (also printed on stderr):\n" + "".join(
+            f"# {line}".rstrip() + "\n" for line in steps_script(steps).splitlines()
+        )
     return Manifest(
         documents=tuple(documents),
         yaml=dump_documents(documents, header=header),
-        warnings=warnings,
+        warnings=tuple(warnings),
         dockerfile=dockerfile(r, filename=dockerfile_name) if serving else None,
         next_steps=steps,
         resolved=r,
     )
 
 
-def fill_pvc_commands(r: Resolved) -> tuple[str, ...]:
-    """kubectl commands that copy the store into the claim through the copy pod."""
+def fill_pvc_commands(r: Resolved) -> tuple[Step, ...]:
+    """The steps that copy the store into the claim through the copy pod: the same recipe
+    `scibert-pack upload OUT pvc://...` prints without --pvc-mount (only the store's files,
+    every sha256 checked on the claim, one rename into place, the completion record last).
+    Empty without a store folder: the steps carry every file's sha256."""
     pvc = r.options.pvc
-    if pvc is None:
+    if pvc is None or r.store is None or r.store.path is None:
         return ()
     claim, path = pvc
-    pod = docs.copy_pod_name(claim)
-    target = str(PurePosixPath(docs.COPY_MOUNT, path)) if path else docs.COPY_MOUNT
-    source = str(r.store.path) if r.store and r.store.path else "OUT"
     kubectl = "kubectl" + (f" -n {r.options.namespace}" if r.options.namespace else "")
-    q = shlex.quote
-    return (
-        f"{kubectl} wait --for=condition=Ready pod/{pod} --timeout=300s",
-        f"{kubectl} exec {pod} -- mkdir -p {q(target)}",
-        # kubectl cp nests into a folder that already exists: the target must be empty.
-        f"{kubectl} cp {q(source + '/config')} {q(f'{pod}:{target}/config')}",
-        f"{kubectl} cp {q(source + '/model-store')} {q(f'{pod}:{target}/model-store')}",
-        f"{kubectl} delete pod {pod}",
+    copy = pvc_copy(
+        local_store.read_store(r.store.path),
+        claim,
+        path,
+        pod=docs.copy_pod_name(claim),
+        kubectl=kubectl,
+        create_pod=False,
+    )
+    return copy.steps
+
+
+def _no_fill_steps(r: Resolved) -> ManifestWarning:
+    return ManifestWarning(
+        "pvc-fill-needs-store",
+        f"no steps to fill the claim of {r.options.storage_uri}: they copy and check every "
+        "file of the model store, which was not given",
+        "pass --from-store OUT to get them (the same steps `scibert-pack upload OUT "
+        "pvc://CLAIM/PATH` prints)",
     )

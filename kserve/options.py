@@ -13,6 +13,7 @@ from scibert_pack.kserve.names import (
     check_object_name,
     check_quantity,
 )
+from scibert_pack.storage.targets import has_userinfo, redact_uri
 
 Protocol = Literal["v1", "v2"]
 Runtime = Literal["scibert-pack", "kserve-torchserve"]
@@ -125,6 +126,16 @@ class ManifestOptions:
                 "is not a pvc:// URI",
                 fix="use --storage-uri pvc://CLAIM/PATH, or drop --only storage",
             )
+        if self.pvc is not None and not self.pvc[1] and self.only != "serving":
+            claim = self.pvc[0]
+            raise InputError(
+                f"--storage-uri {self.storage_uri!r} is the root of claim {claim!r}: a store "
+                "copied there cannot be renamed into place in one step, so the "
+                "InferenceService could start on a half-copied store",
+                fix=f"serve a folder of the claim, e.g. --storage-uri pvc://{claim}/scibert "
+                "(`scibert-pack upload OUT pvc://CLAIM/PATH` prints one), or pass --only "
+                "serving for a claim that is filled already",
+            )
         self._check_scaling()
 
     @property
@@ -189,9 +200,16 @@ class ManifestOptions:
 
 
 def _check_storage_uri(uri: str) -> None:
+    if has_userinfo(uri):
+        raise InputError(
+            f"--storage-uri {redact_uri(uri)!r} carries credentials (the part before '@'); "
+            "they would be written into the InferenceService for anyone who can read it",
+            fix="remove them and give the predictor the credentials through "
+            "--service-account (a ServiceAccount with KServe's S3 secret annotations)",
+        )
     if not uri.startswith(STORAGE_SCHEMES) or len(uri) <= uri.index("://") + 3:
         raise InputError(
-            f"--storage-uri {uri!r} is not a storage URI KServe can fetch",
+            f"--storage-uri {redact_uri(uri)!r} is not a storage URI KServe can fetch",
             fix=(
                 "give the model store's location, e.g. s3://bucket/scibert/v1/ or "
                 "pvc://claim/scibert/v1"

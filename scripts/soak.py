@@ -1,13 +1,15 @@
 """Soak and fault scenarios against a real TorchServe and a real S3-protocol server (moto):
 
-1. soak: 20,000 v2 infer requests at concurrency 32 with an explain every 50th request, on the
-   tiny test classifier; errors (a wrong answer counts), latency, worker RSS at start/middle/end.
+1. soak: 20,000 v2 infer requests at concurrency 32, each 50th followed by an explain (400
+   explains on top), on the tiny test classifier; errors (a wrong answer counts), latency, and
+   the worker's RSS read every 1,000 requests: its growth over the second half (least-squares
+   line) must stay under 4 MiB + 1 % of its size, else the soak fails (exit code 1).
 2. worker kill: the Python worker is SIGKILLed under load; TorchServe restarts it; requests in
    flight fail cleanly within the response timeout and every request after recovery succeeds.
 3. S3 gone mid-upload (connection lost, then moto killed): the upload fails with a clear error,
    nothing is published as complete, and the rerun completes byte-identical.
 
-Run: .venv/bin/python scripts/soak.py [--requests 20000]. Writes the "soak" section of
+Run: .venv/bin/python scripts/soak.py [--requests 20000] [--no-write]. Writes the "soak" section of
 BENCHMARKS.md. The same scenarios, shorter, run in the test suite (tests/test_soak.py,
 tests/test_faults.py).
 """
@@ -32,24 +34,36 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from fault_support import CLI, Moto, upload_until_s3_vanishes
 from s3_helpers import kserve_download, s3_environ, tree, write_store
 from served import serving
-from soak_support import kill_worker_under_load, ready_pids, soak
+from soak_support import RssBound, kill_worker_under_load, ready_pids, soak
 from tiny_models import make_tiny_classifier
 
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.storage.local_store import read_store
 
 RESPONSE_TIMEOUT_S = 10
+EXPLAIN_EVERY = 50
+RSS_EVERY = 1000
+WARMUP = 500
+RSS_BOUND = RssBound(slack_mib=4.0, fraction=0.01)
 
 
-def run_soak(model: Path, work: Path, requests_total: int, concurrency: int) -> dict[str, object]:
+def run_soak(model: Path, work: Path, infer_total: int, concurrency: int) -> dict[str, object]:
     settings = BuildSettings(name="tiny", profile="local", batch_size=8, max_batch_delay_ms=5)
     with serving(model, work / "soak", settings) as server:
         pids = ready_pids(server)
         result = soak(
-            server, requests_total=requests_total, concurrency=concurrency, explain_every=50
+            server,
+            infer_total=infer_total,
+            concurrency=concurrency,
+            explain_every=EXPLAIN_EVERY,
+            rss_every=RSS_EVERY,
+            warmup=WARMUP,
+            bound=RSS_BOUND,
         )
         restarts = 0 if ready_pids(server) == pids else 1
     errors = result.errors()
+    check = result.rss_check
+    assert check is not None
     return {
         "requests": result.count(),
         "infer": result.count("infer"),
@@ -63,6 +77,10 @@ def run_soak(model: Path, work: Path, requests_total: int, concurrency: int) -> 
         "explain_p99_ms": round(result.percentile_ms(99, "explain"), 1),
         "restarts": restarts,
         "rss_mib": {k: round(v, 1) for k, v in result.rss_mib.items()},
+        "rss_samples": [[s.done, round(s.mib, 1)] for s in result.rss_samples],
+        "rss_growth_second_half_mib": round(check.growth_mib, 2),
+        "rss_bound_mib": round(check.limit_mib, 2),
+        "rss_ok": check.ok,
     }
 
 
@@ -158,10 +176,13 @@ def markdown(
         "",
         "| scenario | requests | errors | p99 | restarts | worker RSS (MiB) |",
         "|---|---:|---:|---:|---:|---|",
-        f"| soak: infer at concurrency 32, every 50th an explain | {soaked['requests']} "
-        f"({soaked['infer']} infer, {soaked['explain']} explain) | {soaked['errors']} | "
+        f"| soak: infer at concurrency 32, each 50th followed by an explain | "
+        f"{soaked['requests']} ({soaked['infer']} infer + {soaked['explain']} explain) | "
+        f"{soaked['errors']} | "
         f"infer {soaked['infer_p99_ms']} ms, explain {soaked['explain_p99_ms']} ms | "
-        f"{soaked['restarts']} | start {rss['start']}, middle {rss['middle']}, end {rss['end']} |",
+        f"{soaked['restarts']} | start {rss['start']}, middle {rss['middle']}, end {rss['end']}; "
+        f"second half {soaked['rss_growth_second_half_mib']:+} (bound "
+        f"{soaked['rss_bound_mib']}) |",
         f"| worker SIGKILLed under load (concurrency 8) | {killed['requests']} | "
         f"{killed['failed']} in flight at the kill ({statuses}), "
         f"{killed['after_recovery_errors']} of {killed['after_recovery']} after recovery | "
@@ -171,7 +192,10 @@ def markdown(
         "",
         f"Soak throughput: {soaked['requests_per_s']} requests/s over {soaked['seconds']} s, "
         f"infer p50 {soaked['infer_p50_ms']} ms. Wrong answers during the kill: "
-        f"{killed['wrong_answers']}.",
+        f"{killed['wrong_answers']}. Worker RSS was read every {RSS_EVERY} requests after "
+        f"{WARMUP} warm-up infers; its growth over the second half is the least-squares line "
+        f"through those readings, and the soak fails above {RSS_BOUND.slack_mib:g} MiB + "
+        f"{RSS_BOUND.fraction:.0%} of the worker's size.",
         "",
         "| S3 server gone mid-upload | exit code | gave up after | traceback | complete record "
         "before rerun | rerun | rerun byte-identical |",
@@ -189,7 +213,12 @@ def markdown(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=20_000,
+        help="Infer requests of the soak (explains come on top: one after every 50th).",
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--no-write", action="store_true", help="Print only; leave BENCHMARKS.md.")
     args = parser.parse_args()
@@ -212,13 +241,22 @@ def main() -> int:
     print(body)
     if not args.no_write:
         write_section("soak", body)
-    ok = (
-        soaked["errors"] == 0
-        and soaked["restarts"] == 0
-        and killed["after_recovery_errors"] == 0
-        and killed["wrong_answers"] == 0
-        and all(r["exit_code"] == 1 and r["rerun_byte_identical"] for r in s3.values())
-    )
+    checks = {
+        "soak without errors": soaked["errors"] == 0,
+        "soak without worker restart": soaked["restarts"] == 0,
+        f"soak reached {args.requests} infer requests": soaked["infer"] >= args.requests,
+        f"worker RSS flat over the second half ({soaked['rss_growth_second_half_mib']:+} MiB, "
+        f"bound {soaked['rss_bound_mib']} MiB)": soaked["rss_ok"] is True,
+        "every request after the worker kill answered right": killed["after_recovery_errors"] == 0
+        and killed["wrong_answers"] == 0,
+        "S3 uploads failed cleanly and reran byte-identical": all(
+            r["exit_code"] == 1 and r["rerun_byte_identical"] for r in s3.values()
+        ),
+    }
+    for name, passed in checks.items():
+        if not passed:
+            print(f"FAILED: {name}", file=sys.stderr)
+    ok = all(checks.values())
     return 0 if ok else 1
 
 

@@ -1,22 +1,38 @@
-"""Batch predictions: many texts, several per request, several requests at once, results in order.
+"""Batch predictions and explanations: many texts, several per request, several requests at
+once, results in input order.
 
-Requests run on a thread pool with a bounded window of work in flight; results are written as
-soon as every row before them is written (out-of-order completions wait in a buffer). Transient
-failures (no answer, 5xx) are retried with exponential backoff; a request the server refuses
-(4xx) is split into single texts so that only the offending row gets an `error` record.
+Predictions: requests run on a small pool with a bounded window of work in flight; results are
+written as soon as every row before them is written (out-of-order completions wait in a buffer).
+Transient failures (no answer, 5xx) are retried with exponential backoff; a request the server
+refuses (4xx) is split into single texts so that only the offending row gets an `error` record,
+which carries the HTTP status (a 5xx error record is asked again by a resumed run).
+
+Explanations: the texts are cut into requests the server accepts (it caps texts, and texts x
+steps, per explain request) and the answers are put back together in input order.
+
+The pool's threads are daemons and nothing waits for them when a run stops early: Ctrl-C or a
+fatal failure returns at once instead of waiting up to the request timeout for requests still
+in flight (their answers are dropped; a resumed run asks again).
 """
 
 from __future__ import annotations
 
+import queue
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from scibert_pack.errors import ClientError, InputError
-from scibert_pack.serving.batch_output import ResultSink
-from scibert_pack.serving.client import InferenceClient, Prediction, RequestFailed
+from scibert_pack.serving.batch_input import InputRow
+from scibert_pack.serving.batch_output import ResultSink, is_final, row_fields
+from scibert_pack.serving.client import Explanation, InferenceClient, Prediction, RequestFailed
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 
 @dataclass(frozen=True)
@@ -32,18 +48,15 @@ class BatchSettings:
             ("--batch-texts", self.texts_per_request, 1, 256),
             ("--retries", self.retries, 0, 20),
         ):
-            if not low <= value <= high:
-                raise InputError(
-                    f"{option} {value} is out of range (expected {low} to {high})",
-                    fix=f"pass {option} between {low} and {high}",
-                )
+            _check_option(option, value, low, high)
         if self.backoff_s < 0:
             raise InputError(f"backoff {self.backoff_s} s is negative", fix="pass 0 or more")
 
 
 @dataclass(frozen=True)
 class BatchProgress:
-    """Counts after some rows were written; `skipped` were finished by an earlier run."""
+    """Counts after some rows were written; `skipped` were finished by an earlier run;
+    `server_errors` of the `errors` failed on the server (5xx): a rerun asks them again."""
 
     total: int
     skipped: int
@@ -51,10 +64,15 @@ class BatchProgress:
     errors: int
     retries: int
     elapsed_s: float
+    server_errors: int = 0
 
     @property
     def done(self) -> int:
         return self.skipped + self.written
+
+    @property
+    def refused(self) -> int:
+        return self.errors - self.server_errors
 
     @property
     def rows_per_s(self) -> float:
@@ -68,7 +86,51 @@ def _no_progress(_: BatchProgress) -> None:
 @dataclass
 class _Chunk:
     rows: list[int]
-    texts: list[str]
+    sources: list[InputRow]
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for s in self.sources]
+
+
+class _DaemonPool(Generic[_In, _Out]):
+    """A fixed set of daemon threads running `work` on submitted items.
+
+    Unlike ThreadPoolExecutor (whose threads the interpreter joins at exit), nothing ever waits
+    for these threads: `shutdown` cancels what has not started and returns at once.
+    """
+
+    def __init__(self, work: Callable[[_In], _Out], workers: int, name: str) -> None:
+        self._work = work
+        self._jobs: queue.SimpleQueue[tuple[Future[_Out], _In] | None] = queue.SimpleQueue()
+        self._submitted: list[Future[_Out]] = []
+        self._workers = workers
+        for i in range(workers):
+            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True).start()
+
+    def submit(self, item: _In) -> Future[_Out]:
+        future: Future[_Out] = Future()
+        self._submitted.append(future)
+        self._jobs.put((future, item))
+        return future
+
+    def shutdown(self) -> None:
+        for future in self._submitted:
+            future.cancel()  # only those not started; running ones are left to finish alone
+        for _ in range(self._workers):
+            self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, item = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = self._work(item)
+            except BaseException as err:  # handed to the caller through the future
+                future.set_exception(err)
+            else:
+                future.set_result(result)
 
 
 class BatchPredictor:
@@ -90,55 +152,61 @@ class BatchPredictor:
         self._clock = clock
         self._retries = 0
 
-    def run(self, texts: Sequence[str], sink: ResultSink) -> BatchProgress:
+    def run(self, rows: Sequence[InputRow], sink: ResultSink) -> BatchProgress:
         """Predict every row not in `sink.finished`; write each result line in row order."""
         start = self._clock()
-        pending = [row for row in range(len(texts)) if row not in sink.finished]
-        skipped = len(texts) - len(pending)
-        written = errors = 0
+        pending = [row for row in range(len(rows)) if row not in sink.finished]
+        skipped = len(rows) - len(pending)
+        written = errors = server_errors = 0
         buffered: dict[int, dict[str, Any]] = {}
         order = iter(pending)
         next_row = next(order, None)
 
         def report() -> BatchProgress:
+            elapsed = self._clock() - start
             return BatchProgress(
-                len(texts), skipped, written, errors, self._retries, self._clock() - start
+                len(rows), skipped, written, errors, self._retries, elapsed, server_errors
             )
 
-        chunks = self._chunks(texts, pending)
+        chunks = self._chunks(rows, pending)
         window = 2 * self.settings.concurrency
-        executor = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="predict")
+        pool: _DaemonPool[_Chunk, list[dict[str, Any]]] = _DaemonPool(
+            self._predict, self.settings.concurrency, "predict"
+        )
         in_flight: set[Future[list[dict[str, Any]]]] = set()
         try:
             for chunk in _take(chunks, window):
-                in_flight.add(executor.submit(self._predict, chunk))
+                in_flight.add(pool.submit(chunk))
             while in_flight:
                 finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
                     for record in future.result():
                         buffered[record["row"]] = record
                 for chunk in _take(chunks, len(finished)):
-                    in_flight.add(executor.submit(self._predict, chunk))
+                    in_flight.add(pool.submit(chunk))
                 flushed = 0
                 while next_row is not None and next_row in buffered:
                     record = buffered.pop(next_row)
                     sink.write(record)
                     written += 1
                     errors += "error" in record
+                    server_errors += not is_final(record)
                     flushed += 1
                     next_row = next(order, None)
                 if flushed:
                     self.progress(report())
         finally:
-            # An interruption or a fatal failure: drop queued work, keep what was written.
-            executor.shutdown(wait=True, cancel_futures=True)
+            # Done, interrupted or failed: drop queued work and never wait for requests in
+            # flight (an interruption must not hang for up to the request timeout).
+            pool.shutdown()
+        sink.finish()
         return report()
 
-    def _chunks(self, texts: Sequence[str], pending: list[int]) -> Iterator[_Chunk]:
+    def _chunks(self, rows: Sequence[InputRow], pending: list[int]) -> Iterator[_Chunk]:
         size = self.settings.texts_per_request
         for i in range(0, len(pending), size):
-            rows = pending[i : i + size]
-            yield _Chunk(rows, [texts[r] for r in rows])
+            numbers = pending[i : i + size]
+            yield _Chunk(numbers, [rows[r] for r in numbers])
 
     def _predict(self, chunk: _Chunk) -> list[dict[str, Any]]:
         try:
@@ -153,19 +221,24 @@ class BatchPredictor:
                 # Refused as a whole: ask text by text so that only the bad row fails.
                 return [
                     record
-                    for row, text in zip(chunk.rows, chunk.texts, strict=True)
-                    for record in self._predict(_Chunk([row], [text]))
+                    for row, source in zip(chunk.rows, chunk.sources, strict=True)
+                    for record in self._predict(_Chunk([row], [source]))
                 ]
-            return [{"row": chunk.rows[0], "text": chunk.texts[0], "error": err.message}]
+            return [
+                {
+                    **row_fields(chunk.rows[0], chunk.sources[0]),
+                    "error": err.message,
+                    "status": err.status,
+                }
+            ]
         return [
             {
-                "row": row,
-                "text": p.text,
+                **row_fields(row, source),
                 "label": p.label,
                 "probabilities": p.probabilities,
                 "truncated": p.truncated,
             }
-            for row, p in zip(chunk.rows, predictions, strict=True)
+            for row, source, p in zip(chunk.rows, chunk.sources, predictions, strict=True)
         ]
 
     def _infer_with_retries(self, texts: list[str]) -> list[Prediction]:
@@ -201,3 +274,136 @@ def _take(chunks: Iterator[_Chunk], count: int) -> list[_Chunk]:
         if len(taken) == count:
             break
     return taken
+
+
+def _check_option(option: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InputError(
+            f"{option} {value} is out of range (expected {low} to {high})",
+            fix=f"pass {option} between {low} and {high}",
+        )
+
+
+# --- explanations -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    # The archive's default cap is 16 texts per explain request (max_explain_texts), and a cap
+    # on texts x steps: 8 stays under both at the default 50 steps.
+    texts_per_request: int = 8
+    concurrency: int = 1
+    target: str | int | None = None
+    n_steps: int | None = None
+    merge_subwords: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_option("--batch-texts", self.texts_per_request, 1, 256)
+        _check_option("--concurrency", self.concurrency, 1, 8)
+
+
+@dataclass(frozen=True)
+class ExplainedTexts:
+    """Per text, in input order: its explanation and (when asked) its prediction; and the
+    server's v2 answers, one per explain request."""
+
+    explanations: tuple[Explanation, ...]
+    predictions: tuple[Prediction, ...] | None
+    responses: tuple[dict[str, Any], ...]
+
+    def merged_response(self) -> dict[str, Any]:
+        """One v2 explain response for all the texts (the answers' outputs joined in order)."""
+        first = self.responses[0]
+        if len(self.responses) == 1:
+            return first
+        data = [item for r in self.responses for item in r["outputs"][0]["data"]]
+        merged = {k: v for k, v in first.items() if k not in ("id", "outputs")}
+        output = {**first["outputs"][0], "shape": [len(data)], "data": data}
+        return {**merged, "outputs": [output]}
+
+
+_Answer = tuple[list[Explanation], list[Prediction] | None, dict[str, Any]]
+
+
+def explain_texts(
+    client: InferenceClient,
+    texts: Sequence[str],
+    settings: ExplainSettings | None = None,
+    *,
+    with_predictions: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExplainedTexts:
+    """Explain any number of texts in requests of `settings.texts_per_request`.
+
+    `with_predictions` also asks the infer route for each request's texts (the probabilities of
+    every label). `progress(done, total)` runs after each request's answer, in input order.
+    """
+    settings = settings or ExplainSettings()
+    size = settings.texts_per_request
+    pieces = [list(texts[i : i + size]) for i in range(0, len(texts), size)]
+
+    def ask(piece: list[str]) -> _Answer:
+        try:
+            explanations, body = client.explain(
+                piece,
+                target=settings.target,
+                n_steps=settings.n_steps,
+                merge_subwords=settings.merge_subwords,
+            )
+        except RequestFailed as err:
+            if err.status == 413:
+                raise _too_large(err, len(piece)) from err
+            raise
+        predictions = client.infer(piece)[0] if with_predictions else None
+        return explanations, predictions, body
+
+    pool: _DaemonPool[list[str], _Answer] = _DaemonPool(ask, settings.concurrency, "explain")
+    answers: list[_Answer] = []
+    try:
+        futures = [pool.submit(piece) for piece in pieces]
+        for future in futures:
+            answers.append(future.result())
+            if progress is not None:
+                progress(min(len(texts), len(answers) * size), len(texts))
+    finally:
+        pool.shutdown()
+    predictions = [p for _, found, _ in answers for p in found or ()]
+    return ExplainedTexts(
+        explanations=tuple(e for found, _, _ in answers for e in found),
+        predictions=tuple(predictions) if with_predictions else None,
+        responses=tuple(body for _, _, body in answers),
+    )
+
+
+def _too_large(err: RequestFailed, texts: int) -> RequestFailed:
+    noun = "text" if texts == 1 else "texts"
+    message = (
+        f"the server refused an explain request of {texts} {noun} as too large ({err.message})"
+    )
+    fitting = _texts_that_fit(err.message)
+    if texts > 1 and fitting is not None and fitting >= 1:
+        fix = f"pass --batch-texts {fitting} (or fewer) to stay within that limit"
+    elif texts > 1 and fitting is None:
+        fix = (
+            f"pass a smaller --batch-texts (this request had {texts}): the archive caps the "
+            "texts (max_explain_texts) and the texts x steps (max_explain_work) of one request"
+        )
+    else:
+        fix = "one text alone is over the server's limits: ask for fewer --steps, or shorten it"
+    return RequestFailed(message, fix=fix, status=413)
+
+
+def _texts_that_fit(server_message: str) -> int | None:
+    """The texts per request the server's 413 message allows, when it says (best effort: the
+    handler names its limit as `limit of N (max_explain_texts)` or, for texts x steps, as
+    `T text(s) x S steps = W text-steps, more than the limit of N (max_explain_work)`)."""
+    found = re.search(r"limit of (\d+) \((max_explain_\w+)\)", server_message)
+    if found is None:
+        return None
+    limit, name = int(found.group(1)), found.group(2)
+    if name == "max_explain_texts":
+        return limit
+    steps = re.search(r"x (\d+) steps", server_message)
+    if name == "max_explain_work" and steps is not None and int(steps.group(1)) > 0:
+        return limit // int(steps.group(1))
+    return None

@@ -1,6 +1,9 @@
 """Texts for batch predictions: one per line, a field of JSON lines, or a column of a CSV file.
 
-Blank lines are skipped everywhere; a row's number is its position among the texts read.
+A record whose text is empty or only whitespace (and a blank line) is skipped, and its line
+number is reported in `BatchInput.skipped`; every row keeps the line of the input it starts on
+(and the record's `id` field or column when it has one), so a skipped record never silently
+shifts what a result refers to. A row's number (`row`) is its position among the texts read.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +20,7 @@ from scibert_pack.errors import InputError
 
 InputFormat = Literal["lines", "jsonl", "csv"]
 INPUT_FORMATS: tuple[InputFormat, ...] = ("lines", "jsonl", "csv")
+ID_FIELD = "id"
 _BY_SUFFIX: dict[str, InputFormat] = {
     ".txt": "lines",
     ".text": "lines",
@@ -22,6 +28,32 @@ _BY_SUFFIX: dict[str, InputFormat] = {
     ".ndjson": "jsonl",
     ".csv": "csv",
 }
+
+
+@dataclass(frozen=True)
+class InputRow:
+    """One text to classify. `line`: the 1-based line of the input file the record starts on
+    (None for texts that come from no file); `id`: the record's own `id` field or column."""
+
+    text: str
+    line: int | None = None
+    id: object = None
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    rows: tuple[InputRow, ...]
+    # Lines of records skipped because their text is empty or whitespace (not blank lines).
+    skipped: tuple[int, ...] = ()
+
+    @property
+    def texts(self) -> list[str]:
+        return [r.text for r in self.rows]
+
+
+def rows_of(texts: list[str] | tuple[str, ...]) -> tuple[InputRow, ...]:
+    """Rows for texts that come from no file (no line numbers, no ids)."""
+    return tuple(InputRow(text) for text in texts)
 
 
 def input_format(path: Path, chosen: InputFormat | None = None) -> InputFormat:
@@ -39,7 +71,7 @@ def input_format(path: Path, chosen: InputFormat | None = None) -> InputFormat:
     return found
 
 
-def read_texts(path: Path, fmt: InputFormat, field: str = "text") -> list[str]:
+def read_input(path: Path, fmt: InputFormat, field: str = "text") -> BatchInput:
     """Every text of the file, in order; `field` is the JSON key or the CSV column."""
     try:
         content = path.read_text(encoding="utf-8-sig")
@@ -56,22 +88,43 @@ def read_texts(path: Path, fmt: InputFormat, field: str = "text") -> list[str]:
             fix="check the path and its permissions",
         ) from err
     if fmt == "lines":
-        texts = [line for line in content.splitlines() if line.strip()]
+        found = _lines(content)
     elif fmt == "jsonl":
-        texts = _jsonl_texts(path, content, field)
+        found = _jsonl(path, content, field)
     else:
-        texts = _csv_texts(path, content, field)
-    if not texts:
+        found = _csv(path, content, field)
+    if not found.rows:
         raise InputError(
             f"input file {path} holds no texts (read as {fmt})",
             fix="give a file with at least one text, or the right --format",
         )
-    return texts
+    return found
 
 
-def _jsonl_texts(path: Path, content: str, field: str) -> list[str]:
-    texts: list[str] = []
-    for number, line in enumerate(content.splitlines(), start=1):
+def _physical_lines(content: str) -> list[str]:
+    """Lines as editors number them: split at \\n only (str.splitlines also splits at U+2028,
+    form feeds and other separators that may sit inside a text or a JSON string)."""
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _collect(texts: Sequence[tuple[int, str, object]]) -> BatchInput:
+    rows = tuple(InputRow(text, line, id_) for line, text, id_ in texts if text.strip())
+    skipped = tuple(line for line, text, _ in texts if not text.strip())
+    return BatchInput(rows, skipped)
+
+
+def _lines(content: str) -> BatchInput:
+    # A blank line is no record: it is neither sent nor reported.
+    found = [(n, line, None) for n, line in enumerate(_physical_lines(content), 1) if line.strip()]
+    return _collect(found)
+
+
+def _jsonl(path: Path, content: str, field: str) -> BatchInput:
+    found: list[tuple[int, str, object]] = []
+    for number, line in enumerate(_physical_lines(content), start=1):
         if not line.strip():
             continue
         try:
@@ -82,9 +135,11 @@ def _jsonl_texts(path: Path, content: str, field: str) -> list[str]:
                 fix="give one JSON object per line, or pass --format lines",
             ) from err
         if not isinstance(record, dict) or field not in record:
-            found = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+            found_keys = (
+                ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+            )
             raise InputError(
-                f"{path} line {number} has no {field!r} field (found: {found or 'nothing'})",
+                f"{path} line {number} has no {field!r} field (found: {found_keys or 'nothing'})",
                 fix="name the field holding the text with --text-field",
             )
         text = record[field]
@@ -93,16 +148,39 @@ def _jsonl_texts(path: Path, content: str, field: str) -> list[str]:
                 f"{path} line {number}: field {field!r} is a {type(text).__name__}, not a string",
                 fix="name the field holding the text with --text-field",
             )
-        texts.append(text)
-    return texts
+        found.append((number, text, record.get(ID_FIELD)))
+    return _collect(found)
 
 
-def _csv_texts(path: Path, content: str, column: str) -> list[str]:
-    reader = csv.DictReader(io.StringIO(content, newline=""))
-    columns = reader.fieldnames or []
-    if column not in columns:
+def _csv(path: Path, content: str, column: str) -> BatchInput:
+    reader = csv.reader(io.StringIO(content, newline=""))
+    header: list[str] | None = None
+    found: list[tuple[int, str, object]] = []
+    end = 0  # the line the previous record ended on: a record starts on the next one
+    try:
+        for cells in reader:
+            start, end = end + 1, reader.line_num
+            if not cells:
+                continue  # a blank line
+            if header is None:
+                header = cells
+                if column not in header:
+                    raise InputError(
+                        f"{path} has no column {column!r} "
+                        f"(columns found: {', '.join(header) or 'none'})",
+                        fix="name the column holding the text with --column",
+                    )
+                continue
+            record = dict(zip(header, cells, strict=False))
+            found.append((start, record.get(column) or "", record.get(ID_FIELD)))
+    except csv.Error as err:
         raise InputError(
-            f"{path} has no column {column!r} (columns found: {', '.join(columns) or 'none'})",
+            f"{path}: the record that starts on line {end + 1} is not valid CSV ({err})",
+            fix="check its quoting, or pass --format lines or jsonl",
+        ) from err
+    if header is None:
+        raise InputError(
+            f"{path} has no column {column!r} (columns found: none)",
             fix="name the column holding the text with --column",
         )
-    return [row[column] for row in reader if (row.get(column) or "").strip()]
+    return _collect(found)

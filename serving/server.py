@@ -8,6 +8,7 @@ archives into java.io.tmpdir ($TEMP). Isolating these lets several servers run s
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -294,6 +295,33 @@ class TorchServeProcess:
         lines = [f"# Runtime copy of {self.store.root}/config/config.properties for this machine."]
         lines += [f"{key}={value}" for key, value in config.items()]
         return "\n".join(lines) + "\n"
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1, ::ffff:127.x)."""
+    if host.strip("[]").lower() in ("localhost", "localhost."):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # another host name: it may resolve to any interface
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def exposure_warning(host: str, *, token_auth: bool) -> str | None:
+    """A warning when the APIs would be reachable from other machines and need no token."""
+    if token_auth or is_loopback(host):
+        return None
+    everywhere = host.strip("[]") in ("0.0.0.0", "::", "")
+    where = "every network interface" if everywhere else "an address other machines may reach"
+    return (
+        f"--host {host} serves on {where}, and this store was built without token "
+        "authorization: anyone who can reach this machine can call the inference and "
+        "management APIs without a key; rebuild the store with `scibert-pack build ... "
+        "--token-auth` (clients then pass --token or --key-file), or serve on "
+        "--host 127.0.0.1"
+    )
 
 
 def read_token(key_file: Path, api: str = "inference") -> str | None:

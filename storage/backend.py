@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from scibert_pack.storage.local_store import LocalFile
+from scibert_pack.storage.local_store import LocalFile, LocalStore
 
 ByteCallback = Callable[[int], None]
 FileCallback = Callable[[LocalFile], None]
@@ -35,9 +35,9 @@ class Backend(Protocol):
 
     def record_uri(self, version: str) -> str: ...
 
-    def check(self) -> list[str]:
-        """Reach the storage and check the base location; raise when it cannot be used safely,
-        return warnings (with their fix) otherwise. Writes nothing."""
+    def check(self, store: LocalStore) -> list[str]:
+        """Reach the storage and check the base location for `store`; raise when it cannot be
+        used safely, return warnings (with their fix) otherwise. Writes nothing."""
         ...
 
     def read_version(self, version: str, files: Sequence[LocalFile]) -> dict[str, RemoteFile]:

@@ -19,11 +19,11 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from scibert_pack.errors import StorageError
+from scibert_pack.errors import InputError, StorageError
 from scibert_pack.files import atomic_write_bytes, sha256_file
 from scibert_pack.layout import CONFIG_FILE
 from scibert_pack.storage.backend import ByteCallback, FileCallback, RemoteFile
-from scibert_pack.storage.local_store import LocalFile
+from scibert_pack.storage.local_store import LocalFile, LocalStore
 
 _RECORD_SUFFIX = ".complete.json"
 _PARTIAL = re.compile(r"^\.(.+)\.partial$")
@@ -67,12 +67,13 @@ class FilesystemBackend:
         return self._current(version).relative_to(self._root).joinpath(path).as_posix()
 
     # -- reading -------------------------------------------------------------------------------
-    def check(self) -> list[str]:
+    def check(self, store: LocalStore) -> list[str]:
         if self._root.exists() and not self._root.is_dir():
             raise StorageError(
                 f"{self._root} is a file, not a directory",
                 fix="give a directory to upload into",
             )
+        self._check_not_nested(store.root)
         if (self._root / CONFIG_FILE).exists():
             raise StorageError(
                 f"{self._root} already holds an unversioned model store ({CONFIG_FILE}); "
@@ -80,6 +81,33 @@ class FilesystemBackend:
                 fix=f"upload to another directory, e.g. {self._root}-versions",
             )
         return []
+
+    def _check_not_nested(self, source: Path) -> None:
+        """A destination inside the store would be part of the next version uploaded from it
+        (each run publishing the one before); a store inside the destination would be mixed
+        with the versions there. Symlinks are resolved: the real folders must not overlap."""
+        dest, store = self._root.resolve(), source.resolve()
+        instead = store.parent / f"{store.name}-versions"
+        if dest == store or store in dest.parents:
+            raise InputError(
+                f"destination {self._where()} is "
+                + ("the model store" if dest == store else "inside the model store")
+                + f" {source}: the next upload of that store would publish a version holding "
+                "this one",
+                fix=f"upload to a folder outside {source}, e.g. {instead}",
+            )
+        if dest in store.parents:
+            raise InputError(
+                f"model store {source} is inside the destination {self._where()}: its files "
+                "would sit among the uploaded versions, and a reader of the destination "
+                "would see both",
+                fix=f"upload to a folder that does not hold the store, e.g. {instead}",
+            )
+
+    def _where(self) -> str:
+        if self._uri_base is None:
+            return str(self._root)
+        return f"{self._uri_base} (mounted at {self._root})"
 
     def read_version(self, version: str, files: Sequence[LocalFile] = ()) -> dict[str, RemoteFile]:
         base = self._current(version)

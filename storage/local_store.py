@@ -13,6 +13,8 @@ from scibert_pack.errors import StoreError
 from scibert_pack.files import sha256_file
 from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE, read_report
 
+# What makes a folder in model-store/ a model (torch-model-archiver --archive-format no-archive).
+MODEL_FOLDER_MARKERS = ("MAR-INF/MANIFEST.json", "model-config.yaml")
 _BUILD_FIX = "point OUT at the folder `scibert-pack build MODEL_DIR OUT` wrote, or rebuild it"
 
 
@@ -51,11 +53,16 @@ def read_store(root: Path) -> LocalStore:
         raise StoreError(f"model store {root} is not a folder", fix=_BUILD_FIX)
     if not (root / CONFIG_FILE).is_file():
         raise StoreError(f"model store {root} has no {CONFIG_FILE}", fix=_BUILD_FIX)
-    archives = _archives(root / MODEL_STORE_DIR)
+    archives, not_models = _archives(root / MODEL_STORE_DIR)
     if not archives:
+        looked = "looked for *.mar, *.tar.gz or a model folder holding " + " or ".join(
+            MODEL_FOLDER_MARKERS
+        )
+        if not_models:
+            names = ", ".join(f"{p.name}/" for p in not_models)
+            looked += f"; {names} {'holds' if len(not_models) == 1 else 'hold'} neither"
         raise StoreError(
-            f"model store {root} has no model archive in {MODEL_STORE_DIR}/ "
-            "(looked for *.mar, *.tar.gz or a model folder)",
+            f"model store {root} has no model archive in {MODEL_STORE_DIR}/ ({looked})",
             fix=_BUILD_FIX,
         )
     files = tuple(
@@ -74,15 +81,23 @@ def read_store(root: Path) -> LocalStore:
     return LocalStore(root, files, tree, version, model_name, model_version)
 
 
-def _archives(model_store: Path) -> list[Path]:
+def _archives(model_store: Path) -> tuple[list[Path], list[Path]]:
+    """(model archives, folders that are not models) in `model_store`. A no-archive model is a
+    folder torch-model-archiver wrote: it holds MAR-INF/MANIFEST.json (or at least the
+    model-config.yaml TorchServe reads); an empty or unrelated folder is no model."""
     if not model_store.is_dir():
-        return []
-    return [
-        p
-        for p in model_store.iterdir()
-        if not p.name.startswith(".")
-        and ((p.name.endswith((".mar", ".tar.gz")) and p.is_file()) or p.is_dir())
-    ]
+        return [], []
+    archives: list[Path] = []
+    not_models: list[Path] = []
+    for p in sorted(model_store.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            is_model = any((p / marker).is_file() for marker in MODEL_FOLDER_MARKERS)
+            (archives if is_model else not_models).append(p)
+        elif p.name.endswith((".mar", ".tar.gz")) and p.is_file():
+            archives.append(p)
+    return archives, not_models
 
 
 def _walk(root: Path) -> list[tuple[str, Path]]:

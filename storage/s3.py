@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions
@@ -28,21 +28,26 @@ from s3transfer.utils import ChunksizeAdjuster
 from scibert_pack.errors import InputError, StorageError
 from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR
 from scibert_pack.storage.backend import ByteCallback, FileCallback, RemoteFile
-from scibert_pack.storage.local_store import LocalFile
-from scibert_pack.storage.targets import S3Target
+from scibert_pack.storage.local_store import LocalFile, LocalStore
+from scibert_pack.storage.targets import CREDENTIAL_CHAIN, S3Target, redact_uri
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 MIB = 1024 * 1024
+_READ_CHUNK = MIB
 # S3 refuses parts under 5 MiB (except the last) and more than 10,000 parts.
 _MIN_PART = 5 * MIB
 _SHA_KEY = "sha256"  # object metadata key: x-amz-meta-sha256
+_NO_CHECKSUM_CONFIG: dict[str, Any] = {
+    "request_checksum_calculation": "when_required",
+    "response_checksum_validation": "when_required",
+}
+# Words in an S3-compatible store's refusal of boto3's checksums (boto3 "aws-chunked is not
+# supported", MinIO/Ceph/R2 refusing x-amz-checksum-* or x-amz-trailer).
+_CHECKSUM_REFUSALS = ("chunked", "checksum", "trailer", "x-amz-content-sha256")
 _RECORD_SUFFIX = ".complete.json"
-_CREDENTIALS_FIX = (
-    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a profile from ~/.aws/credentials "
-    "with --profile or AWS_PROFILE (see `aws configure`)"
-)
+_CREDENTIALS_FIX = f"set {CREDENTIAL_CHAIN}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,11 @@ class S3Settings:
     # Files from this size go up in parts of part_size, several at once.
     multipart_threshold: int = 8 * MIB
     part_size: int = 8 * MIB
+    # S3's SHA256 checksum on every PUT and part. Off (--no-checksum) for S3-compatible stores
+    # that reject checksum headers or aws-chunked uploads: nothing is sent, and each object is
+    # verified by its ETag (the MD5 of its bytes, or of its parts' MD5s) or, where the ETag is
+    # no MD5, by reading it back.
+    checksum: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_concurrency <= 64:
@@ -72,7 +82,7 @@ class S3Settings:
             parts = urlsplit(self.endpoint_url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise InputError(
-                    f"endpoint URL {_safe_url(self.endpoint_url)!r} is not an http(s) URL",
+                    f"endpoint URL {redact_uri(self.endpoint_url)!r} is not an http(s) URL",
                     fix="give the S3 endpoint as e.g. http://minio.local:9000",
                 )
 
@@ -86,7 +96,12 @@ def make_client(settings: S3Settings) -> S3Client:
             f"AWS profile {settings.profile!r} is not configured",
             fix="list profiles with `aws configure list-profiles`, or drop --profile",
         ) from None
-    config = Config(retries={"max_attempts": 5, "mode": "standard"})
+    config = Config(
+        retries={"max_attempts": 5, "mode": "standard"},
+        # botocore's own default adds a CRC32 to every PUT ("when_supported"); only what an
+        # operation requires (DeleteObjects' checksum) is left without checksums.
+        **_NO_CHECKSUM_CONFIG if not settings.checksum else {},
+    )
     return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
 
 
@@ -94,6 +109,14 @@ class S3Backend:
     drops_empty_files = True
 
     def __init__(self, client: S3Client, target: S3Target, settings: S3Settings) -> None:
+        calculation = getattr(client.meta.config, "request_checksum_calculation", None)
+        if not settings.checksum and calculation != "when_required":
+            raise InputError(
+                "S3 checksums are off, but the S3 client still adds its own to every PUT "
+                "(request_checksum_calculation is not 'when_required')",
+                fix="build the client with make_client(settings), or give it "
+                "Config(request_checksum_calculation='when_required')",
+            )
         self._client = client
         self._target = target
         self._settings = settings
@@ -121,7 +144,7 @@ class S3Backend:
         return self._version_prefix(version) + path
 
     # -- reading -------------------------------------------------------------------------------
-    def check(self) -> list[str]:
+    def check(self, store: LocalStore) -> list[str]:
         with self._errors("reach the bucket", bucket_call=True):
             self._client.head_bucket(Bucket=self._bucket)
         base = self._target.prefix
@@ -154,9 +177,9 @@ class S3Backend:
         found: dict[str, RemoteFile] = {}
         for key in self._list(prefix):
             path = key[len(prefix) :]
-            head = self._head(key, checksum=True)
+            head = self._head(key)
             vouched = head.get("Metadata", {}).get(_SHA_KEY)
-            if path in local and self._problems(local[path], head):
+            if path in local and self._problems(local[path], key, head):
                 vouched = None  # its metadata claims a sha256 its bytes do not have
             found[path] = RemoteFile(int(head["ContentLength"]), vouched)
         return found
@@ -192,10 +215,7 @@ class S3Backend:
                             str(f.source),
                             self._bucket,
                             prefix + f.path,
-                            extra_args={
-                                "Metadata": {_SHA_KEY: f.sha256},
-                                "ChecksumAlgorithm": "SHA256",
-                            },
+                            extra_args=self._put_args(f),
                             subscribers=[subscriber],
                         ),
                     )
@@ -208,7 +228,8 @@ class S3Backend:
     def verify(self, version: str, files: Sequence[LocalFile]) -> None:
         prefix = self._version_prefix(version)
         for f in files:
-            problems = self._problems(f, self._head(prefix + f.path, checksum=True))
+            key = prefix + f.path
+            problems = self._problems(f, key, self._head(key))
             if problems:
                 raise StorageError(
                     f"{self.uri_of(prefix + f.path)} does not match {f.source} after upload: "
@@ -216,12 +237,24 @@ class S3Backend:
                     fix="rerun the upload; it replaces mismatched objects",
                 )
 
-    def _problems(self, f: LocalFile, head: dict[str, Any]) -> list[str]:
+    def _put_args(self, f: LocalFile) -> dict[str, Any]:
+        args: dict[str, Any] = {"Metadata": {_SHA_KEY: f.sha256}}
+        if self._settings.checksum:
+            args["ChecksumAlgorithm"] = "SHA256"
+        return args
+
+    def _problems(self, f: LocalFile, key: str, head: dict[str, Any]) -> list[str]:
+        """Why object `key` (its HEAD: `head`) is not `f` ([] when it is): size, the sha256 kept
+        in its metadata, and its bytes (S3's SHA256 checksum, or without checksums its ETag)."""
         problems = []
         if int(head["ContentLength"]) != f.size:
             problems.append(f"size {head['ContentLength']} instead of {f.size}")
         if head.get("Metadata", {}).get(_SHA_KEY) != f.sha256:
             problems.append("sha256 metadata differs")
+        if not self._settings.checksum:
+            if not problems and not self._etag_matches(f, head):
+                problems += self._read_back_problems(f, key)
+            return problems
         # S3 computes it from the bytes it received; stores without checksums send none.
         remote_sum = head.get("ChecksumSHA256")
         if remote_sum and remote_sum.split("-")[0] != self._expected_checksum(f):
@@ -229,6 +262,26 @@ class S3Backend:
         elif not remote_sum and any(k.startswith("Checksum") for k in head):
             problems.append("no SHA256 checksum: another writer replaced it")
         return problems
+
+    def _etag_matches(self, f: LocalFile, head: dict[str, Any]) -> bool:
+        """Whether the ETag is the MD5 S3 gives `f` as this backend uploads it: the file's MD5,
+        or for a multipart upload the MD5 of its parts' MD5s, then -N."""
+        etag = str(head.get("ETag", "")).strip('"')
+        if f.size < self._settings.multipart_threshold:
+            return etag == _md5_of(f, None)
+        return etag == _md5_of(f, self._part_size(f))
+
+    def _read_back_problems(self, f: LocalFile, key: str) -> list[str]:
+        """An ETag that is no MD5 of the bytes (another writer, or a store whose ETags are not
+        MD5s, e.g. encrypted objects): read the object and hash what comes back."""
+        digest = hashlib.sha256()
+        with self._errors(f"read back {self.uri_of(key)}"):
+            body = self._client.get_object(Bucket=self._bucket, Key=key)["Body"]
+            for chunk in body.iter_chunks(_READ_CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != f.sha256:
+            return ["its bytes differ from the local file (sha256 of the object read back)"]
+        return []
 
     def commit(self, version: str, record: bytes) -> None:
         with self._errors("write the completion record"):
@@ -276,13 +329,16 @@ class S3Backend:
             max_concurrency=s.max_concurrency,
         )
 
+    def _part_size(self, f: LocalFile) -> int:
+        """The part size s3transfer uses for `f` (raised so that it has at most 10,000)."""
+        return int(ChunksizeAdjuster().adjust_chunksize(self._settings.part_size, f.size))
+
     def _expected_checksum(self, f: LocalFile) -> str:
         """S3's ChecksumSHA256 of `f` as this backend uploads it: the file's own sha256, or for a
         multipart upload the sha256 of its parts' sha256 digests."""
         if f.size < self._settings.multipart_threshold:
             return base64.b64encode(bytes.fromhex(f.sha256)).decode("ascii")
-        part = ChunksizeAdjuster().adjust_chunksize(self._settings.part_size, f.size)
-        digests = hashlib.sha256()
+        digests, part = hashlib.sha256(), self._part_size(f)
         with f.source.open("rb") as fh:
             while chunk := fh.read(part):
                 digests.update(hashlib.sha256(chunk).digest())
@@ -309,15 +365,16 @@ class S3Backend:
                 names += [o["Key"] for o in page.get("Contents", [])]
         return sorted(names)
 
-    def _head(self, key: str, *, checksum: bool = False) -> dict[str, Any]:
-        extra: dict[str, Any] = {"ChecksumMode": "ENABLED"} if checksum else {}
+    def _head(self, key: str) -> dict[str, Any]:
+        """HEAD of `key`, with S3's checksum unless checksums are off."""
+        extra: dict[str, Any] = {"ChecksumMode": "ENABLED"} if self._settings.checksum else {}
         with self._errors(f"read {self.uri_of(key)}"):
             return dict(self._client.head_object(Bucket=self._bucket, Key=key, **extra))
 
     @contextlib.contextmanager
     def _errors(self, doing: str, *, bucket_call: bool = False) -> Iterator[None]:
         """botocore failures as StorageErrors that say what to do; never echo credentials."""
-        endpoint = _safe_url(self._client.meta.endpoint_url)
+        endpoint = redact_uri(self._client.meta.endpoint_url)
         try:
             yield
         except botocore.exceptions.NoCredentialsError:
@@ -343,6 +400,14 @@ class S3Backend:
                 raise StorageError(
                     f"S3 at {endpoint} rejected the credentials ({code}) to {doing}",
                     fix=_CREDENTIALS_FIX,
+                ) from err
+            if self._settings.checksum and _refuses_checksums(err):
+                raise StorageError(
+                    f"S3 at {endpoint} refused the upload's checksums to {doing} in "
+                    f"s3://{self._bucket} ({code}: {_error_message(err)})",
+                    fix="this S3-compatible store does not take boto3's checksum headers or "
+                    "aws-chunked uploads: rerun with --no-checksum (objects are then verified "
+                    "by their ETag, the MD5 of their bytes)",
                 ) from err
             if code in ("403", "AccessDenied", "Forbidden"):
                 raise StorageError(
@@ -376,8 +441,29 @@ def _code(err: botocore.exceptions.ClientError) -> str:
     return str(err.response.get("Error", {}).get("Code", "unknown"))
 
 
-def _safe_url(url: str) -> str:
-    """An endpoint URL without any user:password part, fit for messages."""
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+def _error_message(err: botocore.exceptions.ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Message", ""))[:200]
+
+
+def _refuses_checksums(err: botocore.exceptions.ClientError) -> bool:
+    if _code(err) not in ("InvalidArgument", "InvalidRequest", "NotImplemented", "400", "501"):
+        return False
+    said = f"{_code(err)} {_error_message(err)}".lower()
+    return any(word in said for word in _CHECKSUM_REFUSALS)
+
+
+def _md5_of(f: LocalFile, part_size: int | None) -> str:
+    """The ETag S3 gives `f`: its MD5, or with parts of `part_size` the MD5 of the parts' MD5
+    digests followed by -<number of parts>."""
+    if part_size is None:
+        whole = hashlib.md5(usedforsecurity=False)
+        with f.source.open("rb") as fh:
+            while chunk := fh.read(_READ_CHUNK):
+                whole.update(chunk)
+        return whole.hexdigest()
+    digests, parts = hashlib.md5(usedforsecurity=False), 0
+    with f.source.open("rb") as fh:
+        while chunk := fh.read(part_size):
+            digests.update(hashlib.md5(chunk, usedforsecurity=False).digest())
+            parts += 1
+    return f"{digests.hexdigest()}-{parts}"

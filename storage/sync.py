@@ -74,7 +74,10 @@ def plan_upload(store: LocalStore, backend: Backend, *, delete: bool = False) ->
             "lack them",
             fix="give them content or remove them from the store, then rerun",
         )
-    warnings = backend.check()
+    warnings = backend.check(store)
+    kept = empty_files_warning(store, backend.version_uri(store.version))
+    if kept is not None:
+        warnings.append(kept)
     existing = backend.read_version(store.version, store.files)
     wanted = {f.path for f in store.files}
     files = tuple(
@@ -140,6 +143,19 @@ def run_upload(
         uploaded=tuple(f.path for f in sending),
         bytes_transferred=tracker.bytes_done,
         deleted=deleted,
+    )
+
+
+def empty_files_warning(store: LocalStore, where: str) -> str | None:
+    """The warning for empty files on storage that keeps them (a PVC, a local path); None when
+    the store has none. `where` names that storage (the version's URI) in the message."""
+    if not store.empty_files:
+        return None
+    return (
+        f"model store {store.root} has empty files: {', '.join(store.empty_files)}; {where} "
+        "keeps them, but KServe's S3 downloader skips 0-byte objects, so the same store "
+        "served from S3 would lack them (and `scibert-pack upload` to S3 refuses it): give "
+        "them content or remove them if the model needs them"
     )
 
 

@@ -1,8 +1,11 @@
 """A stand-in for ts.context.Context: the parts of its API the handler uses, nothing from ts.
 
 Rows and headers are shaped as TorchServe 0.12 delivers them (see .notes/handler-facts.md): a JSON
-body decoded under row["body"], text/plain as str, other bodies as bytearray; per request a header
-"body" -> {"content-type": ...}, the client's Content-Type and "explain": "True"/"False".
+body decoded under row["body"], text/plain as str, other bodies as bytearray, a form-encoded body
+as its fields (no "body"); per request a header "body" -> {"content-type": ...} ("" when the client
+sent none), the client's Content-Type and the headers the route adds: "explain": "True"/"False" on
+the v2, v1 and native routes, and "url_path": "" on the native ones only (probed on a real server:
+the v2 and v1 routes add the same headers, /invocations neither).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+RouteName = Literal["v2", "v1", "native"]
 
 
 class MetricTypes(enum.Enum):
@@ -65,16 +70,29 @@ class HttpRequest:
     body: object
     explain: bool = False
     content_type: str | None = "application/json"
+    # Where it was sent: /v2/models/NAME/infer|explain, /v1/models/NAME:predict|:explain,
+    # /predictions|/explanations/NAME (the lenient route, so the default), or None for a route
+    # that adds no header (/invocations, which cannot explain).
+    route: RouteName | None = "native"
+    # A form-encoded request (curl -d without a Content-Type): TorchServe passes its fields only.
+    form: Mapping[str, bytes] | None = None
 
     def row(self) -> dict[str, object]:
+        if self.form is not None:
+            return {key: bytearray(value) for key, value in self.form.items()}
         # Decoded JSON / text/plain str pass through; raw bytes arrive as bytearray.
         body = bytearray(self.body) if isinstance(self.body, bytes) else self.body
         return {"body": body}
 
     def headers(self) -> dict[str, object]:
-        headers: dict[str, object] = {"explain": "True" if self.explain else "False"}
+        if self.route is None and self.explain:
+            raise ValueError("only the v2, v1 and native routes explain; pass route=")
+        headers: dict[str, object] = {"body": {"content-type": self.content_type or ""}}
+        if self.route is not None:
+            headers["explain"] = "True" if self.explain else "False"
+        if self.route == "native":
+            headers["url_path"] = ""
         if self.content_type is not None:
-            headers["body"] = {"content-type": self.content_type}
             headers["Content-Type"] = self.content_type
         return headers
 

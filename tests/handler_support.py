@@ -7,6 +7,8 @@ on the words (probabilities move by tenths) while staying smooth enough for 50 I
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,11 @@ CORPUS_LABELS = (0, 0, 0, 1, 1, 2, 2, 2, 0, 1)  # biology, chemistry, physics pe
 
 # Limits low enough that the "too many / too long" requests stay small.
 TEST_SETTINGS = HandlerSettings(
-    max_length=32, max_texts_per_request=8, max_text_chars=500, max_explain_steps=100
+    max_length=32,
+    max_texts_per_request=8,
+    max_text_chars=500,
+    max_explain_steps=100,
+    max_explain_work=200,
 )
 
 
@@ -44,6 +50,25 @@ def load_trained(folder: Path, steps: int = 40) -> tuple[Any, Any]:
         optimiser.step()
     model.eval()
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def recorded_passes(model: Any, *, gradients_only: bool = False) -> Iterator[list[tuple[int, int]]]:
+    """(rows, width) of the input_ids of every forward pass of `model` while inside; with
+    `gradients_only`, of the passes that record gradients (Captum's, not predictions)."""
+    shapes: list[tuple[int, int]] = []
+
+    def record(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if gradients_only and not torch.is_grad_enabled():
+            return
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        shapes.append((int(ids.shape[0]), int(ids.shape[1])))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        yield shapes
+    finally:
+        handle.remove()
 
 
 def make_service(

@@ -1,6 +1,7 @@
-"""Storage test helpers: a handle on the S3 server, fake model stores, KServe's downloader, and
-a TCP proxy that stalls mid-transfer (to kill an upload at a known point). Fixtures built on them
-are in s3_fixtures.py."""
+"""Storage test helpers: a handle on the S3 server, fake model stores, KServe's downloader, a
+TCP proxy that stalls mid-transfer (to kill an upload at a known point), and a stand-in kubectl
+that runs the PVC copy steps against a local folder. Fixtures built on them are in
+s3_fixtures.py."""
 
 from __future__ import annotations
 
@@ -201,3 +202,52 @@ class StallingProxy:
                     dst.sendall(data)
             except OSError:
                 return
+
+
+# kubectl as the PVC copy steps use it: `apply -f -` and `wait`/`delete` do nothing, and
+# `exec [-i] POD -- CMD...` runs CMD here (its stdin passed through), so what the steps do inside
+# the copy pod happens to a local folder. Every call is logged, one line each.
+_FAKE_KUBECTL = """#!/bin/sh
+while [ $# -gt 0 ]; do case "$1" in -n) shift 2;; *) break;; esac; done
+verb=$1; shift
+printf '%s\\n' "$verb" >> "$FAKE_KUBECTL_LOG"
+case "$verb" in
+  apply) cat > /dev/null;;
+  wait|delete) ;;
+  exec) while [ "$1" != "--" ]; do shift; done; shift; exec "$@";;
+  *) echo "fake kubectl: no $verb" >&2; exit 2;;
+esac
+"""
+
+
+@dataclass(frozen=True)
+class ScriptRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    # The kubectl verbs the script called, in order.
+    kubectl: list[str]
+
+
+def run_with_fake_kubectl(script: str, workdir: Path) -> ScriptRun:
+    """Run `script` with `sh -e` and the stand-in kubectl first on PATH."""
+    bin_dir = workdir / "fake-bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(_FAKE_KUBECTL, encoding="utf-8")
+    kubectl.chmod(0o755)
+    log = workdir / "kubectl.log"
+    log.write_text("", encoding="utf-8")
+    (workdir / "steps.sh").write_text(script, encoding="utf-8")
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env["FAKE_KUBECTL_LOG"] = str(log)
+    done = subprocess.run(
+        ["sh", "-e", str(workdir / "steps.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    return ScriptRun(done.returncode, done.stdout, done.stderr, log.read_text().split())

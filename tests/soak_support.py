@@ -1,5 +1,5 @@
-"""Closed-loop mixed load (infer with explains mixed in), worker RSS sampling and a worker kill,
-for tests/test_soak.py, tests/test_faults.py and scripts/soak.py."""
+"""Closed-loop mixed load (infer with explains mixed in), worker RSS sampling and a leak check,
+and a worker kill, for tests/test_soak.py, tests/test_faults.py and scripts/soak.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,11 +63,67 @@ class Outcome:
     correct: bool  # a 200 whose answer is the one for its text
 
 
+@dataclass(frozen=True)
+class RssSample:
+    done: int  # requests answered (infer and explain) when the worker's RSS was read
+    mib: float
+
+
+@dataclass(frozen=True)
+class RssBound:
+    """How much the worker's RSS may still grow over the second half of a soak: a few MiB of
+    allocator noise plus a small fraction of its size. Anything more is a leak."""
+
+    slack_mib: float = 4.0
+    fraction: float = 0.01
+
+    def limit_mib(self, base_mib: float) -> float:
+        return self.slack_mib + self.fraction * base_mib
+
+
+@dataclass(frozen=True)
+class RssVerdict:
+    growth_mib: float  # over the second half, from a least-squares line through its samples
+    limit_mib: float
+    samples: int  # how many samples the second half had
+
+    @property
+    def ok(self) -> bool:
+        return self.growth_mib <= self.limit_mib
+
+    def __str__(self) -> str:
+        verdict = "within" if self.ok else "OVER"
+        return (
+            f"RSS grew {self.growth_mib:+.2f} MiB over the second half ({self.samples} samples), "
+            f"{verdict} the bound of {self.limit_mib:.2f} MiB"
+        )
+
+
+def second_half_growth(samples: Sequence[RssSample], bound: RssBound) -> RssVerdict:
+    """The RSS growth over the second half of the requests: the slope of a least-squares line
+    through that half's samples (one noisy reading cannot decide it alone) times its length."""
+    if len(samples) < 4:
+        raise ValueError(f"{len(samples)} RSS samples: too few to judge growth (need 4)")
+    total = samples[-1].done
+    half = [s for s in samples if 2 * s.done >= total]
+    if len(half) < 2:
+        raise ValueError(f"only {len(half)} RSS sample(s) in the second half: sample more often")
+    xs = [float(s.done) for s in half]
+    ys = [s.mib for s in half]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    growth = slope * (xs[-1] - xs[0])
+    return RssVerdict(growth, bound.limit_mib(half[0].mib), len(half))
+
+
 @dataclass
 class LoadResult:
     outcomes: list[Outcome] = field(default_factory=list)
     elapsed_s: float = 0.0
     rss_mib: dict[str, float] = field(default_factory=dict)  # "start", "middle", "end"
+    rss_samples: list[RssSample] = field(default_factory=list)
+    rss_check: RssVerdict | None = None
 
     def count(self, kind: str | None = None) -> int:
         return sum(1 for o in self.outcomes if kind is None or o.kind == kind)
@@ -87,7 +143,9 @@ class LoadResult:
 
 class MixedLoad:
     """`concurrency` threads, each with its own keep-alive session, send requests back to back
-    until `requests` are done or `max_seconds` pass; every `explain_every`-th is an explain.
+    until `infer_total` infer requests are done or `max_seconds` pass; after every
+    `explain_every` infers comes one explain, on top (20,000 infers, every 50th followed by an
+    explain: 20,400 requests).
 
     Answers are checked against `expected` (text -> label) so a wrong answer counts as an error.
     `on_progress(done)` runs in a worker thread after each request (for RSS samples or faults).
@@ -97,7 +155,7 @@ class MixedLoad:
         self,
         server: TorchServeProcess,
         *,
-        requests_total: int,
+        infer_total: int,
         concurrency: int,
         explain_every: int,
         expected: dict[str, str],
@@ -106,7 +164,7 @@ class MixedLoad:
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
         self.server = server
-        self.requests_total = requests_total
+        self.requests_total = infer_total + infer_total // explain_every
         self.concurrency = concurrency
         self.explain_every = explain_every
         self.expected = expected
@@ -149,7 +207,7 @@ class MixedLoad:
         base = self.server.inference_url + f"/v2/models/{self.server.model_name}/"
         with requests.Session() as session:
             while (ticket := self._claim(deadline)) is not None:
-                kind = "explain" if ticket % self.explain_every == 0 else "infer"
+                kind = "explain" if ticket % (self.explain_every + 1) == 0 else "infer"
                 text = TEXTS[ticket % len(TEXTS)]
                 outcome = self._send(session, base + kind, kind, text, ticket)
                 with self._lock:
@@ -205,24 +263,40 @@ def expected_labels(server: TorchServeProcess) -> dict[str, str]:
 def soak(
     server: TorchServeProcess,
     *,
-    requests_total: int,
+    infer_total: int,
     concurrency: int = 32,
     explain_every: int = 50,
-    max_seconds: float = 600.0,
+    rss_every: int = 1000,
+    warmup: int = 0,
+    bound: RssBound | None = None,
+    max_seconds: float = 900.0,
 ) -> LoadResult:
-    """Mixed load with the worker's RSS sampled before, at the halfway request and after."""
+    """Mixed load with the worker's RSS read before, every `rss_every` requests and after,
+    and judged by `bound` over the second half. `warmup` infers (with explains mixed in the
+    same way) go first, unmeasured, so that caches filled on first use are not counted."""
     (pid,) = ready_pids(server)
     expected = expected_labels(server)
-    rss = {"start": rss_mib(pid)}
-    halfway = requests_total // 2
+    if warmup:
+        MixedLoad(
+            server,
+            infer_total=warmup,
+            concurrency=concurrency,
+            explain_every=explain_every,
+            expected=expected,
+            max_seconds=max_seconds,
+        ).run()
+    samples = [RssSample(0, rss_mib(pid))]
+    lock = threading.Lock()
 
     def sample(done: int) -> None:
-        if done == halfway:
-            rss["middle"] = rss_mib(pid)
+        if done % rss_every == 0:
+            reading = RssSample(done, rss_mib(pid))
+            with lock:
+                samples.append(reading)
 
     load = MixedLoad(
         server,
-        requests_total=requests_total,
+        infer_total=infer_total,
         concurrency=concurrency,
         explain_every=explain_every,
         expected=expected,
@@ -230,8 +304,13 @@ def soak(
         on_progress=sample,
     )
     result = load.run()
-    rss["end"] = rss_mib(pid)
-    result.rss_mib = rss
+    done = result.count()
+    samples = sorted((s for s in samples if s.done < done), key=lambda s: s.done)
+    samples.append(RssSample(done, rss_mib(pid)))
+    middle = min(samples, key=lambda s: abs(2 * s.done - done))
+    result.rss_samples = samples
+    result.rss_mib = {"start": samples[0].mib, "middle": middle.mib, "end": samples[-1].mib}
+    result.rss_check = second_half_growth(samples, bound or RssBound())
     return result
 
 
@@ -279,9 +358,9 @@ def kill_worker_under_load(
 
     load = MixedLoad(
         server,
-        requests_total=10**9,
+        infer_total=10**9,
         concurrency=concurrency,
-        explain_every=25,
+        explain_every=24,  # an explain every 25th request
         expected=expected,
         max_seconds=max_seconds,
         timeout_s=response_timeout_s + 30,

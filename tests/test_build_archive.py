@@ -3,12 +3,17 @@ atomic publication."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import zipfile
 from collections.abc import Callable
@@ -18,12 +23,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from scibert_pack.archiver.build import build
+from scibert_pack.archiver.build import HANDLER_OPTION_RANGES, MAX_LENGTH_RANGE, build
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
 from scibert_pack.config.properties import parse
 from scibert_pack.errors import BuildError, InputError
-from scibert_pack.handlers.settings import HandlerSettings
+from scibert_pack.handlers.settings import HandlerSettings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER_FILES = sorted(p.name for p in (ROOT / "handlers").glob("*.py"))
@@ -84,6 +89,26 @@ def test_archive_holds_manifest_handler_model_and_settings(tiny_bert: Path, tmp_
     assert "from scibert_pack_handlers.torchserve_entry import handle" in entry
 
 
+# The exact order config.properties writes its keys in, whatever the options.
+KEY_ORDER = [
+    "inference_address", "management_address", "metrics_address",
+    "grpc_inference_address", "grpc_inference_port", "grpc_management_address",
+    "grpc_management_port", "enable_metrics_api", "metrics_mode", "model_metrics_auto_detect",
+    "number_of_netty_threads", "job_queue_size", "max_request_size", "max_response_size",
+    "model_store", "model_snapshot", "enable_envvars_config", "ts_open_inference_protocol",
+    "install_py_dep_per_model", "enable_model_api", "allowed_urls", "disable_token_authorization",
+]  # fmt: skip
+DEFAULT_SNAPSHOT_VERSION = {
+    "defaultVersion": True,
+    "marName": "sci.mar",
+    "minWorkers": 1,
+    "maxWorkers": 1,
+    "batchSize": 8,
+    "maxBatchDelay": 10,
+    "responseTimeout": 120,
+    "startupTimeout": 120,
+}
+
 KSERVE_KEYS = {
     "inference_address": "http://0.0.0.0:8085",
     "management_address": "http://0.0.0.0:8081",
@@ -110,10 +135,10 @@ KSERVE_KEYS = {
 
 
 @pytest.mark.parametrize(
-    ("args", "changes"),
+    ("args", "changes", "snapshot_changes"),
     [
-        ([], {}),
-        (["--token-auth"], {"disable_token_authorization": "false"}),
+        ([], {}, {}),
+        (["--token-auth"], {"disable_token_authorization": "false"}, {}),
         (
             ["--inference-port", "9085", "--management-port", "9081", "--metrics-port", "9082",
              "--grpc-port", "9070", "--netty-threads", "2", "--job-queue-size", "50"],
@@ -126,6 +151,7 @@ KSERVE_KEYS = {
                 "number_of_netty_threads": "2",
                 "job_queue_size": "50",
             },
+            {},
         ),
         (
             ["--profile", "local"],
@@ -138,12 +164,24 @@ KSERVE_KEYS = {
                 "model_store": "{store}",
                 "allowed_urls": "file://{store}/.*",
             },
+            {},
+        ),
+        (
+            ["--min-workers", "2", "--max-workers", "3", "--batch-size", "16",
+             "--max-batch-delay", "40", "--response-timeout", "30", "--startup-timeout", "200"],
+            {},
+            {"minWorkers": 2, "maxWorkers": 3, "batchSize": 16, "maxBatchDelay": 40,
+             "responseTimeout": 30, "startupTimeout": 200},
         ),
     ],
-    ids=["kserve-default", "token-auth", "ports-and-threads", "local"],
+    ids=["kserve-default", "token-auth", "ports-and-threads", "local", "workers-and-batching"],
 )  # fmt: skip
 def test_config_properties_key_by_key(
-    tiny_bert: Path, tmp_path: Path, args: list[str], changes: dict[str, str]
+    tiny_bert: Path,
+    tmp_path: Path,
+    args: list[str],
+    changes: dict[str, str],
+    snapshot_changes: dict[str, int],
 ) -> None:
     out = tmp_path / "out"
     code, _, stderr = _build_cli(str(tiny_bert), "--name", "sci", "-o", str(out), *args)
@@ -157,26 +195,22 @@ def test_config_properties_key_by_key(
     assert snapshot == {
         "name": "startup.cfg",
         "modelCount": 1,
-        "models": {
-            "sci": {
-                "1.0": {
-                    "defaultVersion": True,
-                    "marName": "sci.mar",
-                    "minWorkers": 1,
-                    "maxWorkers": 1,
-                    "batchSize": 8,
-                    "maxBatchDelay": 10,
-                    "responseTimeout": 120,
-                    "startupTimeout": 120,
-                }
-            }
-        },
+        "models": {"sci": {"1.0": {**DEFAULT_SNAPSHOT_VERSION, **snapshot_changes}}},
     }
-    # Keys TorchServe 0.12 ignores or that break batching never appear, even in comments' place.
+    # Every key once, in the fixed order; none TorchServe 0.12 ignores or that breaks batching
+    # (service_envelope, metrics_format).
     keys = [line.split("=", 1)[0] for line in text.splitlines() if line and line[0] != "#"]
-    assert "service_envelope" not in keys and "metrics_format" not in keys
-    assert keys == sorted(keys, key=list(keys).index)  # stable: checked against a second build
+    assert keys == KEY_ORDER
     assert "# No service_envelope" in text and "pytorch/serve#2158" in text
+    model_config = yaml.safe_load(
+        zipfile.ZipFile(out / "model-store" / "sci.mar").read("model-config.yaml")
+    )
+    worker_keys = {k: v for k, v in model_config.items() if k != "handler"}
+    assert worker_keys == {
+        k: v
+        for k, v in snapshot["models"]["sci"]["1.0"].items()
+        if k not in ("defaultVersion", "marName")
+    }
 
 
 def test_config_keys_come_in_a_stable_order(tiny_bert: Path, tmp_path: Path) -> None:
@@ -229,6 +263,124 @@ def test_default_format_deflates(tiny_bert: Path, tmp_path: Path) -> None:
     assert {i.compress_type for i in infos} == {zipfile.ZIP_DEFLATED}
 
 
+def _other_filesystem(tmp_path: Path) -> Path:
+    """A folder on another filesystem than tmp_path (tmpfs /dev/shm lists files in another
+    order than ext4), or a skip that says why there is none."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm: no second filesystem to build on")
+    if shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip(f"/dev/shm is on the same filesystem as {tmp_path}")
+    return shm
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, int, int]]:
+    """A folder as {relative path: (bytes, mode, mtime)}: what a no-archive build must fix."""
+    return {
+        p.relative_to(root).as_posix(): (
+            p.read_bytes() if p.is_file() else b"",
+            stat.S_IMODE(p.stat().st_mode),
+            int(p.stat().st_mtime),
+        )
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("fmt", ["zip-store", "default", "tgz", "no-archive"])
+@pytest.mark.parametrize("where", ["umask-077", "other-filesystem"])
+def test_same_bytes_across_umask_and_filesystem(
+    tiny_bert: Path, tmp_path: Path, fmt: str, where: str
+) -> None:
+    """torch-model-archiver's packing recorded permission bits (umask), the filesystem's listing
+    order and, in a tgz, the builder's uid/gid and names: the same inputs gave other bytes."""
+    settings = BuildSettings(name="m", archive_format=fmt)  # type: ignore[arg-type]
+    normal = build(tiny_bert, settings, tmp_path / "normal").archive
+    with contextlib.ExitStack() as stack:
+        if where == "umask-077":
+            old = os.umask(0o077)
+            stack.callback(os.umask, old)
+            other_out = tmp_path / "umask"
+        else:
+            shm = _other_filesystem(tmp_path)
+            other_out = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=shm))) / "o"
+        other = build(tiny_bert, settings, other_out).archive
+        if fmt == "no-archive":
+            assert _tree(other) == _tree(normal)
+            assert {m for _, m, _ in _tree(other).values()} == {0o644, 0o755}
+        else:
+            assert _sha(other) == _sha(normal)
+
+
+EPOCH_2023 = 1_700_000_000  # 2023-11-14T22:13:20Z
+
+
+@pytest.mark.parametrize(
+    ("source_date_epoch", "stamp"),
+    [(None, (2020, 1, 1, 0, 0, 0)), (str(EPOCH_2023), (2023, 11, 14, 22, 13, 20))],
+    ids=["fixed-2020", "source-date-epoch"],
+)
+@pytest.mark.parametrize("fmt", ["zip-store", "default"])
+def test_zip_entries_are_sorted_with_fixed_mode_and_time(
+    tiny_bert: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    source_date_epoch: str | None,
+    stamp: tuple[int, ...],
+) -> None:
+    if source_date_epoch is None:
+        monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    else:
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", source_date_epoch)
+    settings = BuildSettings(name="m", archive_format=fmt)  # type: ignore[arg-type]
+    with zipfile.ZipFile(build(tiny_bert, settings, tmp_path).archive) as mar:
+        infos = mar.infolist()
+        assert [i.filename for i in infos] == sorted(i.filename for i in infos)
+        assert "MAR-INF/MANIFEST.json" in mar.namelist()
+        assert not [i for i in infos if i.is_dir()]  # files only, like torch-model-archiver
+        assert {(i.date_time, i.external_attr >> 16, i.create_system) for i in infos} == {
+            (stamp, stat.S_IFREG | 0o644, 3)
+        }
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        assert mar.testzip() is None
+    day, rest = (
+        f"{stamp[2]:02d}/{stamp[1]:02d}/{stamp[0]}",
+        "{:02d}:{:02d}:{:02d}".format(*stamp[3:]),
+    )
+    assert manifest["createdOn"] == f"{day} {rest}"
+    assert manifest["runtime"] == "python"
+
+
+@pytest.mark.parametrize(
+    ("source_date_epoch", "epoch"),
+    [(None, 1_577_836_800), (str(EPOCH_2023), EPOCH_2023)],
+    ids=["fixed-2020", "source-date-epoch"],
+)
+def test_tgz_members_have_owner_0_and_fixed_mode_and_time(
+    tiny_bert: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source_date_epoch: str | None,
+    epoch: int,
+) -> None:
+    if source_date_epoch is None:
+        monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    else:
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", source_date_epoch)
+    archive = build(tiny_bert, BuildSettings(name="m", archive_format="tgz"), tmp_path).archive
+    header = archive.read_bytes()[:10]
+    assert header[3] & 0x08 == 0  # no file name in the gzip header
+    assert int.from_bytes(header[4:8], "little") == epoch
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names) and "m/MAR-INF/MANIFEST.json" in names
+    assert all(name.startswith("m/") for name in names)
+    assert {(m.type, m.mode, m.uid, m.gid, m.uname, m.gname, m.mtime) for m in members} == {
+        (tarfile.REGTYPE, 0o644, 0, 0, "", "", epoch)
+    }
+
+
 def test_report_lists_every_artifact_with_its_sha256(tiny_bert: Path, tmp_path: Path) -> None:
     assert _build_cli(str(tiny_bert), "--name", "m", "-o", str(tmp_path))[0] == 0
     report = json.loads((tmp_path / "build-report.json").read_text())
@@ -261,38 +413,90 @@ def test_every_bert_family_builds(
 
 
 def test_max_length_over_the_model_maximum_is_refused(tiny_bert: Path, tmp_path: Path) -> None:
-    code, _, stderr = _build_cli(
+    code, stdout, stderr = _build_cli(
         str(tiny_bert), "--name", "m", "-o", str(tmp_path / "o"), "--max-length", "100"
     )
-    assert code == 2
+    assert (code, stdout) == (2, "")
     assert stderr == (
+        f"checking model folder {tiny_bert}\n"
         f"Error: --max-length 100 is more than {tiny_bert} can read (64 tokens, from "
-        "max_position_embeddings in config.json); pass --max-length 64 or less\n"
-    ).replace("Error", "checking model folder " + str(tiny_bert) + "\nError", 1)
+        "max_position_embeddings in config.json); pass --max-length between 8 and 64\n"
+    )
     assert not (tmp_path / "o").exists()
 
 
+# Exact messages: each names the option (not the model-config.yaml key), the bad value, what is
+# allowed and a command-line fix. {m}: the model folder (the tiny model reads 64 tokens).
+BAD_OPTIONS: list[tuple[str, list[str], str]] = [
+    ("batch-size", ["--batch-size", "0"], "--batch-size 0 is out of range (expected 1 to 1024); pass --batch-size between 1 and 1024"),
+    ("workers", ["--min-workers", "2", "--max-workers", "1"], "--max-workers 1 is below --min-workers 2; pass --max-workers 2 or more"),
+    ("max-length-0", ["--max-length", "0"], "--max-length 0 is out of range (expected 8 to 64); pass --max-length between 8 and 64"),
+    ("max-length-7", ["--max-length", "7"], "--max-length 7 is out of range (expected 8 to 64); pass --max-length between 8 and 64"),
+    ("max-length-negative", ["--max-length", "-1"], "--max-length -1 is out of range (expected 8 to 64); pass --max-length between 8 and 64"),
+    ("max-length-over-model", ["--max-length", "65"], "--max-length 65 is more than {m} can read (64 tokens, from max_position_embeddings in config.json); pass --max-length between 8 and 64"),
+    ("explain-steps-0", ["--explain-steps", "0"], "--explain-steps 0 is out of range (expected 1 to 500); pass --explain-steps between 1 and 500"),
+    ("explain-steps-over-default-cap", ["--explain-steps", "900"], "--explain-steps 900 is more than the default --max-explain-steps 500 (the most steps a request may ask for); pass --explain-steps between 1 and 500, or add --max-explain-steps 900 or more"),
+    ("explain-steps-over-any-cap", ["--explain-steps", "20000"], "--explain-steps 20000 is more than the default --max-explain-steps 500 (the most steps a request may ask for); pass --explain-steps between 1 and 500"),
+    ("cap-under-default-steps", ["--max-explain-steps", "20"], "--max-explain-steps 20 is below the default --explain-steps 50 (the steps an explanation takes when a request names none); pass --max-explain-steps 50 or more, or add --explain-steps between 1 and 20"),
+    ("steps-over-given-cap", ["--explain-steps", "60", "--max-explain-steps", "40"], "--explain-steps 60 is more than --max-explain-steps 40; pass --explain-steps between 1 and 40, or --max-explain-steps 60 or more"),
+    ("steps-over-cap-default-value-given", ["--explain-steps", "50", "--max-explain-steps", "20"], "--explain-steps 50 is more than --max-explain-steps 20; pass --explain-steps between 1 and 20, or --max-explain-steps 50 or more"),
+    ("max-explain-steps-0", ["--max-explain-steps", "0"], "--max-explain-steps 0 is out of range (expected 1 to 10000); pass --max-explain-steps between 1 and 10000"),
+    ("internal-batch-size", ["--internal-batch-size", "0"], "--internal-batch-size 0 is out of range (expected 1 to 4096); pass --internal-batch-size between 1 and 4096"),
+    ("max-texts-per-request", ["--max-texts-per-request", "0"], "--max-texts-per-request 0 is out of range (expected 1 to 100000); pass --max-texts-per-request between 1 and 100000"),
+    ("max-text-chars", ["--max-text-chars", "0"], "--max-text-chars 0 is out of range (expected 1 to 10000000); pass --max-text-chars between 1 and 10000000"),
+    ("max-explain-texts", ["--max-explain-texts", "100001"], "--max-explain-texts 100001 is out of range (expected 1 to 100000); pass --max-explain-texts between 1 and 100000"),
+    ("torch-threads", ["--torch-threads", "-1"], "--torch-threads -1 is out of range (expected 0 to 1024); pass --torch-threads between 0 and 1024"),
+    ("name", ["--name", "../evil"], "model name '../evil' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*; pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert"),
+    ("port-clash", ["--metrics-port", "8085"], "ports must be distinct, got {{'inference': 8085, 'management': 8081, 'metrics': 8085, 'grpc_inference': 7070, 'grpc_management': 7071}}; give each API its own port"),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--batch-size", "0"], "--batch-size 0 is out of range (expected 1 to 1024); pass --batch-size between 1 and 1024"),
-        (["--min-workers", "2", "--max-workers", "1"], "--max-workers 1 is below --min-workers 2; pass --max-workers 2 or more"),
-        (["--explain-steps", "900"], "--explain-steps must be between 1 and 500, got 900; change that option"),
-        (["--max-explain-steps", "20"], "--explain-steps must be between 1 and 20, got 50; change that option"),
-        (["--name", "../evil"], "model name '../evil' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*; pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert"),
-        (["--metrics-port", "8085"], "ports must be distinct"),
-    ],
-    ids=["batch-size", "workers", "explain-steps", "steps-over-cap", "name", "port-clash"],
-)  # fmt: skip
+    ("args", "message"), [c[1:] for c in BAD_OPTIONS], ids=[c[0] for c in BAD_OPTIONS]
+)
 def test_bad_options_are_usage_errors(
     tiny_bert: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:
     base = ["--name", "m"] if "--name" not in args else []
     code, stdout, stderr = _build_cli(str(tiny_bert), *base, "-o", str(tmp_path / "o"), *args)
-    assert code == 2
-    assert message in stderr
-    assert stdout == ""
+    assert (code, stdout) == (2, "")
+    assert stderr.splitlines()[-1] == "Error: " + message.format(m=tiny_bert)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("max_length", "expected"),
+    [(None, 64), (8, 8), (64, 64)],
+    ids=["default", "lowest", "model-maximum"],
+)
+def test_max_length_is_kept_as_given(
+    tiny_bert: Path, tmp_path: Path, max_length: int | None, expected: int
+) -> None:
+    result = build(tiny_bert, BuildSettings(name="m", max_length=max_length), tmp_path)
+    model_config = yaml.safe_load(zipfile.ZipFile(result.archive).read("model-config.yaml"))
+    assert model_config["handler"]["max_length"] == expected
+    assert result.report["model"]["max_length"] == expected
+
+
+def test_every_numeric_handler_setting_has_an_option_range() -> None:
+    numeric = {
+        f.name
+        for f in dataclasses.fields(HandlerSettings)
+        if isinstance(f.default, int) and not isinstance(f.default, bool)
+    }
+    assert numeric == {*HANDLER_OPTION_RANGES, "max_length", "explain_steps"}
+
+
+@pytest.mark.parametrize("key", [*HANDLER_OPTION_RANGES, "max_length"])
+def test_option_ranges_match_handler_settings(key: str) -> None:
+    """The ranges the build messages quote are the ones HandlerSettings enforces."""
+    low, high = MAX_LENGTH_RANGE if key == "max_length" else HANDLER_OPTION_RANGES[key]
+    base = {"explain_steps": 1} if key == "max_explain_steps" else {}
+    for good in (low, high):
+        HandlerSettings(**{**base, key: good})
+    for bad in (low - 1, high + 1):
+        with pytest.raises(SettingsError):
+            HandlerSettings(**{**base, key: bad})
 
 
 def test_click_usage_errors_exit_2(tiny_bert: Path) -> None:
@@ -425,6 +629,51 @@ def test_full_disk_leaves_no_partial_archive(tiny_bert: Path, tmp_path: Path) ->
     assert f"Error: building into {out} ran out of disk space (" in proc.stderr
     assert "free space on the disk of" in proc.stderr
     assert not out.exists()
+
+
+def _no_space(*_: object, **__: object) -> Path:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+# (folders that exist before the build, -o, what is left after the failed build)
+PARTIAL_OUTPUT_CASES: list[tuple[str, list[str], str, list[str]]] = [
+    ("new-tree", [], "nest/a/b", []),
+    ("existing-parent", ["nest"], "nest/a/b", ["nest"]),
+    ("existing-parent-with-file", ["nest", "nest/keep.txt"], "nest/a/b", ["nest", "nest/keep.txt"]),
+    ("existing-output", ["nest"], "nest", ["nest"]),
+    ("existing-store", ["nest", "nest/model-store"], "nest", ["nest", "nest/model-store"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("before", "out", "after"),
+    [c[1:] for c in PARTIAL_OUTPUT_CASES],
+    ids=[c[0] for c in PARTIAL_OUTPUT_CASES],
+)
+def test_failed_build_removes_the_folders_it_created(
+    tiny_bert: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    before: list[str],
+    out: str,
+    after: list[str],
+) -> None:
+    """A build that fails after making its output folder leaves the tree as it found it."""
+    monkeypatch.chdir(tmp_path)
+    for rel in before:
+        path = tmp_path / rel
+        if path.suffix:
+            path.write_text("x")
+        else:
+            path.mkdir()
+    monkeypatch.setattr("scibert_pack.archiver.build.pack", _no_space)
+    code, stdout, stderr = _build_cli(str(tiny_bert), "--name", "m", "-o", out)
+    assert (code, stdout) == (1, "")
+    assert stderr.splitlines()[-1] == (
+        f"Error: building into {out} ran out of disk space; nothing was published; "
+        f"free space on the disk of {out} (about twice the model's size) and rerun"
+    )
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == after
 
 
 def test_output_that_is_a_file_is_refused(tiny_bert: Path, tmp_path: Path) -> None:

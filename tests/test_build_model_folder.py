@@ -141,6 +141,12 @@ CASES: list[tuple[str, Breaker, str]] = [
         "model.save_pretrained('{m}')",
     ),
     (
+        "too-few-positions",
+        _set("max_position_embeddings", 4),
+        "config.json of {m} says the model reads 4 tokens (from max_position_embeddings); "
+        "scibert-pack needs at least 8; build from a model that reads 8 tokens or more",
+    ),
+    (
         "no-tokenizer",
         _remove("tokenizer.json", "tokenizer_config.json"),
         "model folder {m} has no tokenizer (looked for tokenizer.json, vocab.txt, vocab.json + "

@@ -1,20 +1,24 @@
 """`scibert-pack demo` end to end with the tiny classifier instead of training: build, a real
 TorchServe on free ports, v2 infer and explain, the HTML report, uploads to a real local S3
 server and a PVC-style folder, the manifest; twice in the same work folder; everything it
-started stopped, also when interrupted. And `scibert-pack explain --html`."""
+started stopped, also when interrupted. And `scibert-pack explain` for any number of texts: in
+requests the server accepts, answers in input order, the HTML report with probabilities, and a
+413 that names the limit and the --batch-texts that fits."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import socket
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from served import serving
 from tiny_models import LABELS
 
@@ -22,6 +26,7 @@ from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
 from scibert_pack.demo.run import DEMO_TEXTS, DemoResult, DemoSettings, run_demo
 from scibert_pack.handlers.settings import HandlerSettings
+from scibert_pack.serving.server import TorchServeProcess
 
 pytestmark = [pytest.mark.server, pytest.mark.s3, pytest.mark.slow]
 
@@ -222,27 +227,115 @@ def test_bad_options_are_refused(tmp_path: Path, args: list[str], message: str) 
     assert result.stderr.rstrip().splitlines()[-1] == message
 
 
-def test_explain_html_writes_the_report(tmp_path: Path, tiny_bert: Path) -> None:
-    settings = BuildSettings(name="tiny", handler=HandlerSettings(explain_steps=8))
+# --- `scibert-pack explain`: any number of texts, in requests the server accepts -------------
+
+EXPLAIN_TEXTS = [
+    "the protein folds <inside> the cell .",
+    "the catalyst speeds up the reaction .",
+    "quantum states of the photon decay .",
+    "cells divide and the tissue grows .",
+    "polymer chains form bonds when heated .",
+    "the electron beam scatters from the crystal .",
+    "gene expression in mice changes .",
+]
+MAX_EXPLAIN_TEXTS = 3
+
+
+@pytest.fixture(scope="module")
+def explain_server(
+    tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TorchServeProcess]:
+    handler = HandlerSettings(explain_steps=8, max_explain_texts=MAX_EXPLAIN_TEXTS)
+    settings = BuildSettings(name="tiny", handler=handler, batch_size=4, max_batch_delay_ms=5)
+    with serving(tiny_bert, tmp_path_factory.mktemp("explain"), settings) as server:
+        yield server
+
+
+def _explain(server: TorchServeProcess, *args: str) -> Result:
+    return CliRunner().invoke(
+        cli, ["explain", *EXPLAIN_TEXTS, "--url", server.inference_url, "--model", "tiny", *args]
+    )
+
+
+def _probabilities(page: str) -> list[dict[str, float]]:
+    """Per explanation section, the label -> probability rows of its table."""
+    sections = page.split('<section class="explanation"')[1:]
+    return [
+        {label: float(p) for label, p in re.findall(r"<tr><td>([^<]+)</td><td>([0-9.]+)</td>", s)}
+        for s in sections
+    ]
+
+
+@pytest.mark.parametrize(
+    ("batch_texts", "concurrency", "progress"),
+    [
+        pytest.param("3", "1", ["explained 3/7 texts", "explained 6/7 texts"], id="3-sequential"),
+        pytest.param(
+            "2",
+            "3",
+            ["explained 2/7 texts", "explained 4/7 texts", "explained 6/7 texts"],
+            id="2-concurrent",
+        ),
+        pytest.param("7", "1", [], id="one-request-over-the-limit-refused"),
+    ],
+)
+def test_explain_html_for_any_number_of_texts(
+    explain_server: TorchServeProcess,
+    tmp_path: Path,
+    batch_texts: str,
+    concurrency: str,
+    progress: list[str],
+) -> None:
     report = tmp_path / "out" / "why.html"
-    texts = ["the protein folds <inside> the cell .", "the catalyst speeds up the reaction ."]
-    with serving(tiny_bert, tmp_path, settings) as server:
-        result = CliRunner().invoke(
-            cli,
-            [
-                "explain",
-                *texts,
-                "--url",
-                server.inference_url,
-                "--model",
-                "tiny",
-                "--html",
-                str(report),
-            ],
+    args = ["--html", str(report), "--batch-texts", batch_texts, "--concurrency", concurrency]
+    result = _explain(explain_server, *args)
+    if int(batch_texts) > MAX_EXPLAIN_TEXTS:
+        assert result.exit_code == 1
+        assert result.stderr.splitlines()[-1] == (
+            f"Error: the server refused an explain request of 7 texts as too large "
+            f"({explain_server.inference_url}/v2/models/tiny/explain answered 413: explain "
+            "request holds 7 texts, more than the limit of 3 (max_explain_texts); split it, or "
+            "ask the infer route for predictions only); pass --batch-texts 3 (or fewer) to "
+            "stay within that limit"
         )
+        assert not report.exists()
+        return
     assert result.exit_code == 0, result.output
-    assert result.stderr == f"wrote {report}\n"
-    assert result.stdout.startswith("the protein folds <inside> the cell .\n  label: ")
+    assert result.stderr.splitlines() == [*progress, "explained 7/7 texts", f"wrote {report}"]
+    shown = [line for line in result.stdout.splitlines() if not line.startswith("  ")]
+    assert shown == EXPLAIN_TEXTS  # in input order, whatever order the answers came in
     page = report.read_text(encoding="utf-8")
-    assert len(_sections(page)) == 2
+    assert len(_sections(page)) == len(EXPLAIN_TEXTS)
     assert "folds &lt;inside&gt; the cell" in page
+    texts = re.findall(r'<p class="text">(.*?)</p>', page)
+    assert texts == [html.escape(t) for t in EXPLAIN_TEXTS]
+    probabilities = _probabilities(page)
+    assert [set(p) for p in probabilities] == [set(LABELS.values())] * len(EXPLAIN_TEXTS)
+    for p in probabilities:
+        assert sum(p.values()) == pytest.approx(1.0, abs=0.01)
+
+
+def test_explain_json_joins_the_answers_in_order(explain_server: TorchServeProcess) -> None:
+    result = _explain(explain_server, "--json", "--batch-texts", "3")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    (output,) = body["outputs"]
+    assert (output["name"], output["shape"]) == ("explain", [len(EXPLAIN_TEXTS)])
+    assert body["model_name"] == "tiny"
+    assert "id" not in body  # three requests, three ids: none speaks for the whole
+    # The words of each explanation are the words of its own text, in input order (the first
+    # text's "<" and ">" are not in the tiny model's vocabulary).
+    for item, text in zip(output["data"][1:], EXPLAIN_TEXTS[1:], strict=True):
+        assert [w for w in item["words"] if not w.startswith("[")] == text.split()
+
+
+def test_explain_work_cap_names_the_batch_that_fits(explain_server: TorchServeProcess) -> None:
+    # The archive's default explain work cap: 1000 text-steps per request; 3 x 400 is over.
+    result = _explain(explain_server, "--steps", "400", "--batch-texts", "3")
+    assert result.exit_code == 1
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("Error: the server refused an explain request of 3 texts as too large (")
+    assert "(max_explain_work)" in last
+    assert last.endswith("; pass --batch-texts 2 (or fewer) to stay within that limit")
+    passed = _explain(explain_server, "--steps", "400", "--batch-texts", "2")
+    assert passed.exit_code == 0, passed.output

@@ -6,12 +6,21 @@ target class) for the text and for its baseline ([CLS] [PAD]... [SEP]) on its ow
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_context import HttpRequest
-from handler_support import call, load_trained, make_service, reference_tokens, target_probability
+from handler_support import (
+    TEST_SETTINGS,
+    call,
+    load_trained,
+    make_service,
+    recorded_passes,
+    reference_tokens,
+    target_probability,
+)
 from tiny_models import Family
 
 from scibert_pack.handlers.service import ClassifierService
@@ -137,3 +146,26 @@ def test_fewer_steps_are_honoured(services: dict[Family, ClassifierService]) -> 
     (coarse,) = explain(services["roberta"], TEXTS[:1], n_steps=1)
     (fine,) = explain(services["roberta"], TEXTS[:1])
     assert abs(coarse["delta"]) > abs(fine["delta"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_explanations_within_a_small_token_budget_are_the_same(
+    services: dict[Family, ClassifierService],
+    trained: dict[Family, tuple[Any, Any]],
+    family: Family,
+) -> None:
+    """max_batch_tokens 64 gives explanation passes 16 padded tokens: one row per pass here."""
+    model, tokenizer = trained[family]
+    small = make_service(model, tokenizer, replace(TEST_SETTINGS, max_batch_tokens=64))
+    assert small.settings.max_explain_tokens == 16
+    with recorded_passes(model, gradients_only=True) as shapes:
+        budgeted = explain(small, TEXTS, n_steps=20)
+    reference = explain(services[family], TEXTS, n_steps=20)
+    # Every pass within 16 padded tokens (a text longer than that alone): the three texts of
+    # more than 8 tokens take one pass per step, instead of 4 texts x 20 steps in one pass.
+    assert all(rows * width <= 16 or rows == 1 for rows, width in shapes), shapes
+    assert len(shapes) >= 3 * 20
+    for got, expected in zip(budgeted, reference, strict=True):
+        assert got["words"] == expected["words"]
+        assert got["importances"] == pytest.approx(expected["importances"], abs=1e-5)
+        assert got["delta"] == pytest.approx(expected["delta"], abs=1e-5)

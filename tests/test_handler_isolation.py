@@ -64,15 +64,21 @@ SCRIPT = textwrap.dedent(
     context = FakeContext({model_dir!r}, handler_settings={{"explain_steps": 10}},
                           model_name="scibert", model_version="1.0", metrics=metrics)
     assert handle(None, context) is None
+    predicted = run_batch(handle, context, [HttpRequest("cells divide", content_type="text/plain")])
+    # Captum is imported by the first explanation, not by loading or predicting.
+    captum_before = sorted(m for m in sys.modules if m.split(".")[0] == "captum")
     requests = [
         HttpRequest({{"id": "a", "inputs": [{{"name": "t", "shape": -1, "datatype": "BYTES",
-                     "data": json.dumps({{"text": "Risk assessment implications."}})}}]}}),
-        HttpRequest({{"instances": ["quantum states"]}}, explain=True),
+                     "data": json.dumps({{"text": "Risk assessment implications."}})}}]}},
+                    route="v2"),
+        HttpRequest({{"instances": ["quantum states"]}}, explain=True, route="v1"),
         HttpRequest(b"{{", content_type="application/json"),
     ]
     responses = run_batch(handle, context, requests)
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("scibert_pack", "ts"))
-    print(json.dumps({{"statuses": [r.status for r in responses],
+    print(json.dumps({{"statuses": [r.status for r in [*predicted, *responses]],
+                      "captum_before_explain": captum_before,
+                      "captum_after": "captum.attr" in sys.modules,
                       "v2_id": responses[0].body["id"],
                       "explained": len(responses[1].body["explanations"]),
                       "metrics": sorted({{m.name for m in metrics.recorded}}),
@@ -100,10 +106,11 @@ def test_handler_runs_without_scibert_pack_and_its_dependencies(
     assert result.returncode == 0, result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert summary == (
-        '{"statuses": [200, 200, 400], "v2_id": "a", "explained": 1, "metrics": '
+        '{"statuses": [200, 200, 200, 400], "captum_before_explain": [], "captum_after": true, '
+        '"v2_id": "a", "explained": 1, "metrics": '
         '["scibert_batches_total", "scibert_explain_ms", "scibert_explain_steps", '
-        '"scibert_inference_ms", "scibert_requests_total", "scibert_texts_per_batch"], '
-        '"loaded": []}'
+        '"scibert_forward_passes_total", "scibert_inference_ms", "scibert_requests_total", '
+        '"scibert_texts_per_batch"], "loaded": []}'
     )
 
 

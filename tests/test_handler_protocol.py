@@ -6,12 +6,23 @@ import json
 
 import pytest
 
-from scibert_pack.handlers.protocol import RawRow, Request, RequestError, parse_request
+from scibert_pack.handlers.protocol import (
+    MissingBody,
+    RawRow,
+    Request,
+    RequestError,
+    Route,
+    parse_request,
+    request_route,
+)
 from scibert_pack.handlers.settings import HandlerSettings
 
 LABELS = ("biology", "chemistry", "physics")
-SETTINGS = HandlerSettings(max_texts_per_request=3, max_text_chars=40, max_explain_steps=100)
+SETTINGS = HandlerSettings(
+    max_texts_per_request=3, max_text_chars=40, max_explain_steps=100, max_explain_work=120
+)
 JSON = "application/json"
+KSERVE_SHAPE = '{"inputs": [...]} (KServe v2) or {"instances": [...]} (KServe v1)'
 
 
 def v2(data: object, shape: object = -1, datatype: str = "BYTES", **extra: object) -> dict:
@@ -22,8 +33,13 @@ def v2(data: object, shape: object = -1, datatype: str = "BYTES", **extra: objec
     }
 
 
-def parse(body: object, content_type: str | None = JSON, explain: bool = False) -> Request:
-    return parse_request(RawRow(body, content_type, explain), SETTINGS, LABELS)
+def parse(
+    body: object,
+    content_type: str | None = JSON,
+    explain: bool = False,
+    route: Route | None = None,
+) -> Request:
+    return parse_request(RawRow(body, content_type, explain, route), SETTINGS, LABELS)
 
 
 GOOD = [
@@ -140,7 +156,7 @@ BAD = [
         id="empty-body",
     ),
     pytest.param(
-        None,
+        MissingBody(),
         None,
         400,
         "request has no body; send text (Content-Type: text/plain) or JSON "
@@ -148,10 +164,26 @@ BAD = [
         id="no-body",
     ),
     pytest.param(
+        MissingBody(("text",)),
+        "application/x-www-form-urlencoded",
+        400,
+        "request has no body (TorchServe read it as form fields: text); send text "
+        "(Content-Type: text/plain) or JSON (Content-Type: application/json)",
+        id="form-fields",
+    ),
+    pytest.param(
+        None,
+        JSON,
+        400,
+        'JSON body must be an object or a list, got JSON null; send {"text": "..."} or a '
+        "KServe v1/v2 request",
+        id="json-null",
+    ),
+    pytest.param(
         42,
         JSON,
         400,
-        'JSON body must be an object or a list, got int; send {"text": "..."} or a '
+        'JSON body must be an object or a list, got a JSON number; send {"text": "..."} or a '
         "KServe v1/v2 request",
         id="json-number",
     ),
@@ -339,3 +371,261 @@ def test_explain_has_its_own_text_cap() -> None:
 def test_control_characters_and_emoji_inside_words_are_text() -> None:
     text = "cells\x07 divide \U0001f9ec under the microscope\u200b"
     assert parse({"text": text}).texts == (text,)
+
+
+ROUTES = [
+    pytest.param("", "True", "native", id="explanations"),
+    pytest.param("", "False", "native", id="predictions"),
+    pytest.param("/extra/segments", "False", "native", id="predictions-with-extra-path"),
+    pytest.param(None, "False", "kserve", id="v2-infer-or-v1-predict"),
+    pytest.param(None, "True", "kserve", id="v2-or-v1-explain"),
+    pytest.param(None, None, None, id="invocations-or-in-process"),
+]
+
+
+@pytest.mark.parametrize(("url_path", "explain", "route"), ROUTES)
+def test_route_from_the_headers_torchserve_adds(
+    url_path: str | None, explain: str | None, route: str | None
+) -> None:
+    assert request_route(url_path, explain) == route
+
+
+# -- KServe routes: the body must be a JSON object, whatever the Content-Type ------------------
+
+KSERVE_GOOD = [
+    pytest.param(v2(["a b"]), JSON, "v2", ("a b",), id="v2-decoded-by-torchserve"),
+    pytest.param(json.dumps(v2(["a b"])), "text/plain", "v2", ("a b",), id="v2-sent-as-text-plain"),
+    pytest.param(
+        bytearray(json.dumps(v2(["a b"])).encode()), None, "v2", ("a b",), id="v2-no-content-type"
+    ),
+    pytest.param(
+        bytearray(json.dumps(v2(["a b"])).encode()),
+        "application/octet-stream",
+        "v2",
+        ("a b",),
+        id="v2-octet-stream",
+    ),
+    pytest.param(
+        '{"instances": ["x"]}', "text/plain; charset=utf-8", "v1", ("x",), id="v1-text-plain"
+    ),
+    pytest.param({"instances": ["x"]}, JSON, "v1", ("x",), id="v1-decoded"),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "protocol", "texts"), KSERVE_GOOD)
+def test_kserve_route_parses_json_whatever_the_content_type(
+    body: object, content_type: str | None, protocol: str, texts: tuple[str, ...]
+) -> None:
+    request = parse(body, content_type, route="kserve")
+    assert (request.protocol, request.texts, request.single) == (protocol, texts, False)
+
+
+KSERVE_BAD = [
+    pytest.param(
+        '{"inputs": [1,',
+        "text/plain",
+        f"request body is not valid JSON (Expecting value at line 1 column 15); "
+        f"send a JSON object, {KSERVE_SHAPE}",
+        id="invalid-json-text-plain",
+    ),
+    pytest.param(
+        bytearray(b'{"inputs": [1,'),
+        None,
+        f"request body is not valid JSON (Expecting value at line 1 column 15); "
+        f"send a JSON object, {KSERVE_SHAPE}",
+        id="invalid-json-no-content-type",
+    ),
+    pytest.param(
+        bytearray(b'{\n  "inputs": [1,,]}'),
+        JSON,
+        f"request body is not valid JSON (Expecting value at line 2 column 16); "
+        f"send a JSON object, {KSERVE_SHAPE}",
+        id="invalid-json-second-line",
+    ),
+    pytest.param(
+        "cells divide",
+        "text/plain",
+        f"request body is not valid JSON (Expecting value at line 1 column 1); "
+        f"send a JSON object, {KSERVE_SHAPE}",
+        id="plain-text",
+    ),
+    pytest.param(
+        ["a", "b"],
+        JSON,
+        f"request body is a JSON array, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        id="json-list",
+    ),
+    pytest.param(
+        "cells divide",
+        JSON,
+        f"request body is a JSON string, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        id="json-string-decoded",
+    ),
+    pytest.param(
+        '"cells divide"',
+        "text/plain",
+        f"request body is a JSON string, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        id="json-string-as-text",
+    ),
+    pytest.param(
+        7,
+        JSON,
+        f"request body is a JSON number, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        id="json-number",
+    ),
+    pytest.param(
+        False,
+        JSON,
+        f"request body is a JSON boolean, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        id="json-boolean",
+    ),
+    pytest.param(
+        None,
+        JSON,
+        f"request body is JSON null, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        id="json-null",
+    ),
+    pytest.param(
+        {"text": "a"},
+        JSON,
+        "JSON object has neither inputs (KServe v2) nor instances (KServe v1) (got keys: text); "
+        f'send {KSERVE_SHAPE}, or send {{"text": "..."}} to /predictions/NAME',
+        id="native-object",
+    ),
+    pytest.param(
+        bytearray(b""),
+        JSON,
+        f"request body is empty; POST a JSON object, {KSERVE_SHAPE}",
+        id="empty",
+    ),
+    pytest.param(
+        " \n",
+        "text/plain",
+        f"request body is empty or whitespace; POST a JSON object, {KSERVE_SHAPE}",
+        id="whitespace",
+    ),
+    pytest.param(
+        MissingBody(("text",)),
+        "application/x-www-form-urlencoded",
+        f"request has no body (TorchServe read it as form fields: text); send a JSON object, "
+        f"{KSERVE_SHAPE}",
+        id="form",
+    ),
+    pytest.param(
+        bytearray(b"\xff{}"),
+        None,
+        "request body is not valid UTF-8 (invalid start byte at byte 0); send UTF-8 encoded text",
+        id="invalid-utf8",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "message"), KSERVE_BAD)
+def test_kserve_route_refuses_what_is_not_a_json_object(
+    body: object, content_type: str | None, message: str
+) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse(body, content_type, route="kserve")
+    assert (caught.value.code, caught.value.message) == (400, message)
+
+
+# -- native routes: plain text or JSON, as before ---------------------------------------------
+
+NATIVE = [
+    pytest.param('{"inputs": [1,', "text/plain", ('{"inputs": [1,',), id="brace-text-plain"),
+    pytest.param("[1] Smith et al.", "text/plain", ("[1] Smith et al.",), id="bracket-text"),
+    pytest.param(["one", "two"], JSON, ("one", "two"), id="json-list"),
+    pytest.param("one", JSON, ("one",), id="json-string"),
+    pytest.param(v2(["a"]), JSON, ("a",), id="v2-body-still-accepted"),
+    pytest.param(
+        bytearray(b'{"texts": ["p"'), "application/octet-stream", ('{"texts": ["p"',), id="bytes"
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "texts"), NATIVE)
+def test_native_route_takes_text_or_json(
+    body: object, content_type: str, texts: tuple[str, ...]
+) -> None:
+    assert parse(body, content_type, route="native").texts == texts
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            bytearray(b'{"text": "a"'),
+            "request body is not valid JSON (Expecting ',' delimiter at line 1 column 13); "
+            "fix the JSON or send text/plain",
+        ),
+        (
+            bytearray(b"[1, 2"),
+            "request body is not valid JSON (Expecting ',' delimiter at line 1 column 6); "
+            "fix the JSON or send text/plain",
+        ),
+        (
+            None,
+            'JSON body must be an object or a list, got JSON null; send {"text": "..."} or a '
+            "KServe v1/v2 request",
+        ),
+    ],
+    ids=["broken-object", "broken-list", "json-null"],
+)
+def test_native_route_refuses_broken_json_sent_as_json(body: object, message: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse(body, JSON, route="native")
+    assert (caught.value.code, caught.value.message) == (400, message)
+
+
+# -- the cost of one explain request ----------------------------------------------------------
+
+WORK = [
+    pytest.param(["a"] * 3, 40, None, id="3x40-at-the-limit"),
+    pytest.param(["a"], 100, None, id="1x100"),
+    pytest.param(
+        ["a"] * 3,
+        41,
+        "explain request asks for 3 text(s) x 41 steps = 123 text-steps, more than the limit of "
+        "120 (max_explain_work); send fewer texts per request or fewer steps (parameters.n_steps)",
+        id="3x41-over",
+    ),
+    pytest.param(
+        ["a", "b"],
+        None,
+        "explain request asks for 2 text(s) x 100 steps = 200 text-steps, more than the limit of "
+        "120 (max_explain_work); send fewer texts per request or fewer steps (parameters.n_steps)",
+        id="default-steps-count",
+    ),
+]
+
+
+@pytest.mark.parametrize(("texts", "n_steps", "message"), WORK)
+def test_explain_work_is_capped(texts: list[str], n_steps: int | None, message: str | None) -> None:
+    settings = HandlerSettings(
+        max_explain_steps=100, explain_steps=100 if n_steps is None else 50, max_explain_work=120
+    )
+    params = {} if n_steps is None else {"n_steps": n_steps}
+    raw = RawRow(v2(texts, parameters=params), JSON, True, "kserve")
+    if message is None:
+        assert parse_request(raw, settings, LABELS).texts == tuple(texts)
+        return
+    with pytest.raises(RequestError) as caught:
+        parse_request(raw, settings, LABELS)
+    assert (caught.value.code, caught.value.message) == (413, message)
+    predict = RawRow(raw.body, JSON, False, "kserve")
+    assert parse_request(predict, settings, LABELS).texts == tuple(texts)
+
+
+@pytest.mark.parametrize(
+    ("texts", "n_steps", "allowed"),
+    [(16, 50, True), (16, 500, False), (2, 500, True)],
+    ids=["16x50", "16x500", "2x500"],
+)
+def test_default_explain_work_cap(texts: int, n_steps: int, allowed: bool) -> None:
+    raw = RawRow(v2(["a"] * texts, parameters={"n_steps": n_steps}), JSON, True, "kserve")
+    try:
+        parse_request(raw, HandlerSettings(), LABELS)
+    except RequestError as err:
+        assert (allowed, err.code) == (False, 413), err.message
+    else:
+        assert allowed

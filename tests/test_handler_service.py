@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,13 @@ from handler_support import (
     call,
     load_trained,
     make_service,
+    recorded_passes,
     reference_probabilities,
 )
 from tiny_models import Family
 
-from scibert_pack.handlers.model import ModelLoadError, choose_device
+from scibert_pack.handlers.model import ModelLoadError, choose_device, token_chunks
+from scibert_pack.handlers.protocol import KSERVE_SHAPE
 from scibert_pack.handlers.service import ClassifierService
 from scibert_pack.handlers.settings import HandlerSettings, SettingsError
 
@@ -111,17 +115,35 @@ def native_explanations(body: Any) -> list[dict]:
     return list(body) if isinstance(body, list) else [body]
 
 
+V2_THREE = {"id": "7", "inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": TEXTS}]}
+
 PREDICT_CASES = [
-    pytest.param(HttpRequest(BLOG), v2_infer, ["Risk assessment implications."], id="v2-blog"),
     pytest.param(
-        HttpRequest(
-            {"id": "7", "inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": TEXTS}]}
-        ),
+        HttpRequest(BLOG, route="v2"), v2_infer, ["Risk assessment implications."], id="v2-blog"
+    ),
+    pytest.param(HttpRequest(V2_THREE, route="v2"), v2_infer, TEXTS, id="v2-three-texts"),
+    pytest.param(
+        HttpRequest(json.dumps(V2_THREE), content_type="text/plain", route="v2"),
         v2_infer,
         TEXTS,
-        id="v2-three-texts",
+        id="v2-sent-as-text-plain",
     ),
-    pytest.param(HttpRequest({"instances": TEXTS[:2]}), v1_items, TEXTS[:2], id="v1"),
+    pytest.param(
+        HttpRequest(json.dumps(BLOG).encode(), content_type=None, route="v2"),
+        v2_infer,
+        ["Risk assessment implications."],
+        id="v2-without-content-type",
+    ),
+    pytest.param(HttpRequest({"instances": TEXTS[:2]}, route="v1"), v1_items, TEXTS[:2], id="v1"),
+    pytest.param(
+        HttpRequest(BLOG, route=None), v2_infer, ["Risk assessment implications."], id="v2-guessed"
+    ),
+    pytest.param(
+        HttpRequest(TEXTS[1], content_type="text/plain", route=None),
+        native_items,
+        TEXTS[1:2],
+        id="text-guessed",
+    ),
     pytest.param(
         HttpRequest(TEXTS[1], content_type="text/plain"),
         native_items,
@@ -169,8 +191,10 @@ def test_v2_echoes_ids_per_request(bert: ClassifierService) -> None:
 
 
 EXPLAIN_CASES = [
-    pytest.param(HttpRequest(BLOG, explain=True), v2_explanations, 1, id="v2-blog"),
-    pytest.param(HttpRequest({"instances": TEXTS}, explain=True), v1_explanations, 3, id="v1"),
+    pytest.param(HttpRequest(BLOG, explain=True, route="v2"), v2_explanations, 1, id="v2-blog"),
+    pytest.param(
+        HttpRequest({"instances": TEXTS}, explain=True, route="v1"), v1_explanations, 3, id="v1"
+    ),
     pytest.param(
         HttpRequest(TEXTS[0], content_type="text/plain", explain=True),
         native_explanations,
@@ -239,6 +263,51 @@ def test_one_forward_pass_per_batch(bert: ClassifierService) -> None:
     call(bert, [HttpRequest({"texts": TEXTS}), HttpRequest(BLOG, explain=True)], metrics)
     assert [m.value for m in metrics.named("scibert_texts_per_batch")] == [4.0]
     assert len(metrics.named("scibert_inference_ms")) == 1
+    assert [m.value for m in metrics.named("scibert_forward_passes_total")] == [1.0]
+
+
+# -- bounded passes --------------------------------------------------------------------------
+
+CHUNKS = [
+    pytest.param([5, 5, 5], 100, None, [(0, 1, 2)], id="all-fit-one-pass-in-order"),
+    pytest.param([10, 3, 7, 2], 40, None, [(0, 1, 2, 3)], id="exactly-at-the-budget"),
+    pytest.param([10, 3, 7, 2], 20, None, [(3, 1), (2, 0)], id="split-shortest-first"),
+    pytest.param([50, 4], 32, None, [(1,), (0,)], id="over-long-text-alone"),
+    pytest.param([4, 4, 4, 4, 4], 1000, 2, [(0, 1), (2, 3), (4,)], id="row-cap"),
+    pytest.param([], 64, None, [], id="no-texts"),
+]
+
+
+@pytest.mark.parametrize(("lengths", "budget", "rows", "expected"), CHUNKS)
+def test_token_chunks(
+    lengths: list[int], budget: int, rows: int | None, expected: list[tuple[int, ...]]
+) -> None:
+    assert token_chunks(lengths, budget, rows) == expected
+
+
+def test_a_batch_over_max_batch_tokens_is_split_and_answers_stay_the_same(
+    trained: dict[Family, tuple[Any, Any]], bert: ClassifierService
+) -> None:
+    model, tokenizer = trained["bert"]
+    service = make_service(
+        model, tokenizer, dataclasses.replace(TEST_SETTINGS, max_batch_tokens=64)
+    )
+    requests = [
+        HttpRequest({"texts": [TEXTS[0], "photon"]}),
+        HttpRequest(V2_THREE, route="v2"),
+        HttpRequest({"instances": [TEXTS[1], "cells divide", TEXTS[2]]}, route="v1"),
+    ]
+    metrics = FakeMetrics()
+    with recorded_passes(model) as shapes:
+        responses = call(service, requests, metrics)
+    passes = [m.value for m in metrics.named("scibert_forward_passes_total")]
+    # 8 texts of up to 22 tokens: 176 padded tokens in one pass, so at least 3 passes of <= 64.
+    assert passes == [float(len(shapes))] and passes[0] >= 3
+    assert all(rows * width <= 64 for rows, width in shapes), shapes
+    for request, response in zip(requests, responses, strict=True):
+        (alone,) = call(bert, [request])
+        assert response.status == alone.status == 200
+        assert_same_body(response.body, alone.body)
 
 
 def test_requests_with_different_n_steps_are_explained_in_groups(bert: ClassifierService) -> None:
@@ -262,6 +331,7 @@ def test_metrics_have_their_types_and_units(bert: ClassifierService) -> None:
         "scibert_requests_total": ("count", MetricTypes.COUNTER),
         "scibert_batches_total": ("count", MetricTypes.COUNTER),
         "scibert_texts_per_batch": ("count", MetricTypes.GAUGE),
+        "scibert_forward_passes_total": ("count", MetricTypes.COUNTER),
         "scibert_inference_ms": ("ms", MetricTypes.GAUGE),
         "scibert_explain_ms": ("ms", MetricTypes.GAUGE),
         "scibert_explain_steps": ("count", MetricTypes.GAUGE),
@@ -322,6 +392,68 @@ BAD = [
         "text 0 is empty or whitespace; send some words",
         id="whitespace",
     ),
+    pytest.param(
+        HttpRequest('{"inputs": [1,', content_type="text/plain", route="v2"),
+        400,
+        "request body is not valid JSON (Expecting value at line 1 column 15); send a JSON "
+        f"object, {KSERVE_SHAPE}",
+        id="v2-invalid-json-text-plain",
+    ),
+    pytest.param(
+        HttpRequest(b'{"instances": [1,', content_type=None, route="v1", explain=True),
+        400,
+        "request body is not valid JSON (Expecting value at line 1 column 18); send a JSON "
+        f"object, {KSERVE_SHAPE}",
+        id="v1-invalid-json-no-content-type",
+    ),
+    pytest.param(
+        HttpRequest(["a", "b"], route="v2"),
+        400,
+        f"request body is a JSON array, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        id="v2-json-list",
+    ),
+    pytest.param(
+        HttpRequest("a b", route="v1"),
+        400,
+        f"request body is a JSON string, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        id="v1-json-string",
+    ),
+    pytest.param(
+        HttpRequest(None, route="v2", explain=True),
+        400,
+        f"request body is JSON null, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        id="v2-json-null",
+    ),
+    pytest.param(
+        HttpRequest({"text": "a"}, route="v2"),
+        400,
+        "JSON object has neither inputs (KServe v2) nor instances (KServe v1) (got keys: text); "
+        f'send {KSERVE_SHAPE}, or send {{"text": "..."}} to /predictions/NAME',
+        id="v2-native-object",
+    ),
+    pytest.param(
+        HttpRequest(None, content_type=None, form={"text": b"hello"}, route="v2"),
+        400,
+        "request has no body (TorchServe read it as form fields: text); send a JSON object, "
+        f"{KSERVE_SHAPE}",
+        id="v2-form",
+    ),
+    pytest.param(
+        HttpRequest(None),
+        400,
+        'JSON body must be an object or a list, got JSON null; send {"text": "..."} or a '
+        "KServe v1/v2 request",
+        id="native-json-null",
+    ),
+    pytest.param(
+        HttpRequest(
+            {"instances": ["a"] * 3, "parameters": {"n_steps": 100}}, route="v1", explain=True
+        ),
+        413,
+        "explain request asks for 3 text(s) x 100 steps = 300 text-steps, more than the limit of "
+        "200 (max_explain_work); send fewer texts per request or fewer steps (parameters.n_steps)",
+        id="explain-work-over-cap",
+    ),
 ]
 
 
@@ -337,7 +469,7 @@ def test_bad_request_alone(
 def test_bad_request_in_a_batch_fails_alone(
     bert: ClassifierService, request_: HttpRequest, code: int, message: str
 ) -> None:
-    good = [HttpRequest(BLOG), HttpRequest({"texts": TEXTS[:2]}, explain=True)]
+    good = [HttpRequest(BLOG, route="v2"), HttpRequest({"texts": TEXTS[:2]}, explain=True)]
     first, bad, second = call(bert, [good[0], request_, good[1]])
     assert (bad.status, bad.body) == (code, {"error": message, "code": code})
     for response, request in ((first, good[0]), (second, good[1])):

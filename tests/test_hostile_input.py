@@ -4,12 +4,15 @@ Each case sends one bad request together with a good one (released at the same m
 share a dynamic batch) and checks: the bad one gets its 4xx with a JSON error naming the problem,
 the good one gets exactly the answer it gets alone, and the Python worker did not restart.
 Refusals by TorchServe's Java front end (unknown model, oversized body) are checked the same way.
+The archive is built with limits other than the defaults, and the messages name their values: the
+archive's settings are what the worker enforces.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from typing import Any, Literal
 import pytest
 import requests
 from served import serving
-from tiny_models import LABELS
+from tiny_models import CORPUS, LABELS
 
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.handlers.settings import HandlerSettings
@@ -30,10 +33,20 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 Protocol = Literal["v2", "v1", "native"]
 MODEL = "tiny"
 GOOD_TEXT = "the catalyst speeds up the reaction between the acid and the base ."
-# The archive's limits: the handler's safe defaults, and a small front-end body cap so that an
-# oversized body is cheap to send.
-LIMITS = HandlerSettings(explain_steps=8)
+# The archive's limits, all different from the defaults, and a small front-end body cap so that an
+# oversized body is cheap to send. max_batch_tokens 128 is two full-length texts of the tiny
+# model (64 tokens): a request of a dozen sentences needs several forward passes.
+LIMITS = HandlerSettings(
+    explain_steps=8,
+    max_explain_steps=400,
+    max_texts_per_request=200,
+    max_text_chars=95_000,
+    max_explain_texts=12,
+    max_explain_work=600,
+    max_batch_tokens=128,
+)
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
+KSERVE: tuple[Protocol, ...] = ("v2", "v1")
 JSON_TYPE = "application/json"
 
 
@@ -115,19 +128,66 @@ class Case:
 MANY = ["cells divide"] * 10_000
 ONE_MB = "cells divide " * 80_660  # 1,048,580 characters
 LONG_BUT_ALLOWED = "cells divide " * 7_000  # 91,000 characters: truncated to max_length tokens
-SEVENTEEN = ["cells divide"] * (LIMITS.max_explain_texts + 1)
+OVER_EXPLAIN_TEXTS = ["cells divide"] * (LIMITS.max_explain_texts + 1)
+STEPS_CAP = f"n_steps must be between 1 and {LIMITS.max_explain_steps}"
+# Allowed steps, but with two texts more work than one explain request may ask for.
+OVER_WORK_STEPS = LIMITS.max_explain_work // 2 + 1
+BROKEN_JSON = b'{"inputs": [1,'
+NOT_AN_OBJECT = "not a JSON object; send a JSON object"
 
 CASES = [
     # The body itself.
-    Case("invalid-json", raw(b'{"inputs": [{"name": '), 400, "not valid JSON"),
-    Case("json-number", raw(b"42"), 400, "must be an object or a list, got int"),
-    Case("json-true", raw(b"true"), 400, "must be an object or a list, got bool"),
-    Case("json-null", raw(b"null"), 400, "request has no body"),
+    Case("invalid-json", raw(b'{"inputs": [{"name": '), 400, "not valid JSON (Expecting value"),
+    Case("json-number", raw(b"42"), 400, "a JSON number"),
+    Case("json-true", raw(b"true"), 400, "a JSON boolean"),
+    Case("json-null", raw(b"null"), 400, "JSON null"),
     Case("empty-body", raw(b""), 400, "request body is empty"),
     Case("whitespace-body", raw(b"  \n\t ", "text/plain"), 400, "empty or whitespace"),
     Case("invalid-utf8-plain", raw(b"\xff\xfe cells", "text/plain"), 400, "not valid UTF-8"),
     Case("invalid-utf8-in-json", bad_bytes_in_text, 400, "not valid UTF-8"),
-    Case("object-without-texts", raw(b'{"foo": 1}'), 400, "none of the keys inputs"),
+    Case("object-without-texts", raw(b'{"foo": 1}'), 400, "(got keys: foo)"),
+    # The KServe routes take a JSON object whatever the Content-Type says.
+    *[
+        Case(name, raw(data, content_type), 400, needle, protocols=KSERVE)
+        for name, data, content_type, needle in [
+            (
+                "kserve-invalid-json-text-plain",
+                BROKEN_JSON,
+                "text/plain",
+                "not valid JSON (Expecting value at line 1 column 15)",
+            ),
+            (
+                "kserve-invalid-json-no-content-type",
+                BROKEN_JSON,
+                None,
+                "not valid JSON (Expecting value at line 1 column 15)",
+            ),
+            (
+                "kserve-plain-text",
+                b"cells divide",
+                "text/plain",
+                "not valid JSON (Expecting value at line 1 column 1)",
+            ),
+            ("kserve-json-list", b'["cells divide"]', JSON_TYPE, f"a JSON array, {NOT_AN_OBJECT}"),
+            ("kserve-json-string", b'"cells divide"', JSON_TYPE, f"a JSON string, {NOT_AN_OBJECT}"),
+            (
+                "kserve-json-string-as-text",
+                b'"cells divide"',
+                "text/plain",
+                f"a JSON string, {NOT_AN_OBJECT}",
+            ),
+            ("kserve-native-object", b'{"text": "cells divide"}', JSON_TYPE, "neither inputs"),
+            (
+                "kserve-form",
+                b"text=cells+divide",
+                "application/x-www-form-urlencoded",
+                "request has no body (TorchServe read it as form fields: text)",
+            ),
+        ]
+    ],
+    # The native routes stay lenient: text that looks like broken JSON is text.
+    Case("native-brace-text", raw(BROKEN_JSON, "text/plain"), 200, "", protocols=("native",)),
+    Case("native-json-list", raw(b'["cells divide"]'), 200, "", protocols=("native",)),
     Case("wrong-method-get", raw(b"", None), 400, "POST", method="GET"),
     Case("wrong-method-delete", raw(b"", None), 400, "POST", method="DELETE"),
     # The texts.
@@ -142,26 +202,52 @@ CASES = [
     Case("control-characters-only", texts("\x00\x01\x07\x7f"), 400, "no printable characters"),
     Case("zero-width-only", texts("\u200b\u200d\ufeff"), 400, "no printable characters"),
     Case("lone-surrogate", texts("cells \udc80 divide"), 400, "unpaired surrogate"),
-    Case("1mb-text", texts(ONE_MB), 413, "max_text_chars"),
-    Case("10000-texts", texts(*MANY), 413, "max_texts_per_request"),
     Case(
-        "17-texts",
-        texts(*SEVENTEEN),
+        "1mb-text",
+        texts(ONE_MB),
+        413,
+        f"more than the limit of {LIMITS.max_text_chars} (max_text_chars)",
+    ),
+    Case(
+        "10000-texts",
+        texts(*MANY),
+        413,
+        f"more than the limit of {LIMITS.max_texts_per_request} (max_texts_per_request)",
+    ),
+    Case(
+        "over-max-explain-texts",
+        texts(*OVER_EXPLAIN_TEXTS),
         200,
         "",
         explain_status=413,
-        explain_needle="max_explain_texts",
+        explain_needle=f"more than the limit of {LIMITS.max_explain_texts} (max_explain_texts)",
+    ),
+    Case(
+        "over-max-explain-work",
+        texts("cells divide", "the acid", n_steps=OVER_WORK_STEPS),
+        200,
+        "",
+        explain_status=413,
+        explain_needle=(
+            f"2 text(s) x {OVER_WORK_STEPS} steps = {2 * OVER_WORK_STEPS} text-steps, more than "
+            f"the limit of {LIMITS.max_explain_work} (max_explain_work)"
+        ),
     ),
     # Accepted on purpose: real text around odd characters, and a text longer than the model
     # reads, which is truncated to max_length tokens and answered with truncated: true.
     Case("emoji-and-controls-in-words", texts("cells 🧬 divide\x07 under ✨ the lens"), 200, ""),
     Case("long-text-truncated", texts(LONG_BUT_ALLOWED), 200, ""),
     # The parameters.
-    Case("parameters-not-object", raw(b'{"texts": ["a"], "parameters": [1]}'), 400, "parameters"),
+    Case(
+        "parameters-not-object",
+        lambda p: as_json(wrap(p, ["a"], [1])),
+        400,
+        "parameters must be an object, got list",
+    ),
     Case("unknown-target", texts("a", target="geology"), 400, "unknown target label 'geology'"),
     Case("target-out-of-range", texts("a", target=7), 400, "target index 7 is out of range"),
-    Case("n-steps-negative", texts("a", n_steps=-5), 400, "n_steps must be between 1 and 500"),
-    Case("n-steps-huge", texts("a", n_steps=10**12), 400, "n_steps must be between 1 and 500"),
+    Case("n-steps-negative", texts("a", n_steps=-5), 400, STEPS_CAP),
+    Case("n-steps-huge", texts("a", n_steps=10**12), 400, STEPS_CAP),
     Case("n-steps-float", texts("a", n_steps=2.5), 400, "n_steps must be an integer"),
     Case("n-steps-string", texts("a", n_steps="50"), 400, "n_steps must be an integer"),
     Case("internal-batch-zero", texts("a", internal_batch_size=0), 400, "internal_batch_size"),
@@ -293,7 +379,8 @@ def answer_items(route: Route, body: Any) -> list[dict[str, Any]]:
         ]
     if route.protocol == "v1":
         return list(body["explanations" if route.explain else "predictions"])
-    return list(body)
+    # Native: one object for a single text (plain body or {"text": ...}), else a list.
+    return list(body) if isinstance(body, list) else [body]
 
 
 def error_text(response: requests.Response) -> str:
@@ -374,6 +461,91 @@ def test_a_storm_of_hostile_requests_shares_batches_with_good_ones(
     assert worker_states(server) == workers
 
 
+KSERVE_ROUTES = ["v2-infer", "v2-explain", "v1-predict", "v1-explain"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", None, "application/octet-stream"])
+@pytest.mark.parametrize("route_id", KSERVE_ROUTES)
+def test_kserve_routes_read_json_whatever_the_content_type(
+    server: TorchServeProcess,
+    alone: dict[str, list[float]],
+    route_id: str,
+    content_type: str | None,
+) -> None:
+    """A v2/v1 request sent as text/plain or without Content-Type is parsed as JSON, not text."""
+    route = ROUTES[route_id]
+    data, _ = good(route)
+    response = send(server, route, (data, content_type))
+    assert result(route, response) == pytest.approx(alone[route_id], abs=1e-5)
+
+
+def test_v1_and_v2_routes_look_the_same_to_the_worker(server: TorchServeProcess) -> None:
+    """TorchServe 0.12 adds the same headers on /v1/... and /v2/... routes (probed), so the body's
+    key chooses between them: a v1 body on the v2 route gets a v1 answer. Pinned, not endorsed."""
+    response = send(server, ROUTES["v2-infer"], as_json({"instances": [GOOD_TEXT]}))
+    assert response.status_code == 200, response.text
+    assert set(response.json()) == {"predictions"}
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_the_worker_cannot_see_the_http_method(
+    server: TorchServeProcess, alone: dict[str, list[float]], method: str
+) -> None:
+    """TorchServe 0.12 routes any method on /v2/models/NAME/infer to the worker and passes neither
+    the method nor anything that depends on it (probed: same rows and headers as for POST), so a
+    valid body is answered whatever the method. Without a body the worker's "request body is
+    empty; POST ..." answer is all a wrong method gets (the wrong-method-* cases)."""
+    route = ROUTES["v2-infer"]
+    response = send(server, route, good(route), method=method)
+    assert result(route, response) == pytest.approx(alone["v2-infer"], abs=1e-5)
+
+
+def test_a_request_over_max_batch_tokens_is_split_and_answers_equal_each_text_alone(
+    server: TorchServeProcess, workers: list[tuple[int, str]]
+) -> None:
+    route = ROUTES["v2-infer"]
+    # The corpus sentences (~14 tokens each) and one text truncated at 64 tokens: ~200 padded
+    # tokens at the corpus length, 11 x 64 = 704 padded to the longest, with max_batch_tokens 128.
+    many = [*CORPUS, " ".join(["cells divide"] * 40)]
+    singles = [result(route, send(server, route, as_json(wrap("v2", [t])))) for t in many]
+    before = counters(server)
+    together = result(route, send(server, route, as_json(wrap("v2", many))))
+    after = wait_for_batches(server, before, 1)
+    passes = after["scibert_forward_passes_total"] - before["scibert_forward_passes_total"]
+    assert after["scibert_batches_total"] - before["scibert_batches_total"] == 1
+    assert passes >= 3, f"{len(many)} texts over max_batch_tokens ran in {passes} pass(es)"
+    width = len(LABELS)
+    for i, single in enumerate(singles):
+        assert together[i * width : (i + 1) * width] == pytest.approx(single, abs=1e-5), i
+    assert worker_states(server) == workers
+
+
+COUNTERS = ("scibert_forward_passes_total", "scibert_batches_total")
+
+
+def counters(server: TorchServeProcess) -> dict[str, float]:
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+    found = dict.fromkeys(COUNTERS, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in found:
+            found[name] += float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def wait_for_batches(
+    server: TorchServeProcess, before: dict[str, float], batches: int
+) -> dict[str, float]:
+    """The counters once `batches` more batches show (the worker reports them asynchronously)."""
+    deadline = time.monotonic() + 10
+    while True:
+        now = counters(server)
+        done = now["scibert_batches_total"] - before["scibert_batches_total"] >= batches
+        if done or time.monotonic() > deadline:
+            return now
+        time.sleep(0.2)
+
+
 def test_there_are_at_least_thirty_cases_on_every_route() -> None:
     per_route = {
         route_id: sum(1 for case in CASES if route.protocol in case.protocols)
@@ -388,10 +560,11 @@ def test_there_are_at_least_thirty_cases_on_every_route() -> None:
         ([], 10 * 1024 * 1024, {}),
         (
             ["--max-request-size", "2MiB", "--max-texts-per-request", "64",
-             "--max-text-chars", "5000", "--max-explain-texts", "4", "--max-explain-steps", "100"],
+             "--max-text-chars", "5000", "--max-explain-texts", "4", "--max-explain-steps", "100",
+             "--max-explain-work", "300", "--max-batch-tokens", "4096"],
             2 * 1024 * 1024,
             {"max_texts_per_request": 64, "max_text_chars": 5000, "max_explain_texts": 4,
-             "max_explain_steps": 100},
+             "max_explain_steps": 100, "max_explain_work": 300, "max_batch_tokens": 4096},
         ),
         (["--max-request-size", "3MB"], 3_000_000, {}),
     ],
@@ -423,6 +596,8 @@ def test_limits_are_build_options(
         "max_text_chars": 100_000,
         "max_explain_texts": 16,
         "max_explain_steps": 500,
+        "max_explain_work": 1000,
+        "max_batch_tokens": 16384,
     }
     limits = {key: report["settings"]["handler"][key] for key in defaults}
     assert limits == {**defaults, **handler}

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from manifest_store import VERSIONS, write_store
+from manifest_store import COMBINATIONS, VERSIONS, write_store
+from s3_helpers import run_with_fake_kubectl, tree
 
 from scibert_pack.cli import cli
 from scibert_pack.errors import InputError, ManifestError, StoreError
@@ -17,6 +18,9 @@ from scibert_pack.kserve.invariants import check_document
 from scibert_pack.kserve.manifest import build_manifest
 from scibert_pack.kserve.options import ManifestOptions
 from scibert_pack.kserve.store_info import read_store
+from scibert_pack.storage import local_store as storage_store
+from scibert_pack.storage.kubectl_steps import copy_pod_manifest, pvc_copy, steps_script
+from scibert_pack.storage.sync import completion_record
 
 BASE = {"name": "scibert", "storage_uri": "s3://models/scibert/v1/"}
 
@@ -141,6 +145,28 @@ BAD_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("protocol", {"protocol": "v3"}, "--protocol 'v3' is not one of v1, v2"),
     (
+        "storage-credentials",
+        {"storage_uri": "s3://AKIAEXAMPLE:top/secret@models/scibert/"},
+        "--storage-uri 's3://***@models/scibert/' carries credentials (the part before '@'); "
+        "they would be written into the InferenceService for anyone who can read it; remove "
+        "them and give the predictor the credentials through --service-account (a "
+        "ServiceAccount with KServe's S3 secret annotations)",
+    ),
+    (
+        "https-credentials",
+        {"storage_uri": "https://user:topsecret@example.com/scibert.tar.gz"},
+        "--storage-uri 'https://***@example.com/scibert.tar.gz' carries credentials",
+    ),
+    (
+        "pvc-claim-root",
+        {"storage_uri": "pvc://models"},
+        "--storage-uri 'pvc://models' is the root of claim 'models': a store copied there "
+        "cannot be renamed into place in one step, so the InferenceService could start on a "
+        "half-copied store; serve a folder of the claim, e.g. --storage-uri "
+        "pvc://models/scibert (`scibert-pack upload OUT pvc://CLAIM/PATH` prints one), or "
+        "pass --only serving for a claim that is filled already",
+    ),
+    (
         "storage-only-without-pvc",
         {"only": "storage"},
         "--only storage writes the PVC documents, but --storage-uri 's3://models/scibert/v1/' "
@@ -156,6 +182,7 @@ def test_bad_options_are_refused(extra: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError) as caught:
         ManifestOptions(**{**BASE, **extra})
     assert str(caught.value).startswith(message)
+    assert "topsecret" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)
 
 
 # --- documents ---------------------------------------------------------------------------------
@@ -314,8 +341,8 @@ def test_no_prometheus_means_no_scrape_annotations() -> None:
 # --- PVC storage -------------------------------------------------------------------------------
 
 
-def test_pvc_storage_adds_claim_copy_pod_and_commands(tmp_path: Path) -> None:
-    store = read_store(write_store(tmp_path / "out"))
+def test_pvc_storage_adds_claim_copy_pod_and_the_upload_copy_steps(tmp_path: Path) -> None:
+    out = write_store(tmp_path / "out")
     options = ManifestOptions(
         name="scibert",
         storage_uri="pvc://models/scibert/v1",
@@ -323,7 +350,7 @@ def test_pvc_storage_adds_claim_copy_pod_and_commands(tmp_path: Path) -> None:
         pvc_size="3Gi",
         storage_class="fast",
     )
-    result = build_manifest(options, store)
+    result = build_manifest(options, read_store(out))
     assert _kinds(result.documents) == [
         "PersistentVolumeClaim",
         "Pod",
@@ -341,22 +368,86 @@ def test_pvc_storage_adds_claim_copy_pod_and_commands(tmp_path: Path) -> None:
         "resources": {"requests": {"storage": "3Gi"}},
         "storageClassName": "fast",
     }
-    assert pod["metadata"]["name"] == "models-copy"
-    assert pod["spec"]["volumes"] == [
-        {"name": "store", "persistentVolumeClaim": {"claimName": "models"}}
-    ]
-    out = tmp_path / "out"
-    assert result.next_steps == (
-        "kubectl -n ml wait --for=condition=Ready pod/models-copy --timeout=300s",
-        "kubectl -n ml exec models-copy -- mkdir -p /mnt/pvc/scibert/v1",
-        f"kubectl -n ml cp {out}/config models-copy:/mnt/pvc/scibert/v1/config",
-        f"kubectl -n ml cp {out}/model-store models-copy:/mnt/pvc/scibert/v1/model-store",
-        "kubectl -n ml delete pod models-copy",
+    # The pod the upload's steps start, in the namespace, labelled.
+    assert pod == copy_pod_manifest(
+        "models-copy",
+        "models",
+        namespace="ml",
+        labels={"app.kubernetes.io/managed-by": "scibert-pack"},
     )
-    # The commands also travel with the YAML, as comments.
-    assert f"#   kubectl -n ml cp {out}/config models-copy:/mnt/pvc/scibert/v1/config\n" in (
+    # The very steps `scibert-pack upload` prints (its pod is in the YAML, so none to start).
+    store = storage_store.read_store(out)
+    assert (
+        result.next_steps
+        == pvc_copy(
+            store,
+            "models",
+            "scibert/v1",
+            pod="models-copy",
+            kubectl="kubectl -n ml",
+            create_pod=False,
+        ).steps
+    )
+    commands = [step.command for step in result.next_steps]
+    assert commands[0] == "kubectl -n ml wait --for=condition=Ready pod/models-copy --timeout=300s"
+    assert commands[2] == (
+        f"tar -chf - -C {out} -- build-report.json config/config.properties "
+        "model-store/scibert.mar | kubectl -n ml exec -i models-copy -- sh -c "
+        "'cd /mnt/pvc/scibert/.v1.partial && tar -xf - && chmod -R a+rX .'"
+    )
+    assert commands[-1] == "kubectl -n ml delete pod models-copy"
+    assert [c.split(" -- ")[0] for c in commands[1:-1]] == [
+        "kubectl -n ml exec models-copy",
+        f"tar -chf - -C {out}",
+        "kubectl -n ml exec -i models-copy",
+        "kubectl -n ml exec models-copy",
+        "kubectl -n ml exec -i models-copy",
+    ]
+    # The script also travels with the YAML, as comments.
+    header = "".join(
+        f"# {line}".rstrip() + "\n" for line in steps_script(result.next_steps).splitlines()
+    )
+    assert f"# Then fill the PVC with this script (also printed on stderr):\n{header}" in (
         result.yaml
     )
+
+
+def test_manifest_fill_steps_fill_the_claim(tmp_path: Path) -> None:
+    """The manifest's flavour of the recipe (namespace, the YAML's pod, a folder that is not a
+    version name), run with kubectl exec standing for a shell here."""
+    out = write_store(tmp_path / "out")
+    store = storage_store.read_store(out)
+    claim = tmp_path / "claim"
+    copy = pvc_copy(
+        store,
+        "models",
+        "scibert/v1",
+        pod="models-copy",
+        kubectl="kubectl -n ml",
+        create_pod=False,
+        mount=str(claim),
+    )
+
+    done = run_with_fake_kubectl(steps_script(copy.steps), tmp_path / "run")
+
+    assert done.returncode == 0, done.stderr
+    assert done.kubectl == ["wait", "exec", "exec", "exec", "exec", "exec", "delete"]
+    assert sorted(p.name for p in (claim / "scibert").iterdir()) == ["v1", "v1.complete.json"]
+    assert tree(claim / "scibert" / "v1") == tree(out)
+    assert (claim / "scibert" / "v1.complete.json").read_bytes() == completion_record(
+        store, "pvc://models/scibert/v1"
+    )
+
+
+def test_pvc_storage_without_a_store_has_no_steps_and_says_why() -> None:
+    options = ManifestOptions(name="scibert", storage_uri="pvc://models/scibert", only="storage")
+    result = build_manifest(options)
+    assert result.next_steps == ()
+    assert [str(w) for w in result.warnings] == [
+        "[pvc-fill-needs-store] no steps to fill the claim of pvc://models/scibert: they copy "
+        "and check every file of the model store, which was not given; pass --from-store OUT "
+        "to get them (the same steps `scibert-pack upload OUT pvc://CLAIM/PATH` prints)"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -613,21 +704,14 @@ def test_invariants_catch_broken_documents(kind: str, breaks: Any, message: str)
 
 # --- YAML --------------------------------------------------------------------------------------
 
-ROUND_TRIP: list[tuple[str, dict[str, Any]]] = [
-    ("defaults", {}),
-    ("stock", {"runtime": "kserve-torchserve", "protocol": "v1"}),
-    (
-        "everything",
-        {"grafana": True, "namespace": "ml", "timeout": 60, "gpu": 1, "min_replicas": 0},
-    ),
-    ("pvc", {"storage_uri": "pvc://models/scibert/v1"}),
-    ("quoting", {"model_name": "1.0", "runtime_name": "true", "cpu": "1e3"}),
-]
 
-
-@pytest.mark.parametrize("extra", [r[1] for r in ROUND_TRIP], ids=[r[0] for r in ROUND_TRIP])
-def test_yaml_round_trips_to_the_same_objects(extra: dict[str, Any]) -> None:
-    result = build_manifest(ManifestOptions(**{**BASE, **extra}))
+@pytest.mark.parametrize("with_store", [False, True], ids=["no-store", "store"])
+@pytest.mark.parametrize("extra", [c[1] for c in COMBINATIONS], ids=[c[0] for c in COMBINATIONS])
+def test_yaml_round_trips_to_the_same_objects(
+    tmp_path: Path, extra: dict[str, Any], with_store: bool
+) -> None:
+    store = read_store(write_store(tmp_path / "out")) if with_store else None
+    result = build_manifest(ManifestOptions(**{**BASE, **extra}), store)
     assert list(yaml.safe_load_all(result.yaml)) == list(result.documents)
     assert "&id" not in result.yaml  # no anchors: every document reads on its own
     assert result.yaml.splitlines().count("---") == len(result.documents)
@@ -703,18 +787,29 @@ def test_cli_stock_runtime_writes_no_dockerfile(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_pvc_prints_the_copy_commands(tmp_path: Path) -> None:
+def test_cli_pvc_prints_the_copy_script(tmp_path: Path) -> None:
+    out = write_store(tmp_path / "out")
+    args = ["--name", "scibert", "--storage-uri", "pvc://models/scibert", "--no-dockerfile"]
+    result = _run([*args, "--only", "storage", "--from-store", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert _kinds(yaml.safe_load_all(result.stdout)) == ["PersistentVolumeClaim", "Pod"]
+    steps = pvc_copy(
+        storage_store.read_store(out), "models", "scibert", pod="models-copy", create_pod=False
+    ).steps
+    assert result.stderr == (
+        f"then fill the PVC with this script (run it as is):\n{steps_script(steps)}"
+    )
+
+
+def test_cli_pvc_without_store_warns_that_it_has_no_steps() -> None:
     args = ["--name", "scibert", "--storage-uri", "pvc://models/scibert", "--no-dockerfile"]
     result = _run([*args, "--only", "storage"])
     assert result.exit_code == 0, result.stderr
-    assert _kinds(yaml.safe_load_all(result.stdout)) == ["PersistentVolumeClaim", "Pod"]
     assert result.stderr == (
-        "then fill the PVC:\n"
-        "  kubectl wait --for=condition=Ready pod/models-copy --timeout=300s\n"
-        "  kubectl exec models-copy -- mkdir -p /mnt/pvc/scibert\n"
-        "  kubectl cp OUT/config models-copy:/mnt/pvc/scibert/config\n"
-        "  kubectl cp OUT/model-store models-copy:/mnt/pvc/scibert/model-store\n"
-        "  kubectl delete pod models-copy\n"
+        "Warning: [pvc-fill-needs-store] no steps to fill the claim of pvc://models/scibert: "
+        "they copy and check every file of the model store, which was not given\n"
+        "  fix: pass --from-store OUT to get them (the same steps `scibert-pack upload OUT "
+        "pvc://CLAIM/PATH` prints)\n"
     )
 
 

@@ -150,6 +150,16 @@ TRAPS: list[tuple[str, dict[str, Any], dict[str, Any] | None, str, str, str]] = 
         "use --timeout 600 or less, or raise max-revision-timeout-seconds in the "
         "config-defaults ConfigMap of knative-serving",
     ),
+    (
+        "pvc-without-store",
+        {"storage_uri": "pvc://claim/scibert"},
+        None,
+        "pvc-fill-needs-store",
+        "no steps to fill the claim of pvc://claim/scibert: they copy and check every file of "
+        "the model store, which was not given",
+        "pass --from-store OUT to get them (the same steps `scibert-pack upload OUT "
+        "pvc://CLAIM/PATH` prints)",
+    ),
 ]
 
 
@@ -197,7 +207,9 @@ CLEAN: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
     ("stock-v1-default-image", {"runtime": "kserve-torchserve", "protocol": "v1"}, {}),
     ("stock-gpu-image", {"runtime": "kserve-torchserve", "protocol": "v1", "gpu": 1}, None),
     ("token-auth-with-our-runtime", {}, {"token_auth": True}),
-    ("pvc-uri-without-slash", {"storage_uri": "pvc://claim/scibert"}, None),
+    # With the store, the PVC documents come with their copy steps: nothing to warn about.
+    ("pvc-uri-without-slash", {"storage_uri": "pvc://claim/scibert"}, {}),
+    ("pvc-serving-only", {"storage_uri": "pvc://claim/scibert", "only": "serving"}, None),
     ("no-prometheus-ignores-ports", {"prometheus": False, "metrics_port": 9090}, None),
     ("timeout-600", {"timeout": 600}, None),
     ("hpa-long-timeout", {"autoscaler": "hpa", "timeout": 900}, None),

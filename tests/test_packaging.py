@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from scibert_pack.cli import cli
@@ -63,3 +64,21 @@ def test_help_does_not_import_torch() -> None:
         "try:\n main()\nexcept SystemExit: pass\nassert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True)
+
+
+@pytest.mark.parametrize(
+    ("option", "text"),
+    [
+        ("--max-length", "Truncate texts to this many tokens (8 or more; default: the smaller of 512 and the model's maximum)."),
+        ("--explain-steps", "[default: 50]"),
+        ("--max-explain-steps", "[default: 500]"),
+    ],
+    ids=["max-length", "explain-steps", "max-explain-steps"],
+)  # fmt: skip
+def test_build_help_states_the_defaults(option: str, text: str) -> None:
+    result = CliRunner().invoke(cli, ["build", "--help"])
+    assert result.exit_code == 0
+    # click wraps the help column: compare each option's text with the wrapping undone.
+    flat = " ".join(result.stdout.split())
+    start = flat.index(f"{option} INTEGER")
+    assert text in flat[start : flat.index(" --", start + len(option))]

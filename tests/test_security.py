@@ -1,6 +1,7 @@
-"""Security: loopback-only listening, token authorization, no model registration, no secret in
-any artefact, archive members that stay inside, model files that really live in the folder, and
-pickle weights only when the user opted in.
+"""Security: loopback-only listening (HTTP and gRPC), token authorization (and where TorchServe
+does not apply it: the metrics API), no model registration, no secret in any artefact, archive
+members that stay inside, model files that really live in the folder, and pickle weights only
+when the user opted in.
 
 Covered elsewhere: calls without the token refused on the inference API and by the CLI
 (test_serve_cli.py), registration off without token auth (test_server.py), pickle weights
@@ -15,6 +16,7 @@ import json
 import os
 import posixpath
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -146,6 +148,19 @@ def test_local_profile_listens_on_loopback_only(secured: Secured) -> None:
     assert all(_is_loopback(address) for address, _ in sockets), sockets
 
 
+@pytest.mark.server
+@pytest.mark.parametrize("api", ["gRPC inference", "gRPC management"])
+def test_grpc_ports_listen_on_loopback(secured: Secured, api: str) -> None:
+    assert secured.server.pid is not None
+    port = secured.server.settings.ports()[api]
+    addresses = [a for a, p in listening(_group_pids(secured.server.pid)) if p == port]
+    assert addresses, f"nothing listens on the {api} port {port}"
+    assert all(_is_loopback(a) for a in addresses), addresses
+    # Reachable on loopback: a TCP connection is accepted there.
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        pass
+
+
 # -- token authorization and registration ----------------------------------------------------
 
 
@@ -163,6 +178,29 @@ def test_management_needs_the_token_and_registration_stays_off(secured: Secured)
     assert register.status_code in (403, 405), register.text
     assert "sec" in requests.get(models, headers=token, timeout=30).text
     assert len(requests.get(models, headers=token, timeout=30).json()["models"]) == 1
+
+
+@pytest.mark.server
+def test_metrics_port_answers_without_the_token(secured: Secured) -> None:
+    """TorchServe 0.12 applies token authorization to the inference and management APIs only:
+    /metrics on the metrics port answers anyone who can reach it (here: loopback only). What it
+    shows is per-model counters and timings, never the texts or answers."""
+    server = secured.server
+    text = "cells divide under the microscope"
+    url = f"{server.inference_url}/v2/models/sec/infer"
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
+    token = {"Authorization": f"Bearer {server.token('inference')}"}
+    assert requests.post(url, json=body, headers=token, timeout=60).status_code == 200
+    assert requests.post(url, json=body, timeout=60).status_code == 400  # no token: refused
+
+    metrics = requests.get(f"{server.metrics_url}/metrics", timeout=30)  # no token
+    assert metrics.status_code == 200
+    assert 'ts_inference_requests_total{model_name="sec"' in metrics.text
+    assert text not in metrics.text
+    wrong = requests.get(
+        f"{server.metrics_url}/metrics", headers={"Authorization": "Bearer wrong"}, timeout=30
+    )
+    assert wrong.status_code == 200  # a wrong token is not even looked at
 
 
 # -- no secret in any artefact ---------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`scibert-pack serve` refusals and token authorization against a real TorchServe."""
+"""`scibert-pack serve` refusals, the warning for a store without token authorization served
+beyond loopback, and token authorization against a real TorchServe."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from served import free_ports, serving
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
-from scibert_pack.serving.server import TorchServeProcess
+from scibert_pack.serving.server import TorchServeProcess, exposure_warning
 
 
 def test_port_in_use_is_a_clear_error(tiny_bert: Path, tmp_path: Path) -> None:
@@ -59,6 +60,79 @@ def test_store_without_its_archive(tiny_bert: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["serve", str(tmp_path)])
     assert result.exit_code == 2
     assert "has no model-store/m.mar, which config.properties serves" in result.stderr
+
+
+EXPOSED = (
+    "Warning: --host {host} serves on {where}, and this store was built without token "
+    "authorization: anyone who can reach this machine can call the inference and management "
+    "APIs without a key; rebuild the store with `scibert-pack build ... --token-auth` (clients "
+    "then pass --token or --key-file), or serve on --host 127.0.0.1"
+)
+EVERYWHERE = "every network interface"
+ELSEWHERE = "an address other machines may reach"
+
+
+@pytest.mark.parametrize(
+    ("host", "token_auth", "where"),
+    [
+        ("127.0.0.1", False, None),
+        ("127.0.0.2", False, None),
+        ("localhost", False, None),
+        ("::1", False, None),
+        ("[::1]", False, None),
+        ("::ffff:127.0.0.1", False, None),
+        ("0.0.0.0", False, EVERYWHERE),
+        ("::", False, EVERYWHERE),
+        ("192.168.1.20", False, ELSEWHERE),
+        ("fd00::1", False, ELSEWHERE),
+        ("my-host.example", False, ELSEWHERE),
+        ("0.0.0.0", True, None),
+        ("192.168.1.20", True, None),
+    ],
+    ids=[
+        "loopback", "loopback-net", "localhost", "ipv6-loopback", "ipv6-loopback-brackets",
+        "ipv4-mapped-loopback", "all-ipv4", "all-ipv6", "lan-address", "ipv6-ula", "host-name",
+        "all-ipv4-with-token", "lan-with-token",
+    ],
+)  # fmt: skip
+def test_exposure_warning(host: str, token_auth: bool, where: str | None) -> None:
+    expected = None if where is None else EXPOSED.format(host=host, where=where)
+    found = exposure_warning(host, token_auth=token_auth)
+    assert (None if found is None else f"Warning: {found}") == expected
+
+
+@pytest.fixture(scope="module")
+def stores(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("stores")
+    for name, token_auth in (("open", False), ("locked", True)):
+        build(tiny_bert, BuildSettings(name=name, token_auth=token_auth), work / name)
+    return {"open": work / "open", "locked": work / "locked"}
+
+
+@pytest.mark.parametrize(
+    ("store", "host", "warned"),
+    [("open", "0.0.0.0", True), ("open", "127.0.0.1", False), ("locked", "0.0.0.0", False)],
+    ids=["no-token-all-interfaces", "no-token-loopback", "token-all-interfaces"],
+)
+def test_serve_warns_before_exposing_a_store_without_token_auth(
+    stores: dict[str, Path], tmp_path: Path, store: str, host: str, warned: bool
+) -> None:
+    # A taken port stops `serve` right after the warning: no server is started.
+    inference, management, metrics, grpc = free_ports(4)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", management))
+        taken.listen()
+        result = CliRunner().invoke(
+            cli,
+            ["serve", str(stores[store]), "--host", host, "--port", str(inference),
+             "--management-port", str(management), "--metrics-port", str(metrics),
+             "--grpc-port", str(grpc), "--run-dir", str(tmp_path / "run"), "--quiet"],
+        )  # fmt: skip
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith(f"Error: port {management} on {host} (management API) is already")
+    warning = EXPOSED.format(host=host, where=EVERYWHERE)
+    assert lines[:-1] == ([warning] if warned else [])
 
 
 @pytest.fixture(scope="module")

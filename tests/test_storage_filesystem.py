@@ -148,13 +148,113 @@ def test_unversioned_store_in_the_destination_is_refused(
         plan_upload(read_store(make_store()), FilesystemBackend(dest))
 
 
-def test_empty_files_are_kept_on_a_filesystem(
+def test_empty_files_are_kept_on_a_filesystem_with_a_warning(
     make_store: Callable[..., Path], tmp_path: Path
 ) -> None:
     store = make_store(model_version=None)
     (store / "config" / "empty.txt").write_bytes(b"")
+    (store / "model-store" / "extra").mkdir()
+    (store / "model-store" / "extra" / "empty.json").write_bytes(b"")
+    version = read_store(store).version
+
     result = upload(store, FilesystemBackend(tmp_path / "dest"))
-    assert tree(tmp_path / "dest" / result.plan.store.version) == tree(store)
+
+    assert result.plan.warnings == (
+        f"model store {store} has empty files: config/empty.txt, model-store/extra/empty.json; "
+        f"{tmp_path / 'dest' / version} keeps them, but KServe's S3 downloader skips 0-byte "
+        "objects, so the same store served from S3 would lack them (and `scibert-pack upload` "
+        "to S3 refuses it): give them content or remove them if the model needs them",
+    )
+    assert tree(tmp_path / "dest" / version) == tree(store)
+
+
+def test_no_empty_files_no_warning(make_store: Callable[..., Path], tmp_path: Path) -> None:
+    assert upload(make_store(), FilesystemBackend(tmp_path / "dest")).plan.warnings == ()
+
+
+def _inside_store(store: Path, tmp_path: Path) -> FilesystemBackend:
+    return FilesystemBackend(store / "versions")
+
+
+def _the_store_itself(store: Path, tmp_path: Path) -> FilesystemBackend:
+    return FilesystemBackend(store)
+
+
+def _hidden_folder_inside(store: Path, tmp_path: Path) -> FilesystemBackend:
+    return FilesystemBackend(store / ".uploads")
+
+
+def _symlink_into_store(store: Path, tmp_path: Path) -> FilesystemBackend:
+    (store / "model-store" / "v").mkdir()
+    (tmp_path / "link").symlink_to(store / "model-store")
+    dest = tmp_path / "link" / "v"
+    return FilesystemBackend(dest)
+
+
+def _pvc_mount_inside_store(store: Path, tmp_path: Path) -> FilesystemBackend:
+    backend = backend_for(parse_target("pvc://claim/versions"), pvc_mount=store)
+    assert isinstance(backend, FilesystemBackend)
+    return backend
+
+
+def _store_inside_destination(store: Path, tmp_path: Path) -> FilesystemBackend:
+    return FilesystemBackend(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("destination", "message"),
+    [
+        (
+            _inside_store,
+            "destination {store}/versions is inside the model store {store}: the next upload "
+            "of that store would publish a version holding this one; upload to a folder "
+            "outside {store}, e.g. {store}-versions",
+        ),
+        (
+            _the_store_itself,
+            "destination {store} is the model store {store}: the next upload of that store "
+            "would publish a version holding this one; upload to a folder outside {store}, "
+            "e.g. {store}-versions",
+        ),
+        (_hidden_folder_inside, "destination {store}/.uploads is inside the model store"),
+        (_symlink_into_store, "destination {tmp}/link/v is inside the model store {store}:"),
+        (
+            _pvc_mount_inside_store,
+            "destination pvc://claim/versions (mounted at {store}/versions) is inside the "
+            "model store {store}:",
+        ),
+        (
+            _store_inside_destination,
+            "model store {store} is inside the destination {tmp}: its files would sit among "
+            "the uploaded versions, and a reader of the destination would see both; upload to "
+            "a folder that does not hold the store, e.g. {store}-versions",
+        ),
+    ],
+    ids=["inside", "itself", "hidden-inside", "symlink-inside", "pvc-mount-inside", "around"],
+)
+def test_destination_and_store_must_not_nest(
+    make_store: Callable[..., Path],
+    tmp_path: Path,
+    destination: Callable[[Path, Path], FilesystemBackend],
+    message: str,
+) -> None:
+    store = make_store()
+    backend = destination(store, tmp_path)
+    before = tree(store)
+
+    with pytest.raises(InputError) as err:
+        plan_upload(read_store(store), backend)
+
+    assert str(err.value).startswith(message.format(store=store, tmp=tmp_path))
+    assert tree(store) == before  # refused before anything was written
+
+
+def test_destination_beside_the_store_is_fine(
+    make_store: Callable[..., Path], tmp_path: Path
+) -> None:
+    store = make_store()
+    result = upload(store, FilesystemBackend(tmp_path / "out-versions"))
+    assert tree(tmp_path / "out-versions" / result.plan.store.version) == tree(store)
 
 
 @pytest.mark.parametrize(

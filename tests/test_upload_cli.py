@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,14 +23,31 @@ from s3_helpers import (
 )
 
 from scibert_pack.cli import cli
+from scibert_pack.storage.kubectl_steps import kubectl_steps, upload_steps_text
 from scibert_pack.storage.local_store import read_store
+from scibert_pack.storage.targets import PvcTarget
 
 pytest_plugins = ["s3_fixtures"]
 CLI = [str(Path(sys.executable).parent / "scibert-pack")]
 
 
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, ["upload", *args], catch_exceptions=False)
+def run(*args: str, env: dict[str, str | None] | None = None) -> Result:
+    """`scibert-pack upload ARGS` (with `env` changes: None unsets); when it publishes an S3
+    version, KServe's downloader fetches the printed storageUri and the tree must equal the
+    store (args[0]) byte for byte."""
+    result = CliRunner().invoke(cli, ["upload", *args], env=env, catch_exceptions=False)
+    if result.exit_code == 0 and "--dry-run" not in args and args[1].startswith("s3://"):
+        assert_served(result.stdout, Path(args[0]), as_json="--json" in args)
+    return result
+
+
+def assert_served(stdout: str | bytes, store: Path, *, as_json: bool) -> str:
+    """The storageUri `upload` printed, after checking KServe downloads exactly `store` from it."""
+    text = stdout.decode() if isinstance(stdout, bytes) else stdout
+    uri = json.loads(text)["storage_uri"] if as_json else text.strip()
+    with tempfile.TemporaryDirectory() as dest:
+        assert kserve_download(uri, Path(dest)) == tree(store)
+    return str(uri)
 
 
 @pytest.mark.s3
@@ -44,7 +62,6 @@ def test_prints_only_the_storage_uri_and_reruns_transfer_nothing(
 
     assert (first.exit_code, first.stdout) == (0, uri + "\n")
     assert "3 / 3 files" in first.stderr
-    assert kserve_download(first.stdout.strip(), tmp_path / "dl") == tree(store)
 
     second = run(str(store), f"s3://{bucket}/models/scibert/")
 
@@ -57,13 +74,20 @@ def test_prints_only_the_storage_uri_and_reruns_transfer_nothing(
 
 @pytest.mark.s3
 def test_json_record_lists_every_object(
-    s3_env: S3Server, bucket: str, make_store: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+    s3_env: S3Server, bucket: str, make_store: Callable[..., Path]
 ) -> None:
     store = make_store()
     local = read_store(store)
-    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the flag alone must do
 
-    result = run(str(store), f"s3://{bucket}/m", "--endpoint-url", s3_env.endpoint, "--json", "-q")
+    result = run(
+        str(store),
+        f"s3://{bucket}/m",
+        "--endpoint-url",
+        s3_env.endpoint,
+        "--json",
+        "-q",
+        env={"AWS_ENDPOINT_URL": None},  # the flag alone must do
+    )
 
     assert (result.exit_code, result.stderr) == (0, "")
     record = json.loads(result.stdout)
@@ -111,21 +135,107 @@ def test_dry_run_lists_and_writes_nothing(
     assert s3_env.keys(bucket) == ["m/old.txt"]
 
 
+_NOT_COPIED = (
+    "Warning: nothing was copied to pvc://model-claim/scibert: no --pvc-mount; run the "
+    "steps above, or mount the claim here and rerun with --pvc-mount DIR\n"
+)
+
+
 def test_pvc_without_mount_prints_the_kubectl_steps(
     make_store: Callable[..., Path], tmp_path: Path
 ) -> None:
     store = make_store()
+    target = PvcTarget("model-claim", "scibert")
     version = read_store(store).version
 
     result = run(str(store), "pvc://model-claim/scibert")
 
     assert result.exit_code == 3
+    assert result.stdout == upload_steps_text(kubectl_steps(read_store(store), target), target)
     assert result.stdout.startswith("# No --pvc-mount given: nothing was copied.")
-    assert f"# pvc://model-claim/scibert/{version}\n" in result.stdout
-    assert result.stderr == (
-        "Warning: nothing was copied to pvc://model-claim/scibert: no --pvc-mount; run the "
-        "steps above, or mount the claim here and rerun with --pvc-mount DIR\n"
+    assert result.stdout.endswith(f"\n# pvc://model-claim/scibert/{version}\n")
+    assert result.stderr == _NOT_COPIED
+
+
+def test_pvc_without_mount_json_is_a_record_of_the_steps(
+    make_store: Callable[..., Path], tmp_path: Path
+) -> None:
+    store = make_store()
+    (store / "config" / "log4j2.xml").write_bytes(b"")
+    local = read_store(store)
+    copy = kubectl_steps(local, PvcTarget("model-claim", "scibert"))
+    uri = f"pvc://model-claim/scibert/{local.version}"
+
+    result = run(str(store), "pvc://model-claim/scibert", "--json")
+
+    assert result.exit_code == 3
+    record = json.loads(result.stdout)
+    assert record == {
+        "storage_uri": uri,
+        "record_uri": f"{uri}.complete.json",
+        "version": local.version,
+        "tree_sha256": local.tree_sha256,
+        "complete": False,
+        "steps": [{"title": s.title, "command": s.command} for s in copy.steps],
+        "objects": [
+            {"path": f.path, "uri": f"{uri}/{f.path}", "size": f.size, "sha256": f.sha256}
+            for f in local.files
+        ],
+        "warnings": list(copy.warnings),
+    }
+    empty = (
+        f"model store {store} has empty files: config/log4j2.xml; {uri} keeps them, but "
+        "KServe's S3 downloader skips 0-byte objects, so the same store served from S3 would "
+        "lack them (and `scibert-pack upload` to S3 refuses it): give them content or remove "
+        "them if the model needs them"
     )
+    assert record["warnings"] == [empty]
+    assert result.stderr == f"Warning: {empty}\n" + _NOT_COPIED
+
+
+def test_pvc_without_mount_says_delete_is_not_done(make_store: Callable[..., Path]) -> None:
+    result = run(str(make_store()), "pvc://model-claim/scibert", "--delete")
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "Warning: --delete is not part of the kubectl steps: once the new version is in use, "
+        "remove older ones under pvc://model-claim/scibert in the copy pod, or rerun with "
+        "--pvc-mount DIR --delete\n" + _NOT_COPIED
+    )
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["{out}/versions", "{out}", "{out}/.."],
+    ids=["inside-out", "out-itself", "around-out"],
+)
+def test_local_destination_nested_with_the_store_is_refused(
+    make_store: Callable[..., Path], tmp_path: Path, destination: str
+) -> None:
+    store = make_store()
+    before = tree(tmp_path)
+
+    result = run(str(store), destination.format(out=store))
+
+    assert (result.exit_code, result.stdout) == (2, "")
+    nested = "is inside the destination" if destination.endswith("..") else "model store"
+    assert result.stderr.startswith("Error: ") and nested in result.stderr
+    assert tree(tmp_path) == before
+
+
+def test_second_upload_into_the_store_never_publishes_the_first(
+    make_store: Callable[..., Path],
+) -> None:
+    """The audit's case: `upload out out/versions`, twice. Both runs are refused."""
+    store = make_store()
+    for _ in range(2):
+        result = run(str(store), str(store / "versions"))
+        assert result.exit_code == 2
+        assert result.stderr == (
+            f"Error: destination {store / 'versions'} is inside the model store {store}: the "
+            "next upload of that store would publish a version holding this one; upload to a "
+            f"folder outside {store}, e.g. {store}-versions\n"
+        )
+    assert not (store / "versions").exists()
 
 
 def test_pvc_with_mount_prints_the_pvc_uri(make_store: Callable[..., Path], tmp_path: Path) -> None:
@@ -137,6 +247,42 @@ def test_pvc_with_mount_prints_the_pvc_uri(make_store: Callable[..., Path], tmp_
 
     assert (result.exit_code, result.stdout) == (0, f"pvc://model-claim/scibert/{version}\n")
     assert tree(tmp_path / "mnt" / "scibert" / version) == tree(store)
+
+
+def test_pvc_with_mount_warns_about_empty_files(
+    make_store: Callable[..., Path], tmp_path: Path
+) -> None:
+    store = make_store(model_version=None)
+    (store / "config" / "log4j2.xml").write_bytes(b"")
+    version = read_store(store).version
+    (tmp_path / "mnt").mkdir()
+
+    result = run(str(store), "pvc://model-claim/scibert", "--pvc-mount", str(tmp_path / "mnt"))
+
+    assert (result.exit_code, result.stdout) == (0, f"pvc://model-claim/scibert/{version}\n")
+    assert result.stderr.startswith(
+        f"Warning: model store {store} has empty files: config/log4j2.xml; "
+        f"pvc://model-claim/scibert/{version} keeps them, but KServe's S3 downloader skips "
+        "0-byte objects"
+    )
+    assert tree(tmp_path / "mnt" / "scibert" / version)["config/log4j2.xml"] == b""
+
+
+@pytest.mark.s3
+def test_no_checksum_uploads_and_verifies_by_etag(
+    s3_env: S3Server, bucket: str, make_store: Callable[..., Path]
+) -> None:
+    store = make_store()
+    first = run(str(store), f"s3://{bucket}/m", "--no-checksum", "--json", "-q")
+    assert first.exit_code == 0, first.stderr
+    again = run(str(store), f"s3://{bucket}/m", "--no-checksum", "--json", "-q")
+    assert json.loads(again.stdout)["transferred"] == {"files": 0, "bytes": 0}
+    head = s3_env.client().head_object(
+        Bucket=bucket,
+        Key=f"m/{read_store(store).version}/model-store/scibert.mar",
+        ChecksumMode="ENABLED",
+    )
+    assert not [k for k in head if k.startswith("Checksum")]  # no checksum was sent
 
 
 @pytest.mark.s3
@@ -173,8 +319,25 @@ def test_pvc_with_mount_prints_the_pvc_uri(make_store: Callable[..., Path], tmp_
             "no-mar",
             2,
             "Error: model store {store} has no model archive in model-store/ (looked for *.mar, "
-            "*.tar.gz or a model folder); point OUT at the folder `scibert-pack build MODEL_DIR "
+            "*.tar.gz or a model folder holding MAR-INF/MANIFEST.json or model-config.yaml); "
+            "point OUT at the folder `scibert-pack build MODEL_DIR OUT` wrote, or rebuild it\n",
+        ),
+        (
+            "empty-model-folder",
+            2,
+            "Error: model store {store} has no model archive in model-store/ (looked for *.mar, "
+            "*.tar.gz or a model folder holding MAR-INF/MANIFEST.json or model-config.yaml; "
+            "scibert/ holds neither); point OUT at the folder `scibert-pack build MODEL_DIR "
             "OUT` wrote, or rebuild it\n",
+        ),
+        (
+            "credentials-in-uri",
+            2,
+            "Error: 's3://***@{bucket}/m' carries credentials (the part before '@'); a URI "
+            "ends up in shell history, logs and manifests, so keys never go there; remove "
+            "them and let boto3's credential chain find them: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or name a profile from ~/.aws/credentials with --profile "
+            "or AWS_PROFILE (see `aws configure`)\n",
         ),
     ],
     ids=lambda v: v if isinstance(v, str) and "Error" not in v else None,
@@ -201,6 +364,11 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(
         (store / "config" / "config.properties").unlink()
     elif case == "no-mar":
         (store / "model-store" / "scibert.mar").unlink()
+    elif case == "empty-model-folder":
+        (store / "model-store" / "scibert.mar").unlink()
+        (store / "model-store" / "scibert").mkdir()
+    elif case == "credentials-in-uri":
+        uri = f"s3://AKIAEXAMPLE:top/secret@{bucket}/m"
 
     result = CliRunner().invoke(cli, ["upload", str(store), uri])
 
@@ -209,23 +377,55 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(
     assert s3_env.keys(bucket) == []
 
 
+# Where the keys are written: the environment (boto3's chain, as it should be), or the command
+# line (refused: exit 2, the keys shown nowhere). {key} and {secret} are the test's keys.
+CREDENTIAL_CASES = [
+    ("environment", [], 0),
+    ("uri-key-and-secret", ["s3://{key}:{secret}@{bucket}/m"], 2),
+    ("uri-secret-with-slash", ["s3://{key}:a/{secret}@{bucket}/m"], 2),
+    ("uri-key-only", ["s3://{key}@{bucket}/m"], 2),
+    ("pvc-uri", ["pvc://{key}:{secret}@claim/m"], 2),
+    ("unknown-scheme", ["gs://{key}:{secret}@{bucket}/m"], 2),
+    ("presigned-query", ["s3://{bucket}/m?X-Amz-Credential={key}&X-Amz-Signature={secret}"], 2),
+]
+
+
 @pytest.mark.s3
+@pytest.mark.parametrize(
+    ("args", "exit_code"), [c[1:] for c in CREDENTIAL_CASES], ids=[c[0] for c in CREDENTIAL_CASES]
+)
 def test_credentials_never_reach_output_or_storage(
-    moto_server: S3Server, bucket: str, make_store: Callable[..., Path], tmp_path: Path
+    moto_server: S3Server,
+    s3_env: S3Server,
+    bucket: str,
+    make_store: Callable[..., Path],
+    tmp_path: Path,
+    args: list[str],
+    exit_code: int,
 ) -> None:
     store = make_store()
     env = s3_environ(moto_server.endpoint, tmp_path)
+    uri = (args or [f"s3://{bucket}/m"])[0].format(
+        key=ACCESS_KEY_ID, secret=SECRET_ACCESS_KEY, bucket=bucket
+    )
 
     done = subprocess.run(
-        [*CLI, "-vv", "upload", str(store), f"s3://{bucket}/m", "--json"],
+        [*CLI, "-vv", "upload", str(store), uri, "--json"],
         env=env,
         capture_output=True,
         timeout=60,
         check=False,
     )
 
-    assert done.returncode == 0, done.stderr.decode()
-    assert b"INFO botocore" in done.stderr  # -vv reached the AWS libraries
+    assert done.returncode == exit_code, done.stderr.decode()
+    assert b"Traceback" not in done.stderr
+    if exit_code == 0:
+        assert b"INFO botocore" in done.stderr  # -vv reached the AWS libraries
+        assert_served(done.stdout, store, as_json=True)
+    else:
+        assert done.stdout == b""
+        assert done.stderr.startswith(b"Error: '")
+        assert moto_server.keys(bucket) == []
     stored = b"".join(
         moto_server.client().get_object(Bucket=bucket, Key=k)["Body"].read()
         for k in moto_server.keys(bucket)
@@ -282,7 +482,7 @@ def test_upload_killed_midway_serves_nothing_partial_and_rerun_completes(
     assert f"m/{version}.complete.json" not in moto_server.keys(bucket)
     assert kserve_download(served, tmp_path / "still-v1") == tree(v1)
 
-    rerun = run(str(v2), f"s3://{bucket}/m", "--json", "-q")
+    rerun = run(str(v2), f"s3://{bucket}/m", "--json", "-q")  # run() downloads it, too
 
     record = json.loads(rerun.stdout)
     assert {o["path"]: o["action"] for o in record["objects"]} == {
@@ -290,4 +490,3 @@ def test_upload_killed_midway_serves_nothing_partial_and_rerun_completes(
         "config/config.properties": "uploaded",
         "model-store/scibert.mar": "uploaded",
     }
-    assert kserve_download(record["storage_uri"], tmp_path / "v2") == tree(v2)

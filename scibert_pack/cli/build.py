@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from scibert_pack.archiver.settings import (
     ARCHIVE_FORMATS,
@@ -15,8 +16,7 @@ from scibert_pack.archiver.settings import (
 )
 from scibert_pack.cli._console import Console
 from scibert_pack.config.properties import PROFILES, Ports
-from scibert_pack.errors import InputError
-from scibert_pack.handlers.settings import DEVICES, HandlerSettings, SettingsError
+from scibert_pack.handlers.settings import DEVICES, HandlerSettings
 
 _HANDLER_OPTIONS = (
     "explain_steps",
@@ -26,6 +26,8 @@ _HANDLER_OPTIONS = (
     "max_texts_per_request",
     "max_text_chars",
     "max_explain_texts",
+    "max_explain_work",
+    "max_batch_tokens",
     "torch_threads",
     "device",
 )
@@ -109,7 +111,10 @@ class ByteSize(click.ParamType[int]):
     help="Accept pytorch_model.bin weights. Pickle files can run code when loaded: trust them.",
 )
 @click.option(
-    "--max-length", type=int, help="Truncate texts to this many tokens (default: model maximum)."
+    "--max-length",
+    type=int,
+    help=f"Truncate texts to this many tokens (8 or more; default: the smaller of "
+    f"{_DEFAULTS.max_length} and the model's maximum).",
 )
 @click.option("--explain-steps", default=_DEFAULTS.explain_steps, show_default=True)
 @click.option("--max-explain-steps", default=_DEFAULTS.max_explain_steps, show_default=True)
@@ -127,6 +132,20 @@ class ByteSize(click.ParamType[int]):
     default=_DEFAULTS.max_explain_texts,
     show_default=True,
     help="Most texts one explain request may hold (each costs n_steps forward passes).",
+)
+@click.option(
+    "--max-explain-work",
+    default=_DEFAULTS.max_explain_work,
+    show_default=True,
+    help="Most texts x n_steps one explain request may ask for; bigger ones get 413 "
+    "(the default lets 16 texts x 50 steps through).",
+)
+@click.option(
+    "--max-batch-tokens",
+    default=_DEFAULTS.max_batch_tokens,
+    show_default=True,
+    help="Most padded tokens (texts x longest text) in one forward pass; bigger batches run as "
+    "several passes (explanations: a quarter of it). Bounds the worker's memory.",
 )
 @click.option("--torch-threads", default=_DEFAULTS.torch_threads, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, show_default=True)
@@ -160,16 +179,12 @@ def build(model_dir: Path, output: Path | None, quiet: bool, as_json: bool, **op
 
 
 def _settings(options: dict[str, Any]) -> BuildSettings:
+    from scibert_pack.archiver.build import handler_settings_from_options
+
     handler_values = {key: options.pop(key) for key in _HANDLER_OPTIONS}
-    try:
-        handler = HandlerSettings(**handler_values)
-    except SettingsError as err:
-        text = str(err)
-        for key in _HANDLER_OPTIONS:
-            text = (
-                text.replace(key, "--" + key.replace("_", "-"), 1) if text.startswith(key) else text
-            )
-        raise InputError(text, fix="change that option") from err
+    source = click.get_current_context().get_parameter_source
+    defaulted = {key for key in handler_values if source(key) is ParameterSource.DEFAULT}
+    handler = handler_settings_from_options(handler_values, defaulted=defaulted)
     grpc = options.pop("grpc_port")
     ports = Ports(
         inference=options.pop("inference_port"),

@@ -59,7 +59,7 @@ def _optional_texts(func: Callable[..., Any]) -> Callable[..., Any]:
     "output_path",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Batch mode: JSON lines results (default: stdout). If it exists, finished rows are "
-    "skipped and new ones appended.",
+    "skipped and new ones appended; rows that failed on the server are asked again.",
 )
 @click.option(
     "--format",
@@ -96,11 +96,25 @@ def predict(
     retries: int,
     quiet: bool,
 ) -> None:
-    """Classify TEXTS with a served model (KServe v2 infer), or every text of --input."""
+    """Classify TEXTS with a served model (KServe v2 infer), or every text of --input.
+
+    Batch mode writes one JSON line per text, in input order: row, line (and id when the
+    record has one), text, then label, probabilities and truncated, or error and status.
+    """
     console = Console(quiet=quiet)
     if input_path is not None:
         if texts:
             raise click.UsageError("give TEXTS or --input, not both")
+        if as_json:
+            raise click.UsageError(
+                "--json prints the raw response for TEXTS; --input always writes JSON lines "
+                "(drop --json)"
+            )
+        if output_path is not None and _same_file(input_path, output_path):
+            raise click.UsageError(
+                f"--output {output_path} is the --input file: results would be appended to "
+                "the texts; pass another --output"
+            )
         _predict_file(
             console,
             _client(url, model, token, key_file, timeout),
@@ -128,6 +142,13 @@ def predict(
         )
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
 def _predict_file(
     console: Console,
     client: Any,
@@ -143,23 +164,39 @@ def _predict_file(
 
     from scibert_pack.serving.batch import BatchPredictor, BatchProgress, BatchSettings
     from scibert_pack.serving.batch_input import input_format as detect_format
-    from scibert_pack.serving.batch_input import read_texts
+    from scibert_pack.serving.batch_input import read_input
     from scibert_pack.serving.batch_output import ResultSink, ResumableOutput, StreamOutput
 
     concurrency, batch_texts, retries = limits
     settings = BatchSettings(concurrency, batch_texts, retries)
     fmt = detect_format(input_path, input_format)  # type: ignore[arg-type]  # click.Choice
-    texts = read_texts(input_path, fmt, text_field)
+    batch = read_input(input_path, fmt, text_field)
+    if batch.skipped:
+        lines = ", ".join(str(n) for n in batch.skipped[:10])
+        more = f" and {len(batch.skipped) - 10} more" if len(batch.skipped) > 10 else ""
+        console.progress(
+            f"skipped {len(batch.skipped)} records of {input_path} with an empty "
+            f"{text_field!r} (lines {lines}{more}); each result carries its input line"
+        )
     # One pooled connection per concurrent request (requests keeps 10 by default).
     client.session.mount("http://", HTTPAdapter(pool_maxsize=concurrency))
     client.session.mount("https://", HTTPAdapter(pool_maxsize=concurrency))
-    sink: ResultSink = (
-        ResumableOutput(output_path, len(texts)) if output_path else StreamOutput(sys.stdout)
-    )
-    if sink.finished:
-        console.progress(
-            f"resuming {output_path}: {len(sink.finished)} of {len(texts)} rows already done"
-        )
+    sink: ResultSink
+    if output_path is not None:
+        resumable = ResumableOutput(output_path, batch.rows)
+        if resumable.finished or resumable.retried:
+            again = (
+                f"; {len(resumable.retried)} rows that failed on the server are asked again"
+                if resumable.retried
+                else ""
+            )
+            console.progress(
+                f"resuming {output_path}: {len(resumable.finished)} of {len(batch.rows)} rows "
+                f"already done{again}"
+            )
+        sink = resumable
+    else:
+        sink = StreamOutput(sys.stdout)
     last = [0.0]
 
     def show(p: BatchProgress) -> None:
@@ -171,13 +208,26 @@ def _predict_file(
             )
 
     try:
-        final = BatchPredictor(client, settings, progress=show).run(texts, sink)
+        final = BatchPredictor(client, settings, progress=show).run(batch.rows, sink)
+    except KeyboardInterrupt:
+        if output_path is not None:
+            console.warn(
+                f"interrupted: the rows finished so far are in {output_path}; rerun the same "
+                "command to resume"
+            )
+        else:
+            console.warn("interrupted: the rows finished so far were written to stdout")
+        raise click.exceptions.Exit(130) from None
     finally:
         sink.close()
     where = f" to {output_path}" if output_path else ""
+    failed = ""
+    if final.server_errors:
+        failed = f", {final.server_errors} failed on the server (5xx)"
+        failed += ": rerun the same command to ask them again" if output_path else ""
     console.progress(
         f"wrote {final.written} rows{where} in {final.elapsed_s:.1f} s "
-        f"({final.skipped} already done, {final.errors} refused by the server)"
+        f"({final.skipped} already done, {final.refused} refused by the server{failed})"
     )
 
 
@@ -193,8 +243,17 @@ def _predict_file(
     "--html",
     "html_file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write an HTML report: each word shaded by its importance.",
+    help="Also write an HTML report: each word shaded by its importance, with the "
+    "probabilities of every label.",
 )
+@click.option(
+    "--batch-texts",
+    default=8,
+    show_default=True,
+    help="Texts per explain request: the server caps texts (max_explain_texts, 16 by "
+    "default) and texts x steps per request.",
+)
+@click.option("--concurrency", default=1, show_default=True, help="Explain requests in flight.")
 def explain(
     texts: tuple[str, ...],
     url: str,
@@ -208,22 +267,53 @@ def explain(
     merge_subwords: bool | None,
     top: int,
     html_file: Path | None,
+    batch_texts: int,
+    concurrency: int,
 ) -> None:
-    """Explain the predictions for TEXTS (Captum integrated gradients, KServe v2 explain)."""
+    """Explain the predictions for TEXTS (Captum integrated gradients, KServe v2 explain).
+
+    Any number of texts: they go in requests of --batch-texts, answers in input order (--json
+    prints them joined into one v2 response).
+    """
+    from scibert_pack.serving.batch import ExplainSettings, explain_texts
+
     target_value: str | int | None = int(target) if target and target.isdigit() else target
-    explanations, raw = _client(url, model, token, key_file, timeout).explain(
-        list(texts), target=target_value, n_steps=n_steps, merge_subwords=merge_subwords
+    settings = ExplainSettings(
+        texts_per_request=batch_texts,
+        concurrency=concurrency,
+        target=target_value,
+        n_steps=n_steps,
+        merge_subwords=merge_subwords,
     )
     console = Console()
+    requests_needed = -(-len(texts) // batch_texts)
+
+    def show(done: int, total: int) -> None:
+        if requests_needed > 1:
+            console.progress(f"explained {done}/{total} texts")
+
+    explained = explain_texts(
+        _client(url, model, token, key_file, timeout),
+        list(texts),
+        settings,
+        with_predictions=html_file is not None,
+        progress=show,
+    )
     if html_file is not None:
         from scibert_pack.demo.report_html import write_report
 
-        write_report(html_file, explanations, model=model)
+        probabilities = [p.probabilities for p in explained.predictions or ()]
+        write_report(
+            html_file,
+            explained.explanations,
+            probabilities=probabilities or None,
+            model=model,
+        )
         console.progress(f"wrote {html_file}")
     if as_json:
-        console.json(raw)
+        console.json(explained.merged_response())
         return
-    for e in explanations:
+    for e in explained.explanations:
         console.data(_short(e.text, 100))
         console.data(f"  label: {e.label}  target: {e.target}  delta: {e.delta:+.4f}")
         ranked = sorted(

@@ -22,6 +22,7 @@ from scibert_pack.kserve.options import (
     ManifestOptions,
 )
 from scibert_pack.kserve.store_info import read_store
+from scibert_pack.storage.kubectl_steps import steps_script
 
 DOCKERFILE_NAME = "Dockerfile.scibert-pack"
 
@@ -142,9 +143,8 @@ def manifest(
             "before applying"
         )
     if result.next_steps:
-        console.progress("then fill the PVC:")
-        for step in result.next_steps:
-            console.progress(f"  {step}")
+        console.progress("then fill the PVC with this script (run it as is):")
+        console.progress(steps_script(result.next_steps).rstrip("\n"))
         if options.only == "all":
             console.progress(
                 "tip: apply `--only storage` first and `--only serving` after the copy, so the "

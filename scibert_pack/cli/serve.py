@@ -38,7 +38,7 @@ def serve(
     quiet: bool,
 ) -> None:
     """Run TorchServe on the model store OUT (written by `scibert-pack build`)."""
-    from scibert_pack.serving.server import ServeSettings, TorchServeProcess
+    from scibert_pack.serving.server import ServeSettings, TorchServeProcess, exposure_warning
 
     console = Console(quiet=quiet)
     settings = ServeSettings(
@@ -50,6 +50,9 @@ def serve(
         run_dir=run_dir,
     )
     server = TorchServeProcess(store, settings, progress=console.progress)
+    warning = exposure_warning(host, token_auth=server.store.token_auth)
+    if warning is not None:
+        console.warn(warning)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt

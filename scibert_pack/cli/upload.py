@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from scibert_pack.cli._console import Console
-from scibert_pack.storage.kubectl_steps import kubectl_steps
+from scibert_pack.storage.kubectl_steps import kubectl_steps, upload_steps_text
 from scibert_pack.storage.local_store import read_store
 from scibert_pack.storage.resolve import backend_for
 from scibert_pack.storage.sync import (
@@ -61,6 +61,12 @@ EXIT_STEPS_ONLY = 3
     show_default=True,
     help="Parallel S3 transfers (files and parts).",
 )
+@click.option(
+    "--no-checksum",
+    is_flag=True,
+    help="S3: send no SHA256 checksums, for S3-compatible stores that reject checksum headers "
+    "or aws-chunked uploads; each object is then verified by its ETag (MD5), or read back.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def upload(
     out: Path,
@@ -73,6 +79,7 @@ def upload(
     dry_run: bool,
     as_json: bool,
     max_concurrency: int,
+    no_checksum: bool,
     quiet: bool,
 ) -> None:
     """Upload model store OUT to STORAGE_URI as an immutable, verified version.
@@ -80,14 +87,31 @@ def upload(
     STORAGE_URI is s3://bucket/prefix, pvc://claim/path or a local directory. The store goes to
     its own version under it (named by model version and content hash), a completion record is
     written last, and the version's storageUri is printed only once it is complete. Rerunning
-    an interrupted upload resumes it; rerunning a finished one transfers nothing.
+    an interrupted upload resumes it file by file (a file cut off midway, parts of a multipart
+    object included, is sent again whole); rerunning a finished one transfers nothing.
+
+    For pvc:// without --pvc-mount, nothing is copied: the kubectl steps that copy the store
+    with the same guarantees are printed (with --json, as a record with complete: false), and
+    the exit code is 3.
     """
     _quiet_chatty_loggers()
     console = Console(quiet=quiet)
     target = parse_target(storage_uri)
     store = read_store(out)
     if isinstance(target, PvcTarget) and pvc_mount is None:
-        console.data(kubectl_steps(store, target).rstrip("\n"))
+        copy = kubectl_steps(store, target)
+        for warning in copy.warnings:
+            console.warn(warning)
+        if delete:
+            console.warn(
+                "--delete is not part of the kubectl steps: once the new version is in use, "
+                f"remove older ones under {target.uri} in the copy pod, or rerun with "
+                "--pvc-mount DIR --delete"
+            )
+        if as_json:
+            console.json(copy.to_json())
+        else:
+            console.data(upload_steps_text(copy, target).rstrip("\n"))
         console.warn(
             f"nothing was copied to {target.uri}: no --pvc-mount; run the steps above, or "
             "mount the claim here and rerun with --pvc-mount DIR"
@@ -102,6 +126,7 @@ def upload(
             region=region,
             profile=profile,
             max_concurrency=max_concurrency,
+            checksum=not no_checksum,
         )
     backend = backend_for(target, s3_settings=s3_settings, pvc_mount=pvc_mount)
     plan = plan_upload(store, backend, delete=delete)
