@@ -38,6 +38,7 @@ from .render import (
     render_predictions,
 )
 from .settings import HandlerSettings
+from .threads import usable_cpus, worker_threads
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +95,7 @@ class ClassifierService:
         """Load what TorchServe's context points at: model_dir, the handler settings, the GPU."""
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         settings = HandlerSettings.from_mapping(yaml_config.get("handler"))
-        if settings.torch_threads > 0:
-            torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(_threads(settings, yaml_config))
         properties = context.system_properties
         model, tokenizer = load_pretrained(
             Path(properties["model_dir"]), allow_pickle=settings.allow_pickle
@@ -290,6 +290,17 @@ def _raw_row(row: Mapping[str, Any], idx: int, context: Any) -> RawRow:
         explain=str(explain_header).lower() == "true",
         route=request_route(context.get_request_header(idx, "url_path"), explain_header),
     )
+
+
+def _threads(settings: HandlerSettings, yaml_config: Mapping[str, Any]) -> int:
+    """torch threads for this worker: the setting, or (0) its share of the usable CPUs."""
+    if settings.torch_threads > 0:
+        return settings.torch_threads
+    workers = yaml_config.get("minWorkers", 1)
+    workers = workers if isinstance(workers, int) and workers > 0 else 1
+    threads = worker_threads(workers, usable_cpus())
+    logger.info("using %d torch threads (%d workers share the usable CPUs)", threads, workers)
+    return threads
 
 
 def _model_version(manifest: object) -> str:

@@ -57,7 +57,8 @@ class HandlerSettings:
     max_batch_tokens: int = 16384
     # Load pickle weights (pytorch_model.bin) when no safetensors exist: `build --allow-pickle`.
     allow_pickle: bool = False
-    # 0 leaves torch's own default (one thread per core).
+    # 0: this worker's share of the CPUs it may use (affinity and cgroup CPU limit, divided by
+    # the archive's minWorkers; see threads.py), not torch's one thread per core of the node.
     torch_threads: int = 0
     device: Device = "auto"
 

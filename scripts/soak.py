@@ -48,7 +48,15 @@ RSS_BOUND = RssBound(slack_mib=4.0, fraction=0.01)
 
 
 def run_soak(model: Path, work: Path, infer_total: int, concurrency: int) -> dict[str, object]:
-    settings = BuildSettings(name="tiny", profile="local", batch_size=8, max_batch_delay_ms=5)
+    settings = BuildSettings(
+        name="tiny",
+        # One worker, so its RSS is the whole serving footprint the soak watches.
+        min_workers=1,
+        max_workers=1,
+        profile="local",
+        batch_size=8,
+        max_batch_delay_ms=5,
+    )
     with serving(model, work / "soak", settings) as server:
         pids = ready_pids(server)
         result = soak(
@@ -87,6 +95,9 @@ def run_soak(model: Path, work: Path, infer_total: int, concurrency: int) -> dic
 def run_worker_kill(model: Path, work: Path) -> dict[str, object]:
     settings = BuildSettings(
         name="tiny",
+        # One worker: killing it fails everything in flight (with two, its twin answers).
+        min_workers=1,
+        max_workers=1,
         profile="local",
         batch_size=8,
         max_batch_delay_ms=20,

@@ -74,8 +74,8 @@ def test_archive_holds_manifest_handler_model_and_settings(tiny_bert: Path, tmp_
     }
     model_config = yaml.safe_load(mar.read("model-config.yaml"))
     assert {k: v for k, v in model_config.items() if k != "handler"} == {
-        "minWorkers": 1,
-        "maxWorkers": 1,
+        "minWorkers": 2,
+        "maxWorkers": 2,
         "batchSize": 4,
         "maxBatchDelay": 25,
         "responseTimeout": 120,
@@ -101,8 +101,8 @@ KEY_ORDER = [
 DEFAULT_SNAPSHOT_VERSION = {
     "defaultVersion": True,
     "marName": "sci.mar",
-    "minWorkers": 1,
-    "maxWorkers": 1,
+    "minWorkers": 2,
+    "maxWorkers": 2,
     "batchSize": 8,
     "maxBatchDelay": 10,
     "responseTimeout": 120,

@@ -32,6 +32,9 @@ def server(
 ) -> Iterator[TorchServeProcess]:
     settings = BuildSettings(
         name="tiny",
+        # One worker: killing it fails everything in flight (with two, its twin answers).
+        min_workers=1,
+        max_workers=1,
         profile="local",
         batch_size=8,
         max_batch_delay_ms=20,

@@ -62,7 +62,15 @@ def test_rss_bound_catches_a_20kb_per_request_leak(samples: list[RssSample], ok:
 def server(
     tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TorchServeProcess]:
-    settings = BuildSettings(name="tiny", profile="local", batch_size=8, max_batch_delay_ms=5)
+    settings = BuildSettings(
+        name="tiny",
+        # One worker, so its RSS is the whole serving footprint the soak watches.
+        min_workers=1,
+        max_workers=1,
+        profile="local",
+        batch_size=8,
+        max_batch_delay_ms=5,
+    )
     with serving(tiny_bert, tmp_path_factory.mktemp("soak"), settings) as running:
         yield running
 

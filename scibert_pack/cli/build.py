@@ -82,8 +82,13 @@ class ByteSize(click.ParamType[int]):
 )
 @click.option("--batch-size", default=8, show_default=True, help="TorchServe batchSize.")
 @click.option("--max-batch-delay", default=10, show_default=True, help="Milliseconds.")
-@click.option("--min-workers", default=1, show_default=True)
-@click.option("--max-workers", default=1, show_default=True)
+@click.option(
+    "--min-workers",
+    default=BuildSettings.min_workers,
+    show_default=True,
+    help="Python workers started per model; each gets its share of the CPUs (--torch-threads 0).",
+)
+@click.option("--max-workers", default=BuildSettings.max_workers, show_default=True)
 @click.option("--response-timeout", default=120, show_default=True, help="Seconds.")
 @click.option("--startup-timeout", default=120, show_default=True, help="Seconds.")
 @click.option("--netty-threads", default=4, show_default=True)
@@ -147,7 +152,13 @@ class ByteSize(click.ParamType[int]):
     help="Most padded tokens (texts x longest text) in one forward pass; bigger batches run as "
     "several passes (explanations: a quarter of it). Bounds the worker's memory.",
 )
-@click.option("--torch-threads", default=_DEFAULTS.torch_threads, show_default=True)
+@click.option(
+    "--torch-threads",
+    default=_DEFAULTS.torch_threads,
+    show_default=True,
+    help="torch threads per worker; 0: the usable CPUs (cgroup CPU limit included) divided by "
+    "--min-workers.",
+)
 @click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build result as JSON on stdout.")

@@ -1,0 +1,82 @@
+"""How many torch threads a worker should use: its share of the CPUs it may really use.
+
+torch's default is one thread per core of the machine. In a Kubernetes pod with a CPU limit
+that is the node's cores, not the limit, and with several TorchServe workers each one takes all
+cores: threads then wait on each other at every parallel region (OpenMP) and the pod is
+throttled. A worker's share is the usable CPUs (affinity mask, capped by the cgroup CPU quota)
+divided by the number of workers, at least 1.
+
+Standard library only: runs inside the TorchServe worker.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+
+
+def worker_threads(workers: int, cpus: int) -> int:
+    """Threads per worker when `workers` workers share `cpus` CPUs."""
+    return max(1, cpus // max(1, workers))
+
+
+def usable_cpus(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
+    """CPUs this process may run on, capped by its cgroup's CPU quota (rounded down, >= 1)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root, proc_cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.floor(quota)))
+    return max(1, cpus)
+
+
+def cgroup_cpu_quota(cgroup_root: Path, proc_cgroup: Path) -> float | None:
+    """The CPU limit in CPUs (2.0 for a `cpu: 2` limit), or None when there is none."""
+    for folder in _cgroup_folders(cgroup_root, proc_cgroup):
+        v2 = _read(folder / "cpu.max")  # "200000 100000", or "max 100000" for no limit
+        if v2 is not None:
+            parts = v2.split()
+            if len(parts) == 2 and parts[0] != "max":
+                return _ratio(parts[0], parts[1])
+            return None
+        quota = _read(folder / "cpu.cfs_quota_us")  # cgroup v1: -1 for no limit
+        period = _read(folder / "cpu.cfs_period_us")
+        if quota is not None and period is not None:
+            return _ratio(quota, period) if not quota.startswith("-") else None
+    return None
+
+
+def _cgroup_folders(cgroup_root: Path, proc_cgroup: Path) -> list[Path]:
+    """This process's own cgroup folders (v2 unified, v1 cpu controller), then the roots."""
+    folders: list[Path] = []
+    for line in (_read(proc_cgroup) or "").splitlines():
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        relative = path.strip().lstrip("/")
+        if controllers == "":
+            folders.append(cgroup_root / relative)
+        elif "cpu" in controllers.split(","):
+            folders.append(cgroup_root / controllers / relative)
+            folders.append(cgroup_root / "cpu" / relative)
+    folders += [cgroup_root, cgroup_root / "cpu"]
+    return [f for i, f in enumerate(folders) if f not in folders[:i]]
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    try:
+        q, p = float(quota), float(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
