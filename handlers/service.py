@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .budget import ExplainBudget
 from .explain import ExplainJob, Explanation, explain, merge_subwords
 from .metrics import (
     BATCHES_TOTAL,
@@ -43,6 +44,8 @@ from .threads import usable_cpus, worker_threads
 logger = logging.getLogger(__name__)
 
 JSON_CONTENT_TYPE = "application/json"
+# TorchServe's own default when model-config.yaml has no responseTimeout.
+DEFAULT_RESPONSE_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class _Work:
     batch: Batch
     spans: dict[int, range]
     predictions: list[Prediction] = field(default_factory=list)
+    # The forward pass: seconds and padded tokens, the explanation cost estimate's first rate.
+    forward_s: float = 0.0
+    forward_tokens: int = 0
 
 
 class ClassifierService:
@@ -69,11 +75,14 @@ class ClassifierService:
         settings: HandlerSettings,
         info: ModelInfo,
         clock: Callable[[], float] = time.perf_counter,
+        *,
+        response_timeout_s: float = DEFAULT_RESPONSE_TIMEOUT_S,
     ) -> None:
         self.classifier = classifier
         self.settings = settings
         self.info = info
         self._clock = clock
+        self.budget = ExplainBudget(response_timeout_s)
 
     @classmethod
     def from_model(
@@ -85,10 +94,12 @@ class ClassifierService:
         name: str = "model",
         version: str = "1.0",
         device: torch.device | None = None,
+        response_timeout_s: float = DEFAULT_RESPONSE_TIMEOUT_S,
     ) -> ClassifierService:
         """A service over an already loaded model and tokenizer (the seam tests use)."""
         classifier = Classifier.create(model, tokenizer, settings, device or torch.device("cpu"))
-        return cls(classifier, settings, ModelInfo(name, version, classifier.labels))
+        info = ModelInfo(name, version, classifier.labels)
+        return cls(classifier, settings, info, response_timeout_s=response_timeout_s)
 
     @classmethod
     def from_context(cls, context: Any) -> ClassifierService:
@@ -107,6 +118,7 @@ class ClassifierService:
             name=str(context.model_name),
             version=_model_version(getattr(context, "manifest", None)),
             device=choose_device(settings, properties.get("gpu_id")),
+            response_timeout_s=_response_timeout(yaml_config),
         )
 
     def handle(self, rows: Sequence[Mapping[str, Any]], context: Any) -> list[str]:
@@ -122,6 +134,7 @@ class ClassifierService:
         metrics = metrics or Metrics(None)
         metrics.count(BATCHES_TOTAL, 1)
         metrics.count(REQUESTS_TOTAL, len(raws))
+        started = self._clock()
         replies: dict[int, Reply] = {}
         requests: dict[int, Request] = {}
         for idx, raw in enumerate(raws):
@@ -132,7 +145,8 @@ class ClassifierService:
         works, failures = self._predict(requests, metrics) if requests else ([], {})
         replies.update(failures)
         for work in works:
-            explanations, explain_failures = self._explain(work, metrics)
+            replies.update(self._refuse_over_budget(work, self._clock() - started))
+            explanations, explain_failures = self._explain(work, metrics, skip=set(replies))
             replies.update(explain_failures)
             for idx in work.requests:
                 if idx not in replies:
@@ -171,7 +185,8 @@ class ClassifierService:
         chunks = token_chunks(batch.lengths, self.settings.max_batch_tokens)
         start = self._clock()
         probabilities = self.classifier.batch_probabilities(batch, chunks)
-        metrics.gauge(INFERENCE_MS, (self._clock() - start) * 1000.0, "ms")
+        forward_s = self._clock() - start
+        metrics.gauge(INFERENCE_MS, forward_s * 1000.0, "ms")
         metrics.gauge(TEXTS_PER_BATCH, len(texts), "count")
         metrics.count(FORWARD_PASSES_TOTAL, len(chunks))
         labels = self.info.labels
@@ -179,17 +194,38 @@ class ClassifierService:
             Prediction(labels[int(row.argmax())], tuple(float(p) for p in row), truncated)
             for row, truncated in zip(probabilities, batch.truncated, strict=True)
         ]
-        return _Work(dict(requests), batch, spans, predictions)
+        padded = sum(len(c) * max(batch.lengths[i] for i in c) for c in chunks if c)
+        return _Work(dict(requests), batch, spans, predictions, forward_s, padded)
 
     # -- explanation ------------------------------------------------------------------------
 
+    def _refuse_over_budget(self, work: _Work, spent_s: float) -> dict[int, Reply]:
+        """Explain requests that would keep the batch past its time budget, each refused."""
+        explain = [i for i, r in work.requests.items() if r.action == "explain"]
+        if not explain:
+            return {}
+        rate = self.budget.rate(work.forward_s, work.forward_tokens)
+        costs = [self._token_steps(work, [idx]) for idx in explain]
+        verdicts = self.budget.admit(costs, rate, spent_s)
+        return {
+            idx: Reply(v.status, render_error(v.status, v.message), v.message)
+            for idx, v in zip(explain, verdicts, strict=True)
+            if v is not None
+        }
+
+    def _token_steps(self, work: _Work, group: Sequence[int]) -> int:
+        """Rows x padded width x n_steps of explaining `group` together."""
+        positions = [pos for idx in group for pos in work.spans[idx]]
+        width = max(work.batch.lengths[pos] for pos in positions)
+        return len(positions) * width * work.requests[group[0]].options.n_steps
+
     def _explain(
-        self, work: _Work, metrics: Metrics
+        self, work: _Work, metrics: Metrics, skip: set[int] | frozenset[int] = frozenset()
     ) -> tuple[dict[int, list[Explanation]], dict[int, Reply]]:
         """Explain the texts of every explain request, one Captum call per integration setting."""
         results: dict[int, list[Explanation]] = {}
         failures: dict[int, Reply] = {}
-        for group in self._explain_groups(work):
+        for group in self._explain_groups(work, skip):
             try:
                 results.update(self._explain_group(work, group, metrics))
                 continue
@@ -203,10 +239,10 @@ class ClassifierService:
                     failures[idx] = _internal_error("explanation", idx)
         return results, failures
 
-    def _explain_groups(self, work: _Work) -> list[list[int]]:
+    def _explain_groups(self, work: _Work, skip: set[int] | frozenset[int]) -> list[list[int]]:
         groups: dict[tuple[int, int], list[int]] = {}
         for idx, request in work.requests.items():
-            if request.action == "explain":
+            if request.action == "explain" and idx not in skip:
                 key = (request.options.n_steps, request.options.internal_batch_size)
                 groups.setdefault(key, []).append(idx)
         return list(groups.values())
@@ -226,7 +262,9 @@ class ClassifierService:
         )
         start = self._clock()
         explained = dict(zip(indices, explain(self.classifier, work.batch, job), strict=True))
-        metrics.gauge(EXPLAIN_MS, (self._clock() - start) * 1000.0, "ms")
+        elapsed = self._clock() - start
+        self.budget.learn(elapsed, self._token_steps(work, group))
+        metrics.gauge(EXPLAIN_MS, elapsed * 1000.0, "ms")
         metrics.gauge(EXPLAIN_STEPS, options.n_steps, "count")
         return {
             idx: [self._finish(work, idx, pos, explained[pos]) for pos in work.spans[idx]]
@@ -290,6 +328,13 @@ def _raw_row(row: Mapping[str, Any], idx: int, context: Any) -> RawRow:
         explain=str(explain_header).lower() == "true",
         route=request_route(context.get_request_header(idx, "url_path"), explain_header),
     )
+
+
+def _response_timeout(yaml_config: Mapping[str, Any]) -> float:
+    """The model's responseTimeout (seconds) from model-config.yaml; TorchServe's default 120."""
+    value = yaml_config.get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT_S)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else DEFAULT_RESPONSE_TIMEOUT_S
 
 
 def _threads(settings: HandlerSettings, yaml_config: Mapping[str, Any]) -> int:

@@ -1,0 +1,117 @@
+"""Explanation work stays inside the response timeout: too big alone -> 413, no room left -> 503,
+and the requests around them are answered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_context import FakeContext, HttpRequest
+from handler_support import TEST_SETTINGS, call, load_trained
+from tiny_models import Family
+
+from scibert_pack.handlers.budget import ExplainBudget, Refusal
+from scibert_pack.handlers.service import ClassifierService
+
+TOO_BIG = (
+    "explaining this request would take about 80 s on this server (texts x tokens x n_steps), "
+    "more than the 60 s a batch may spend on explanations (half the model's responseTimeout of "
+    "120 s); send fewer or shorter texts or a smaller n_steps, or rebuild the archive with a "
+    "larger --response-timeout"
+)
+
+
+def busy(planned: int) -> str:
+    return (
+        f"this batch already holds about {planned} s of explanations, and this request would take "
+        "it past the 60 s a batch may spend on them; retry it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("costs", "spent_s", "expected"),
+    [
+        pytest.param([10, 20], 0.0, [None, None], id="all-fit"),
+        pytest.param([80], 0.0, [Refusal(413, TOO_BIG)], id="too-big-alone"),
+        pytest.param(
+            [40, 30, 15], 0.0, [None, Refusal(503, busy(40)), None], id="no-room-then-room"
+        ),
+        pytest.param([30], 35.0, [Refusal(503, busy(35))], id="forward-pass-used-the-room"),
+        pytest.param([80], 35.0, [Refusal(413, TOO_BIG)], id="too-big-is-judged-alone"),
+        pytest.param([60], 0.0, [None], id="exactly-the-budget"),
+    ],
+)
+def test_admit(costs: list[int], spent_s: float, expected: list[Refusal | None]) -> None:
+    assert ExplainBudget(120.0).admit(costs, rate=1.0, spent_s=spent_s) == expected
+
+
+def test_rate_is_the_forward_estimate_until_an_explanation_is_measured() -> None:
+    budget = ExplainBudget(120.0)
+    assert budget.rate(forward_s=0.5, forward_tokens=100) == pytest.approx(0.01)  # 2 x 0.005
+    budget.learn(seconds=2.0, token_steps=1000)
+    assert budget.rate(forward_s=0.5, forward_tokens=100) == pytest.approx(0.002)
+    budget.learn(seconds=0.0, token_steps=0)  # nothing measured: the last rate stays
+    assert budget.rate(forward_s=9.0, forward_tokens=1) == pytest.approx(0.002)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models: dict[Family, Path]) -> tuple[Any, Any]:
+    return load_trained(tiny_models["bert"])
+
+
+def _service(model: tuple[Any, Any], seconds_per_token_step: float) -> ClassifierService:
+    service = ClassifierService.from_model(*model, TEST_SETTINGS, name="scibert", version="2.1")
+    service.budget.seconds_per_token_step = seconds_per_token_step
+    return service
+
+
+def _explain(text: str, n_steps: int) -> HttpRequest:
+    body = {"text": text, "parameters": {"n_steps": n_steps}}
+    return HttpRequest(body, explain=True, route="native")
+
+
+def test_requests_over_the_budget_fail_alone(model: tuple[Any, Any]) -> None:
+    tokens = len(model[1]("cells divide")["input_ids"])
+    # One explanation of 50 steps takes 36 s of the 60 s budget: it fits alone, not twice.
+    service = _service(model, 36.0 / (tokens * 50))
+    responses = call(
+        service,
+        [
+            _explain("cells divide", 50),
+            HttpRequest({"text": "cells divide"}),  # infer: no explanation cost
+            _explain("cells divide", 50),
+            _explain("cells divide", 100),  # 72 s alone
+        ],
+    )
+    assert [r.status for r in responses] == [200, 200, 503, 413]
+    assert responses[2].body["error"].startswith("this batch already holds about 36 s")
+    assert responses[3].body["error"].startswith("explaining this request would take about 72 s")
+    assert "words" in responses[0].body and "label" in responses[1].body
+
+
+def test_an_explanation_teaches_the_budget_its_rate(model: tuple[Any, Any]) -> None:
+    service = _service(model, 1e9)  # a wildly pessimistic start refuses everything
+    assert call(service, [_explain("cells divide", 10)])[0].status == 413
+    service.budget.seconds_per_token_step = None  # back to the forward-pass estimate
+    assert call(service, [_explain("cells divide", 10)])[0].status == 200
+    learned = service.budget.seconds_per_token_step
+    assert learned is not None and 0 < learned < 1.0
+
+
+@pytest.mark.parametrize(
+    ("yaml_timeout", "expected"),
+    [
+        pytest.param(7, 7.0, id="from-model-config"),
+        pytest.param(None, 120.0, id="torchserve-default"),
+        pytest.param("soon", 120.0, id="not-a-number"),
+    ],
+)
+def test_budget_follows_the_archive_response_timeout(
+    tiny_models: dict[Family, Path], yaml_timeout: object, expected: float
+) -> None:
+    context = FakeContext(tiny_models["bert"])
+    if yaml_timeout is not None:
+        context.model_yaml_config["responseTimeout"] = yaml_timeout
+    service = ClassifierService.from_context(context)
+    assert service.budget.response_timeout_s == expected
