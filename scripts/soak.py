@@ -34,13 +34,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from fault_support import CLI, Moto, upload_until_s3_vanishes
 from s3_helpers import kserve_download, s3_environ, tree, write_store
 from served import serving
-from soak_support import RssBound, kill_worker_under_load, ready_pids, soak
+from soak_support import (
+    KILL_RESPONSE_TIMEOUT_S,
+    KILL_SETTINGS,
+    SOAK_SETTINGS,
+    RssBound,
+    kill_worker_under_load,
+    ready_pids,
+    soak,
+)
 from tiny_models import make_tiny_classifier
 
-from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.storage.local_store import read_store
 
-RESPONSE_TIMEOUT_S = 10
 EXPLAIN_EVERY = 50
 RSS_EVERY = 1000
 WARMUP = 500
@@ -48,15 +54,7 @@ RSS_BOUND = RssBound(slack_mib=4.0, fraction=0.01)
 
 
 def run_soak(model: Path, work: Path, infer_total: int, concurrency: int) -> dict[str, object]:
-    settings = BuildSettings(
-        name="tiny",
-        # One worker, so its RSS is the whole serving footprint the soak watches.
-        min_workers=1,
-        max_workers=1,
-        profile="local",
-        batch_size=8,
-        max_batch_delay_ms=5,
-    )
+    settings = SOAK_SETTINGS
     with serving(model, work / "soak", settings) as server:
         pids = ready_pids(server)
         result = soak(
@@ -93,20 +91,11 @@ def run_soak(model: Path, work: Path, infer_total: int, concurrency: int) -> dic
 
 
 def run_worker_kill(model: Path, work: Path) -> dict[str, object]:
-    settings = BuildSettings(
-        name="tiny",
-        # One worker: killing it fails everything in flight (with two, its twin answers).
-        min_workers=1,
-        max_workers=1,
-        profile="local",
-        batch_size=8,
-        max_batch_delay_ms=20,
-        response_timeout_s=RESPONSE_TIMEOUT_S,
-    )
+    settings = KILL_SETTINGS
     with serving(model, work / "kill", settings) as server:
         report = kill_worker_under_load(
             server,
-            response_timeout_s=RESPONSE_TIMEOUT_S,
+            response_timeout_s=KILL_RESPONSE_TIMEOUT_S,
             kill_after=1000,
             after_recovery=2000,
             max_seconds=300,
@@ -120,7 +109,7 @@ def run_worker_kill(model: Path, work: Path) -> dict[str, object]:
         "failed_statuses": sorted({o.status for o in failed}),
         "wrong_answers": sum(1 for o in outcomes if o.status == "200" and not o.correct),
         "max_request_s": round(report.load.max_seconds(), 2),
-        "response_timeout_s": RESPONSE_TIMEOUT_S,
+        "response_timeout_s": KILL_RESPONSE_TIMEOUT_S,
         "recovery_s": round(report.recovery_s, 2),
         "restarts": 1 if report.new_pid != report.old_pid else 0,
         "after_recovery": len(later),
@@ -180,7 +169,8 @@ def markdown(
     lines = [
         "## Soak and faults (scripts/soak.py)",
         "",
-        f"Machine: {machine()}. Shared with other engineers' test runs while measured.",
+        f"Machine: {machine()}. Load average (1 min) when the run ended: "
+        f"{os.getloadavg()[0]:.1f}; nothing else was run on purpose beside it.",
         "Model: the tiny BERT test classifier (tests/tiny_models.py), TorchServe batch size 8,",
         "one worker. Load: closed loop, one keep-alive session per thread, KServe v2 JSON; every",
         "answer is checked against the label the text gets alone (a wrong answer is an error).",

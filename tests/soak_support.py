@@ -16,7 +16,25 @@ from typing import Any
 
 import requests
 
+from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.serving.server import TorchServeProcess
+
+# The soak's archive. One worker, so its RSS is the whole serving footprint the soak watches.
+SOAK_SETTINGS = BuildSettings(
+    name="tiny", profile="local", min_workers=1, max_workers=1, batch_size=8, max_batch_delay_ms=5
+)
+KILL_RESPONSE_TIMEOUT_S = 10
+# The worker-kill archive. One worker: killing it fails everything in flight (with two, its twin
+# answers).
+KILL_SETTINGS = BuildSettings(
+    name="tiny",
+    profile="local",
+    min_workers=1,
+    max_workers=1,
+    batch_size=8,
+    max_batch_delay_ms=20,
+    response_timeout_s=KILL_RESPONSE_TIMEOUT_S,
+)
 
 TEXTS = [
     "Risk assessment implications of site-specific oral relative bioavailability.",

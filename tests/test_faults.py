@@ -16,13 +16,11 @@ import pytest
 from fault_support import Moto, upload_until_s3_vanishes
 from s3_helpers import kserve_download, s3_environ, tree, write_store
 from served import serving
-from soak_support import kill_worker_under_load
+from soak_support import KILL_RESPONSE_TIMEOUT_S, KILL_SETTINGS, kill_worker_under_load
 
-from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.serving.server import TorchServeProcess
 from scibert_pack.storage.local_store import read_store
 
-RESPONSE_TIMEOUT_S = 10
 CLI = [str(Path(sys.executable).parent / "scibert-pack")]
 
 
@@ -30,16 +28,7 @@ CLI = [str(Path(sys.executable).parent / "scibert-pack")]
 def server(
     tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TorchServeProcess]:
-    settings = BuildSettings(
-        name="tiny",
-        # One worker: killing it fails everything in flight (with two, its twin answers).
-        min_workers=1,
-        max_workers=1,
-        profile="local",
-        batch_size=8,
-        max_batch_delay_ms=20,
-        response_timeout_s=RESPONSE_TIMEOUT_S,
-    )
+    settings = KILL_SETTINGS
     with serving(tiny_bert, tmp_path_factory.mktemp("faults"), settings) as running:
         yield running
 
@@ -50,13 +39,13 @@ def test_killed_worker_is_restarted_and_in_flight_requests_fail_cleanly(
     server: TorchServeProcess,
 ) -> None:
     report = kill_worker_under_load(
-        server, response_timeout_s=RESPONSE_TIMEOUT_S, kill_after=100, after_recovery=100
+        server, response_timeout_s=KILL_RESPONSE_TIMEOUT_S, kill_after=100, after_recovery=100
     )
     outcomes = report.load.outcomes
 
     assert report.new_pid != report.old_pid
     # No request hangs: each one ends within the response timeout (plus scheduling slack).
-    assert report.load.max_seconds() < RESPONSE_TIMEOUT_S + 5, report.load.max_seconds()
+    assert report.load.max_seconds() < KILL_RESPONSE_TIMEOUT_S + 5, report.load.max_seconds()
     # The failures are the requests caught by the kill: all begun before the new worker was
     # ready, each a clean HTTP error or a closed connection, never a wrong answer.
     failed = [o for o in outcomes if o.status != "200" or not o.correct]

@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 from served import serving
-from soak_support import RssBound, RssSample, ready_pids, second_half_growth, soak
+from soak_support import (
+    SOAK_SETTINGS,
+    RssBound,
+    RssSample,
+    ready_pids,
+    second_half_growth,
+    soak,
+)
 
-from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.serving.server import TorchServeProcess
 
 INFER = 1_000
@@ -62,15 +68,7 @@ def test_rss_bound_catches_a_20kb_per_request_leak(samples: list[RssSample], ok:
 def server(
     tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TorchServeProcess]:
-    settings = BuildSettings(
-        name="tiny",
-        # One worker, so its RSS is the whole serving footprint the soak watches.
-        min_workers=1,
-        max_workers=1,
-        profile="local",
-        batch_size=8,
-        max_batch_delay_ms=5,
-    )
+    settings = SOAK_SETTINGS
     with serving(tiny_bert, tmp_path_factory.mktemp("soak"), settings) as running:
         yield running
 
