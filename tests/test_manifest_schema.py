@@ -21,6 +21,12 @@ BASE = {"name": "scibert", "storage_uri": "s3://models/scibert/v1/"}
 
 @pytest.fixture(scope="session")
 def strict_validator() -> Draft7Validator:
+    if not STRICT_SCHEMA.is_file():
+        pytest.fail(
+            f"KServe's CRD schema is not at {STRICT_SCHEMA.resolve()}: these tests read the "
+            "shared reference data from ../shared/kserve/ beside the checkout; clone the "
+            "repository next to it"
+        )
     schema = json.loads(STRICT_SCHEMA.read_text(encoding="utf-8"))
     Draft7Validator.check_schema(schema)
     return Draft7Validator(schema)
