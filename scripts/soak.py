@@ -54,8 +54,7 @@ RSS_BOUND = RssBound(slack_mib=4.0, fraction=0.01)
 
 
 def run_soak(model: Path, work: Path, infer_total: int, concurrency: int) -> dict[str, object]:
-    settings = SOAK_SETTINGS
-    with serving(model, work / "soak", settings) as server:
+    with serving(model, work / "soak", SOAK_SETTINGS) as server:
         pids = ready_pids(server)
         result = soak(
             server,
@@ -91,8 +90,7 @@ def run_soak(model: Path, work: Path, infer_total: int, concurrency: int) -> dic
 
 
 def run_worker_kill(model: Path, work: Path) -> dict[str, object]:
-    settings = KILL_SETTINGS
-    with serving(model, work / "kill", settings) as server:
+    with serving(model, work / "kill", KILL_SETTINGS) as server:
         report = kill_worker_under_load(
             server,
             response_timeout_s=KILL_RESPONSE_TIMEOUT_S,

@@ -28,8 +28,7 @@ CLI = [str(Path(sys.executable).parent / "scibert-pack")]
 def server(
     tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TorchServeProcess]:
-    settings = KILL_SETTINGS
-    with serving(tiny_bert, tmp_path_factory.mktemp("faults"), settings) as running:
+    with serving(tiny_bert, tmp_path_factory.mktemp("faults"), KILL_SETTINGS) as running:
         yield running
 
 

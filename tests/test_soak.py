@@ -68,8 +68,7 @@ def test_rss_bound_catches_a_20kb_per_request_leak(samples: list[RssSample], ok:
 def server(
     tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TorchServeProcess]:
-    settings = SOAK_SETTINGS
-    with serving(tiny_bert, tmp_path_factory.mktemp("soak"), settings) as running:
+    with serving(tiny_bert, tmp_path_factory.mktemp("soak"), SOAK_SETTINGS) as running:
         yield running
 
 
