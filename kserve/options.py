@@ -13,7 +13,7 @@ from scibert_pack.kserve.names import (
     check_object_name,
     check_quantity,
 )
-from scibert_pack.storage.targets import has_userinfo, redact_uri
+from scibert_pack.storage.targets import check_storage_uri, redact_uri
 
 Protocol = Literal["v1", "v2"]
 Runtime = Literal["scibert-pack", "kserve-torchserve"]
@@ -33,7 +33,7 @@ METRICS_BY_AUTOSCALER: dict[Autoscaler, tuple[Metric, ...]] = {
     "kpa": ("concurrency", "rps"),
     "hpa": ("cpu", "memory"),
 }
-STORAGE_SCHEMES = ("s3://", "gs://", "pvc://", "https://", "http://", "hdfs://", "webhdfs://")
+STORAGE_SCHEMES = ("s3", "gs", "pvc", "https", "http", "hdfs", "webhdfs")
 STOCK_RUNTIME = "kserve-torchserve"
 DEFAULT_RUNTIME_NAME = "scibert-pack-torchserve"
 
@@ -200,24 +200,22 @@ class ManifestOptions:
 
 
 def _check_storage_uri(uri: str) -> None:
-    if has_userinfo(uri):
-        raise InputError(
-            f"--storage-uri {redact_uri(uri)!r} carries credentials (the part before '@'); "
-            "they would be written into the InferenceService for anyone who can read it",
-            fix="remove them and give the predictor the credentials through "
-            "--service-account (a ServiceAccount with KServe's S3 secret annotations)",
-        )
-    if not uri.startswith(STORAGE_SCHEMES) or len(uri) <= uri.index("://") + 3:
+    """The validator `upload` uses too (storage.targets), with KServe's schemes."""
+    if "://" not in uri:
         raise InputError(
             f"--storage-uri {redact_uri(uri)!r} is not a storage URI KServe can fetch",
             fix=(
                 "give the model store's location, e.g. s3://bucket/scibert/v1/ or "
-                "pvc://claim/scibert/v1"
+                "pvc://claim/scibert/v1/"
             ),
         )
-    if uri.startswith("pvc://"):
-        claim = uri[len("pvc://") :].partition("/")[0]
-        check_object_name(claim, "PVC claim in --storage-uri")
+    check_storage_uri(
+        uri,
+        schemes=STORAGE_SCHEMES,
+        label="--storage-uri ",
+        credentials_fix="remove them and give the predictor the credentials through "
+        "--service-account (a ServiceAccount with KServe's S3 secret annotations)",
+    )
 
 
 def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:

@@ -99,6 +99,25 @@ def _token_auth_wrapper(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
+def _token_auth_dropped(r: Resolved) -> list[ManifestWarning]:
+    if r.stock or not r.token_auth:
+        return []
+    return [
+        ManifestWarning(
+            "token-auth-off",
+            "the model store was built with --token-auth, but the scibert-pack runtime starts "
+            "TorchServe with --disable-token-auth: in the pod every inference and management "
+            "call is answered without a key. TorchServe 0.12 makes its keys at start inside "
+            "the pod and expires them, so neither KServe's probes nor your clients could "
+            "present one",
+            "authenticate in front of the pod instead (an ingress or gateway that checks "
+            "tokens, e.g. Istio RequestAuthentication with an AuthorizationPolicy) and keep "
+            "the pod's other ports in the cluster with a NetworkPolicy; rebuild the store "
+            "without --token-auth once that is in place, and this warning goes away",
+        )
+    ]
+
+
 def _wrapper_v2_explain(r: Resolved) -> list[ManifestWarning]:
     if not (r.stock and r.options.protocol == "v2"):
         return []
@@ -239,6 +258,7 @@ _CHECKS: tuple[Callable[[Resolved], list[ManifestWarning]], ...] = (
     _batcher_timeout,
     _stock_image,
     _token_auth_wrapper,
+    _token_auth_dropped,
     _wrapper_v2_explain,
     _url_model_name,
     _storage_slash,

@@ -47,6 +47,12 @@ class PortInUseError(ServeError):
     exit_code = 2
 
 
+class UnsafeRunDirError(ServeError):
+    """The run folder (or a folder above it) could be changed by another user: refused."""
+
+    exit_code = 2
+
+
 class ClientError(ScibertPackError):
     """A request to a running server failed."""
 

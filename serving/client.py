@@ -17,7 +17,13 @@ from urllib.parse import urlsplit
 import requests
 
 from scibert_pack.errors import ClientError
-from scibert_pack.serving.server import KEY_FILE, default_run_dir, read_token
+from scibert_pack.serving.server import (
+    KEY_FILE,
+    default_run_dir,
+    is_loopback,
+    read_serving_record,
+    read_token,
+)
 
 TOKEN_ENV = "SCIBERT_PACK_TOKEN"
 # Answers worth sending again: the worker is busy, restarting or failed for a moment.
@@ -57,7 +63,8 @@ class Explanation:
 
 
 def find_token(url: str, *, token: str | None = None, key_file: Path | None = None) -> str | None:
-    """An explicit token, $SCIBERT_PACK_TOKEN, or the key file `scibert-pack serve` wrote."""
+    """An explicit token, $SCIBERT_PACK_TOKEN, an explicit key file, or else the key of the
+    loopback server `scibert-pack serve` runs at exactly `url` (local_server_token)."""
     if token:
         return token
     if os.environ.get(TOKEN_ENV):
@@ -70,8 +77,25 @@ def find_token(url: str, *, token: str | None = None, key_file: Path | None = No
                 fix="pass the key_file.json TorchServe wrote in its working directory",
             )
         return found
-    port = urlsplit(url).port
-    return read_token(default_run_dir(port) / KEY_FILE) if port else None
+    return local_server_token(url)
+
+
+def local_server_token(url: str, api: str = "inference") -> str | None:
+    """The key `serve` keeps for the server at `url`, only when `url` is a loopback address
+    and that server listens on exactly this host and port and still runs: a key found by port
+    alone would go to whatever listens on another address (127.0.0.2, another machine)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if parts.scheme != "http" or host is None or port is None or not is_loopback(host):
+        return None
+    run_dir = default_run_dir(port)
+    record = read_serving_record(run_dir)
+    if record is None or not record.serves(host, port) or not record.alive():
+        return None
+    return read_token(run_dir / KEY_FILE, api)
 
 
 class InferenceClient:

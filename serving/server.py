@@ -8,15 +8,16 @@ archives into java.io.tmpdir ($TEMP). Isolating these lets several servers run s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,11 +26,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from scibert_pack.errors import PortInUseError, ServeError
+from scibert_pack.errors import InputError, PortInUseError, ServeError
+from scibert_pack.serving.run_dir import (
+    default_run_dir,
+    open_private,
+    secure_run_dir,
+    tighten,
+    write_private,
+)
 from scibert_pack.serving.store import ModelStore, open_store
+
+__all__ = ["KEY_FILE", "ServeSettings", "TorchServeProcess", "default_run_dir", "read_token"]
 
 Progress = Callable[[str], None]
 KEY_FILE = "key_file.json"
+# Which server a run folder's key file belongs to: host, port and pid (see ServingRecord).
+SERVING_RECORD = "serving.json"
+_PORT_OPTIONS = {
+    "port": "--port",
+    "management_port": "--management-port",
+    "metrics_port": "--metrics-port",
+    "grpc_port": "--grpc-port",
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,16 @@ class ServeSettings:
     run_dir: Path | None = None  # default: default_run_dir(port)
     ready_timeout_s: float | None = None  # default: the model's startupTimeout + 60 s
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, option in _PORT_OPTIONS.items():
+            value = getattr(self, name)
+            high = 65_534 if name == "grpc_port" else 65_535  # gRPC management takes port + 1
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+                raise InputError(
+                    f"{option} {value!r} is not a port",
+                    fix=f"pass a port from 1 to {high}, or 0 for a free one",
+                )
 
     def ports(self) -> dict[str, int]:
         return {
@@ -57,10 +85,47 @@ class ServeSettings:
         return f"http://{host}:{port}"
 
 
-def default_run_dir(port: int) -> Path:
-    """Where `serve` keeps logs and the key file; clients find the key here by port."""
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    return base / f"scibert-pack-{os.getuid()}" / f"serve-{port}"
+def with_free_ports(settings: ServeSettings) -> ServeSettings:
+    """`settings` with every port given as 0 replaced by a free one on its host (and for gRPC,
+    one whose next port is free too: gRPC management listens there)."""
+    wanted = [name for name in _PORT_OPTIONS if getattr(settings, name) == 0]
+    if not wanted:
+        return settings
+    host = settings.host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    given = [getattr(settings, n) for n in _PORT_OPTIONS if getattr(settings, n)]
+    taken = {*given, *([settings.grpc_port + 1] if settings.grpc_port else [])}
+    picked: dict[str, int] = {}
+    with contextlib.ExitStack() as held:  # held open, so no port is handed out twice
+        for name in wanted:
+            for _ in range(100):  # bounded: collisions are rare
+                s = held.enter_context(socket.socket(family))
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+                if port in taken:
+                    continue
+                if name == "grpc_port":
+                    if port + 1 in taken or port >= 65_535 or not _bindable(family, host, port + 1):
+                        continue
+                    taken.add(port + 1)
+                taken.add(port)
+                picked[name] = port
+                break
+            else:
+                raise PortInUseError(
+                    f"found no free port on {settings.host} for {_PORT_OPTIONS[name]} 0",
+                    fix="free some ports (see `ss -ltn`) or pass the port explicitly",
+                )
+    return dataclasses.replace(settings, **picked)  # type: ignore[arg-type]  # port fields
+
+
+def _bindable(family: socket.AddressFamily, host: str, port: int) -> bool:
+    with socket.socket(family) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _silent(_: str) -> None:
@@ -78,7 +143,8 @@ class TorchServeProcess:
         progress: Progress = _silent,
     ) -> None:
         self.store: ModelStore = open_store(store_dir)
-        self.settings = settings or ServeSettings()
+        # Ports given as 0 are picked now, so the run folder is named by the real port.
+        self.settings = with_free_ports(settings or ServeSettings())
         self.run_dir = self.settings.run_dir or default_run_dir(self.settings.port)
         self.progress = progress
         self._process: subprocess.Popen[bytes] | None = None
@@ -135,7 +201,7 @@ class TorchServeProcess:
         self._check_ports()
         self._prepare_run_dir()
         config = self.run_dir / "config.properties"
-        config.write_text(self._runtime_config(), encoding="utf-8")
+        write_private(config, self._runtime_config())
         torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent))
         torchserve = torchserve or shutil.which("torchserve")
         if torchserve is None:
@@ -163,7 +229,7 @@ class TorchServeProcess:
             "--ts-config", str(config),
         ]  # fmt: skip
         self.progress(f"starting TorchServe on {self.inference_url} (logs: {self.log_dir})")
-        self._stdout = (self.run_dir / "torchserve.out").open("wb")
+        self._stdout = os.fdopen(open_private(self.run_dir / "torchserve.out"), "wb")
         self._process = subprocess.Popen(
             command,
             cwd=self.run_dir,
@@ -172,7 +238,16 @@ class TorchServeProcess:
             stdout=self._stdout,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # one process group: java and its Python workers
+            umask=0o077,  # logs, key file, unpacked archive: readable by this user only
         )
+        record = {
+            "schema": "scibert-pack/serving/v1",
+            "host": self.settings.host,
+            "port": self.settings.port,
+            "management_port": self.settings.management_port,
+            "pid": self._process.pid,
+        }
+        write_private(self.run_dir / SERVING_RECORD, json.dumps(record) + "\n")
 
     def wait_ready(self) -> None:
         """Block until the model's workers are READY; ServeError with the log tail otherwise."""
@@ -221,6 +296,7 @@ class TorchServeProcess:
                 os.killpg(process.pid, signal.SIGKILL)
             time.sleep(0.1)
         self._stdout.close()
+        self._clean_run_dir()
 
     # helpers ------------------------------------------------------------------------------
     def token(self, api: str = "inference") -> str | None:
@@ -266,13 +342,20 @@ class TorchServeProcess:
                     ) from err
 
     def _prepare_run_dir(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.key_file, self.run_dir / "tmp"):
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            elif stale.exists():
-                stale.unlink()
-        (self.run_dir / "tmp").mkdir()
+        self.run_dir = secure_run_dir(self.run_dir)
+        self._clean_run_dir()
+        tighten(self.run_dir)  # logs an earlier version of scibert-pack wrote 0644
+        (self.run_dir / "tmp").mkdir(mode=0o700)
+
+    def _clean_run_dir(self) -> None:
+        """What must not outlive a server: its key, its record, TorchServe's pid file, worker
+        sockets and unpacked archive (all in tmp/). Logs stay for reading."""
+        for stale in (self.key_file, self.run_dir / SERVING_RECORD, self.run_dir / "tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.lstat(stale).st_mode):
+                    shutil.rmtree(stale)
+                else:
+                    os.unlink(stale)
 
     def _runtime_config(self) -> str:
         """The store's config.properties with this machine's addresses, ports and store path."""
@@ -322,6 +405,63 @@ def exposure_warning(host: str, *, token_auth: bool) -> str | None:
         "--token-auth` (clients then pass --token or --key-file), or serve on "
         "--host 127.0.0.1"
     )
+
+
+@dataclass(frozen=True)
+class ServingRecord:
+    """The server a run folder's key file belongs to, as `serve` wrote it at start."""
+
+    host: str
+    port: int
+    pid: int
+
+    def serves(self, host: str, port: int) -> bool:
+        """True when a request to `host`:`port` reaches this server: the same port and the
+        address it listens on (a wildcard address covers loopback addresses of its family)."""
+        if port != self.port:
+            return False
+        mine, theirs = _normal_host(self.host), _normal_host(host)
+        if mine == theirs:
+            return True
+        if mine in ("0.0.0.0", "::") and is_loopback(theirs) and theirs != "localhost":
+            return mine == "::" or ":" not in theirs
+        return False
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False  # gone, or the pid now belongs to another user's process
+        return True
+
+
+def read_serving_record(run_dir: Path) -> ServingRecord | None:
+    """The record in `run_dir`, if the folder and the record are this user's alone; None for
+    anything else (a folder another user could have written is not believed)."""
+    try:
+        folder = os.lstat(run_dir)
+        if (
+            not stat.S_ISDIR(folder.st_mode)
+            or folder.st_uid != os.getuid()
+            or folder.st_mode & 0o022
+        ):
+            return None
+        fd = os.open(run_dir / SERVING_RECORD, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            if os.fstat(fh.fileno()).st_uid != os.getuid():
+                return None
+            raw = json.loads(fh.read(65_536))
+        return ServingRecord(str(raw["host"]), int(raw["port"]), int(raw["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _normal_host(host: str) -> str:
+    bare = host.strip("[]").lower().rstrip(".")
+    try:
+        return ipaddress.ip_address(bare).compressed
+    except ValueError:
+        return bare
 
 
 def read_token(key_file: Path, api: str = "inference") -> str | None:

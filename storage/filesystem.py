@@ -55,7 +55,8 @@ class FilesystemBackend:
     def version_uri(self, version: str) -> str:
         if self._uri_base is None:
             return str(self._final(version))
-        return f"{self._uri_base.rstrip('/')}/{version}"
+        # A folder: a trailing slash, as every printed storageUri has (README).
+        return f"{self._uri_base.rstrip('/')}/{version}/"
 
     def record_uri(self, version: str) -> str:
         return str(self._record(version))

@@ -64,7 +64,7 @@ class PvcCopy:
             "objects": [
                 {
                     "path": f.path,
-                    "uri": f"{self.storage_uri}/{f.path}",
+                    "uri": f"{self.storage_uri.rstrip('/')}/{f.path}",
                     "size": f.size,
                     "sha256": f.sha256,
                 }
@@ -134,7 +134,8 @@ def pvc_copy(
     staging = f".{name}.partial"
     record = f"{name}{_RECORD_SUFFIX}"
     record_tmp = f".{record}.tmp"
-    storage_uri = f"pvc://{claim}/{folder}"
+    # A trailing slash, as on S3: the storageUri names a folder (README).
+    storage_uri = f"pvc://{claim}/{folder}/"
     record_bytes = completion_record(store, storage_uri)
     sums = "".join(f"{f.sha256}  {f.path}\n" for f in store.files)
     count = len(store.files)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,15 +103,46 @@ def _archives(model_store: Path) -> tuple[list[Path], list[Path]]:
 
 def _walk(root: Path) -> list[tuple[str, Path]]:
     """Every regular file under `root`, sorted; hidden names (editor, OS, temp files) are not
-    part of a store."""
+    part of a store. A link (to a file or a folder, inside the store or out of it) or a special
+    file (FIFO, socket, device) is refused, all of them named, before anything is sent: the
+    upload must send exactly the store's own files."""
     found: list[tuple[str, Path]] = []
+    refused: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
+        dirnames.sort()
+        for name in [*dirnames, *filenames]:
             path = Path(dirpath) / name
-            if not name.startswith(".") and path.is_file():
-                found.append((path.relative_to(root).as_posix(), path))
+            if name.startswith("."):
+                continue
+            mode = path.lstat().st_mode
+            rel = path.relative_to(root).as_posix()
+            if stat.S_ISLNK(mode):
+                refused.append(f"{rel} (a link to {os.readlink(path)})")
+            elif stat.S_ISREG(mode):
+                found.append((rel, path))
+            elif not stat.S_ISDIR(mode):
+                refused.append(f"{rel} ({_kind(mode)})")
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    if refused:
+        raise StoreError(
+            f"model store {root} holds {len(refused)} links or special files that upload does "
+            f"not send: {', '.join(sorted(refused))}; nothing was uploaded",
+            fix="replace each link with a copy of the file it points to (cp --remove-destination "
+            "TARGET LINK), remove special files, or rebuild the store with `scibert-pack build`",
+        )
     return sorted(found)
+
+
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 def _check_artifacts(root: Path, report: dict[str, Any], files: dict[str, LocalFile]) -> None:

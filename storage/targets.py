@@ -89,61 +89,133 @@ def _userinfo_end(rest: str) -> int:
     return -1
 
 
+@dataclass(frozen=True)
+class StorageUri:
+    """A checked scheme://name/path storage URI: `scheme` lowercase, `name` the bucket, claim
+    or host, `path` without leading or trailing slashes."""
+
+    scheme: str
+    name: str
+    path: str
+
+
+# Characters no storage URI of ours needs and that change what it names further down the line:
+# '%' (decoded by some tools into '/' or '..'), '\\' (a separator on other systems).
+_FORBIDDEN = {"%": "a percent-escape", "\\": "a backslash"}
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$")
+
+
+def check_storage_uri(
+    uri: str,
+    *,
+    schemes: tuple[str, ...],
+    label: str = "",
+    credentials_fix: str | None = None,
+    scheme_fix: str | None = None,
+) -> StorageUri:
+    """The one validator of scheme://... storage URIs, for `upload` and `manifest` alike.
+
+    Refused, each with its own message: credentials, a query or fragment (a presigned URL),
+    control characters or whitespace (CR/LF), non-ASCII, percent-escapes and backslashes, an
+    empty, '.' or '..' path segment, a scheme not in `schemes` and a malformed bucket, claim or
+    host name. `label` starts each message (e.g. "--storage-uri "); the URI is quoted redacted.
+    """
+    shown = redact_uri(uri)
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if has_userinfo(uri):
+        if credentials_fix is None and scheme.lower() == "s3":
+            credentials_fix = (
+                f"remove them and let boto3's credential chain find them: set {CREDENTIAL_CHAIN}"
+            )
+        raise InputError(
+            f"{label}{shown!r} carries credentials (the part before '@'); a URI ends up in shell "
+            "history, logs and manifests, so keys never go there",
+            fix=credentials_fix or f"remove them: a {scheme.lower()}:// URI takes no credentials",
+        )
+    if "?" in uri or "#" in uri:
+        raise InputError(
+            f"{label}{shown!r} has a query or fragment ('?' or '#'), which a storage URI does "
+            "not take",
+            fix="drop it: KServe's storage initializer cuts a storageUri at '?' or '#' as well "
+            "(a presigned https:// URL expires and is a credential: upload the store and give "
+            "its s3:// or pvc:// storageUri)",
+        )
+    for index, char in enumerate(uri):
+        if not char.isprintable() or char.isspace():
+            raise InputError(
+                f"{label}{shown!r} holds a control character or whitespace ({char!r} at "
+                f"position {index})",
+                fix="write the URI on one line with no spaces, tabs or line breaks",
+            )
+        if not char.isascii():
+            raise InputError(
+                f"{label}{shown!r} holds a non-ASCII character ({char!r} at position {index})",
+                fix="use ASCII letters, digits, '-', '_', '.' and '/' in bucket, claim and "
+                "folder names",
+            )
+        if char in _FORBIDDEN:
+            raise InputError(
+                f"{label}{shown!r} holds {_FORBIDDEN[char]} ({char!r} at position {index}), "
+                "which tools read differently",
+                fix="write the path plainly with '/' between plain names, e.g. "
+                "s3://my-models/scibert",
+            )
+    parts = urlsplit(uri)
+    if scheme not in schemes:
+        names = ", ".join(f"{s}://" for s in schemes)
+        hint = " (in lowercase)" if scheme.lower() in schemes else ""
+        raise InputError(
+            f"{label}unknown storage scheme {scheme!r} in {shown!r}",
+            fix=scheme_fix or f"expected one of {names}{hint}",
+        )
+    if scheme in ("s3", "gs") and not _BUCKET.match(parts.netloc):
+        raise InputError(
+            f"{label}{shown!r} names no valid {'S3' if scheme == 's3' else 'GCS'} bucket "
+            f"(got {parts.netloc!r})",
+            fix="bucket names are 3-63 lowercase letters, digits, dots or dashes, "
+            f"e.g. {scheme}://my-models/scibert",
+        )
+    if scheme == "pvc" and not _CLAIM.match(parts.netloc):
+        raise InputError(
+            f"{label}{shown!r} names no valid PersistentVolumeClaim (got {parts.netloc!r})",
+            fix="claim names are lowercase letters, digits, dots or dashes, "
+            "e.g. pvc://model-store/scibert",
+        )
+    if scheme not in ("s3", "gs", "pvc", "file") and not _HOST.match(parts.netloc):
+        raise InputError(
+            f"{label}{shown!r} names no valid host (got {parts.netloc!r})",
+            fix=f"e.g. {scheme}://models.example.com/scibert/",
+        )
+    return StorageUri(scheme, parts.netloc, _clean_path(label, shown, parts.path))
+
+
+UPLOAD_SCHEMES = ("s3", "pvc")
+
+
 def parse_target(uri: str) -> Target:
     """The target STORAGE_URI names; InputError for an unknown scheme, a malformed name or
-    credentials written into the URI. Messages quote the URI redacted, never its userinfo."""
+    credentials written into the URI (check_storage_uri). Messages quote the URI redacted."""
     if "://" not in uri:
         if not uri.strip():
             raise InputError("STORAGE_URI is empty", fix=_EXPECTED)
         return LocalTarget(Path(uri).expanduser().absolute())
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower()
-    shown = redact_uri(uri)
-    if has_userinfo(uri):
-        if scheme == "s3":
-            fix = f"remove them and let boto3's credential chain find them: set {CREDENTIAL_CHAIN}"
-        else:
-            fix = f"remove them: a {scheme}:// URI takes no credentials"
-        raise InputError(
-            f"{shown!r} carries credentials (the part before '@'); a URI ends up in shell "
-            "history, logs and manifests, so keys never go there",
-            fix=fix,
-        )
-    if "?" in uri or "#" in uri:
-        raise InputError(
-            f"{shown!r} has a query or fragment ('?' or '#'), which a storage URI does not take",
-            fix="drop it: KServe's storage initializer cuts a storageUri at '?' or '#' as well",
-        )
-    path = _clean_path(shown, parts.path)
-    if scheme == "s3":
-        if not _BUCKET.match(parts.netloc):
-            raise InputError(
-                f"{shown!r} names no valid S3 bucket (got {parts.netloc!r})",
-                fix="bucket names are 3-63 lowercase letters, digits, dots or dashes, "
-                "e.g. s3://my-models/scibert",
-            )
-        return S3Target(parts.netloc, path)
-    if scheme == "pvc":
-        if not _CLAIM.match(parts.netloc):
-            raise InputError(
-                f"{shown!r} names no valid PersistentVolumeClaim (got {parts.netloc!r})",
-                fix="claim names are lowercase letters, digits, dots or dashes, "
-                "e.g. pvc://model-store/scibert",
-            )
-        return PvcTarget(parts.netloc, path)
-    if scheme == "file":
-        return LocalTarget(Path(parts.path).absolute())
-    raise InputError(
-        f"unknown storage scheme {parts.scheme!r} in {shown!r}",
-        fix=f"{_EXPECTED} (GCS and Azure are not supported yet)",
+    if uri.split("://", 1)[0].lower() == "file":
+        return LocalTarget(Path(urlsplit(uri).path).absolute())
+    checked = check_storage_uri(
+        uri, schemes=UPLOAD_SCHEMES, scheme_fix=f"{_EXPECTED} (GCS and Azure are not supported yet)"
     )
+    if checked.scheme == "s3":
+        return S3Target(checked.name, checked.path)
+    return PvcTarget(checked.name, checked.path)
 
 
-def _clean_path(shown: str, raw: str) -> str:
-    segments = [s for s in raw.split("/") if s]
-    if any(s in (".", "..") for s in segments) or "//" in raw.strip("/"):
+def _clean_path(label: str, shown: str, raw: str) -> str:
+    segments = raw.split("/")[1:] if raw.startswith("/") else raw.split("/")
+    if segments and segments[-1] == "":
+        segments = segments[:-1]  # one trailing slash: a folder
+    if any(s in ("", ".", "..") for s in segments):
         raise InputError(
-            f"{shown!r} has an empty, '.' or '..' path segment",
+            f"{label}{shown!r} has an empty, '.' or '..' path segment",
             fix="write the path plainly, e.g. s3://my-models/scibert",
         )
     return "/".join(segments)

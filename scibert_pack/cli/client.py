@@ -19,12 +19,14 @@ def _client_options(func: Callable[..., Any], *, texts_required: bool = True) ->
         click.option(
             "--token",
             envvar="SCIBERT_PACK_TOKEN",
-            help="Bearer token (archives built with --token-auth).",
+            help="Bearer token (archives built with --token-auth), sent to --url whatever "
+            "host it names.",
         ),
         click.option(
             "--key-file",
             type=click.Path(path_type=Path, dir_okay=False),
-            help="key_file.json written by TorchServe (default: the one `serve` wrote).",
+            help="key_file.json written by TorchServe (default: the one `serve` wrote for the "
+            "loopback server at exactly --url; it never goes to another host or port).",
         ),
         click.option("--timeout", default=300.0, show_default=True, help="Seconds."),
         click.option("--json", "as_json", is_flag=True, help="Print the raw v2 response."),

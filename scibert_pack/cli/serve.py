@@ -15,16 +15,22 @@ from scibert_pack.errors import ServeError
 @click.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8085, show_default=True, help="Inference API port.")
-@click.option("--management-port", default=8081, show_default=True)
-@click.option("--metrics-port", default=8082, show_default=True)
 @click.option(
-    "--grpc-port", default=7070, show_default=True, help="gRPC inference; management is the next."
+    "--port", default=8085, show_default=True, help="Inference API port (0: a free one, printed)."
+)
+@click.option("--management-port", default=8081, show_default=True, help="0: a free one.")
+@click.option("--metrics-port", default=8082, show_default=True, help="0: a free one.")
+@click.option(
+    "--grpc-port",
+    default=7070,
+    show_default=True,
+    help="gRPC inference; management is the next (0: a free pair).",
 )
 @click.option(
     "--run-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Where logs and the key file go (default: a folder per port under $TMPDIR).",
+    help="Where logs and the key file go, private to you (default: a folder per inference "
+    "port under $XDG_RUNTIME_DIR or $TMPDIR; clients find the key there).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def serve(
@@ -62,6 +68,8 @@ def serve(
         with server:
             name = server.model_name
             console.data(f"model:       {name} (ready)")
+            ports = server.settings.ports()
+            console.data("ports:       " + ", ".join(f"{api} {n}" for api, n in ports.items()))
             console.data(f"v2 infer:    {server.inference_url}/v2/models/{name}/infer")
             console.data(f"v2 explain:  {server.inference_url}/v2/models/{name}/explain")
             console.data(f"v1 predict:  {server.inference_url}/v1/models/{name}:predict")

@@ -1,0 +1,257 @@
+"""The run folder of `serve` is private or refused: another user who created it first, made it
+writable, or put a link or a file in its place cannot get their code run (issue 11, item 1)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scibert_pack.archiver.build import build
+from scibert_pack.archiver.settings import BuildSettings
+from scibert_pack.cli import cli
+from scibert_pack.errors import UnsafeRunDirError
+from scibert_pack.serving.run_dir import default_run_dir, secure_run_dir
+
+OTHER_UID = 65534  # tests run as root: another user's folder is one chowned to nobody
+ME = f"uid {os.getuid()} ({pwd.getpwuid(os.getuid()).pw_name})"
+OTHER = f"uid {OTHER_UID} ({pwd.getpwuid(OTHER_UID).pw_name})"
+PORT = 8085
+
+
+def _user(base: Path) -> Path:
+    return base / f"scibert-pack-{os.getuid()}"
+
+
+def _mkdir(path: Path, mode: int = 0o700) -> Path:
+    path.mkdir()
+    path.chmod(mode)  # past the umask
+    return path
+
+
+def other_owner(base: Path) -> Path:
+    os.chown(_mkdir(_user(base)), OTHER_UID, OTHER_UID)
+    return _user(base)
+
+
+def other_owner_run_folder(base: Path) -> Path:
+    run = _mkdir(_user(base)) / f"serve-{PORT}"
+    os.chown(_mkdir(run), OTHER_UID, OTHER_UID)
+    return run
+
+
+def group_writable(base: Path) -> Path:
+    return _mkdir(_user(base), 0o770)
+
+
+def world_writable(base: Path) -> Path:
+    return _mkdir(_user(base), 0o777)
+
+
+def sticky_world_writable(base: Path) -> Path:
+    # Sticky or not, a folder of ours that others may write to is not private.
+    return _mkdir(_user(base), 0o1777)
+
+
+def link_as_run_folder(base: Path) -> Path:
+    elsewhere = _mkdir(base.parent / "elsewhere")
+    (_mkdir(_user(base)) / f"serve-{PORT}").symlink_to(elsewhere)
+    return _user(base) / f"serve-{PORT}"
+
+
+def link_as_parent(base: Path) -> Path:
+    elsewhere = _mkdir(base.parent / "elsewhere")
+    _user(base).symlink_to(elsewhere)
+    return _user(base)
+
+
+def dangling_link(base: Path) -> Path:
+    _user(base).symlink_to(base.parent / "not-yet")
+    return _user(base)
+
+
+def file_as_run_folder(base: Path) -> Path:
+    (_mkdir(_user(base)) / f"serve-{PORT}").write_text("x")
+    return _user(base) / f"serve-{PORT}"
+
+
+def fifo_as_run_folder(base: Path) -> Path:
+    os.mkfifo(_mkdir(_user(base)) / f"serve-{PORT}")
+    return _user(base) / f"serve-{PORT}"
+
+
+def base_of_other_user(base: Path) -> Path:
+    os.chown(base, OTHER_UID, OTHER_UID)
+    return base
+
+
+def base_world_writable(base: Path) -> Path:
+    base.chmod(0o777)
+    return base
+
+
+_LINK_FIX = "and rerun, or pass --run-dir DIR with a folder of your own"
+UNSAFE: list[tuple[str, Callable[[Path], Path], str]] = [
+    (
+        "other-owner",
+        other_owner,
+        f"run folder {{bad}} belongs to {OTHER}, not to you ({ME}): its owner could swap the "
+        f"handler TorchServe runs; remove it (as its owner or root: rm -r {{bad}}) {_LINK_FIX}",
+    ),
+    (
+        "other-owner-run-folder",
+        other_owner_run_folder,
+        f"run folder {{bad}} belongs to {OTHER}, not to you ({ME}): its owner could swap the "
+        f"handler TorchServe runs; remove it (as its owner or root: rm -r {{bad}}) {_LINK_FIX}",
+    ),
+    (
+        "group-writable",
+        group_writable,
+        "run folder {bad} has mode 0770 (writable by its group): others could swap the handler "
+        f"TorchServe runs; chmod 700 {{bad}} {_LINK_FIX}",
+    ),
+    (
+        "world-writable",
+        world_writable,
+        "run folder {bad} has mode 0777 (writable by its group and everyone): others could "
+        f"swap the handler TorchServe runs; chmod 700 {{bad}} {_LINK_FIX}",
+    ),
+    (
+        "sticky-world-writable",
+        sticky_world_writable,
+        "run folder {bad} has mode 1777 (writable by its group and everyone): others could "
+        f"swap the handler TorchServe runs; chmod 700 {{bad}} {_LINK_FIX}",
+    ),
+    (
+        "link-as-run-folder",
+        link_as_run_folder,
+        "run folder {bad} is a symbolic link (to {elsewhere}); serve follows no link in the "
+        "folders it creates: whoever made it may control where the handler TorchServe runs is "
+        f"unpacked; remove the link (rm {{bad}}) {_LINK_FIX}",
+    ),
+    (
+        "link-as-parent",
+        link_as_parent,
+        "run folder {bad} is a symbolic link (to {elsewhere}); serve follows no link in the "
+        "folders it creates: whoever made it may control where the handler TorchServe runs is "
+        f"unpacked; remove the link (rm {{bad}}) {_LINK_FIX}",
+    ),
+    (
+        "dangling-link",
+        dangling_link,
+        "run folder {bad} is a symbolic link (to {not_yet}); serve follows no link in the "
+        "folders it creates: whoever made it may control where the handler TorchServe runs is "
+        f"unpacked; remove the link (rm {{bad}}) {_LINK_FIX}",
+    ),
+    (
+        "file",
+        file_as_run_folder,
+        f"run folder {{bad}} exists and is a file, not a folder; remove it (rm {{bad}}) {_LINK_FIX}",
+    ),
+    (
+        "fifo",
+        fifo_as_run_folder,
+        f"run folder {{bad}} exists and is a FIFO, not a folder; remove it (rm {{bad}}) {_LINK_FIX}",
+    ),
+    (
+        "base-of-another-user",
+        base_of_other_user,
+        f"{{bad}}, above the run folder, belongs to {OTHER}: its owner could replace the run "
+        "folder and the handler TorchServe runs; pass --run-dir DIR under a folder of your own "
+        "(or unset XDG_RUNTIME_DIR if it points there)",
+    ),
+    (
+        "base-world-writable-not-sticky",
+        base_world_writable,
+        "{bad}, above the run folder, has mode 0777 (writable by its group and everyone, not "
+        "sticky): others could replace the run folder; chmod go-w {bad} (or chmod +t), or pass "
+        "--run-dir DIR under a folder of your own",
+    ),
+]
+
+
+@pytest.fixture
+def base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$XDG_RUNTIME_DIR for the test: where the default run folders go."""
+    folder = _mkdir(tmp_path / "runtime")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("arrange", "message"), [c[1:] for c in UNSAFE], ids=[c[0] for c in UNSAFE]
+)
+def test_unsafe_run_folder_is_refused(
+    base: Path, arrange: Callable[[Path], Path], message: str
+) -> None:
+    bad = arrange(base)
+    run_dir = default_run_dir(PORT)
+    assert run_dir == _user(base) / f"serve-{PORT}"
+    before = sorted(str(p) for p in base.parent.rglob("*"))
+    with pytest.raises(UnsafeRunDirError) as caught:
+        secure_run_dir(run_dir)
+    assert caught.value.exit_code == 2
+    assert str(caught.value) == message.format(
+        bad=bad, elsewhere=base.parent / "elsewhere", not_yet=base.parent / "not-yet"
+    )
+    # Refused before anything was written, and nothing was made private that was not ours.
+    assert sorted(str(p) for p in base.parent.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "arrange",
+    [
+        lambda base: None,
+        lambda base: _mkdir(_user(base), 0o755),
+        lambda base: base.chmod(0o1777),  # a sticky shared folder, as /tmp
+    ],
+    ids=["fresh", "existing-0755-tightened", "sticky-base"],
+)
+def test_run_folder_is_made_private(base: Path, arrange: Callable[[Path], object]) -> None:
+    arrange(base)
+    made = secure_run_dir(default_run_dir(PORT))
+    assert made == _user(base).resolve() / f"serve-{PORT}"
+    for folder in (made, made.parent):
+        info = os.lstat(folder)
+        assert stat.S_ISDIR(info.st_mode)
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o700, os.getuid())
+
+
+def test_explicit_run_dir_gets_its_missing_folders_private(tmp_path: Path) -> None:
+    made = secure_run_dir(tmp_path / "a" / "b" / "run")
+    assert made == tmp_path.resolve() / "a" / "b" / "run"
+    for folder in (made, made.parent, made.parent.parent):
+        assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o700
+
+
+def test_explicit_run_dir_under_another_users_folder_is_refused(tmp_path: Path) -> None:
+    theirs = _mkdir(tmp_path / "theirs", 0o755)
+    os.chown(theirs, OTHER_UID, OTHER_UID)
+    with pytest.raises(UnsafeRunDirError) as caught:
+        secure_run_dir(theirs / "run")
+    assert str(caught.value).startswith(
+        f"{theirs}, above the run folder, belongs to {OTHER}: its owner could replace"
+    )
+    assert not (theirs / "run").exists()
+
+
+def test_serve_refuses_a_taken_over_run_folder_before_starting(
+    tiny_bert: Path, tmp_path: Path, base: Path
+) -> None:
+    build(tiny_bert, BuildSettings(name="m"), tmp_path / "store")
+    bad = other_owner(base)
+    ports = ["--port", "0", "--management-port", "0", "--metrics-port", "0", "--grpc-port", "0"]
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "store"), *ports, "-q"])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"Error: run folder {bad} belongs to {OTHER}, not to you ({ME}): its owner could swap "
+        f"the handler TorchServe runs; remove it (as its owner or root: rm -r {bad}) and rerun, "
+        "or pass --run-dir DIR with a folder of your own\n"
+    )
+    assert list(bad.iterdir()) == []
