@@ -125,8 +125,8 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     if refused:
         raise StoreError(
-            f"model store {root} holds {len(refused)} links or special files that upload does "
-            f"not send: {', '.join(sorted(refused))}; nothing was uploaded",
+            f"model store {root} holds links or special files, which upload does not send: "
+            f"{', '.join(sorted(refused))}; nothing was uploaded",
             fix="replace each link with a copy of the file it points to (cp --remove-destination "
             "TARGET LINK), remove special files, or rebuild the store with `scibert-pack build`",
         )

@@ -9,10 +9,11 @@ from urllib.parse import urlsplit
 
 from scibert_pack.errors import InputError
 
-# S3 bucket naming rules (virtual-host safe subset): 3-63 chars, lowercase, digits, dots, dashes.
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# S3 bucket naming rules (virtual-host safe subset): lowercase, digits, dots, dashes, at most 63
+# (AWS wants 3 at least; its own answer says so for shorter ones).
+_BUCKET = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 # A PersistentVolumeClaim name is a DNS-1123 subdomain.
-_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_CLAIM = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _EXPECTED = "expected s3://bucket/prefix, pvc://claim/path or a local directory path"
 # How boto3 finds credentials, as the fix of every message about them.
 CREDENTIAL_CHAIN = (
@@ -102,7 +103,7 @@ class StorageUri:
 # Characters no storage URI of ours needs and that change what it names further down the line:
 # '%' (decoded by some tools into '/' or '..'), '\\' (a separator on other systems).
 _FORBIDDEN = {"%": "a percent-escape", "\\": "a backslash"}
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$")
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?")
 
 
 def check_storage_uri(
@@ -168,20 +169,20 @@ def check_storage_uri(
             f"{label}unknown storage scheme {scheme!r} in {shown!r}",
             fix=scheme_fix or f"expected one of {names}{hint}",
         )
-    if scheme in ("s3", "gs") and not _BUCKET.match(parts.netloc):
+    if scheme in ("s3", "gs") and not _BUCKET.fullmatch(parts.netloc):
         raise InputError(
             f"{label}{shown!r} names no valid {'S3' if scheme == 's3' else 'GCS'} bucket "
             f"(got {parts.netloc!r})",
-            fix="bucket names are 3-63 lowercase letters, digits, dots or dashes, "
+            fix="bucket names are up to 63 lowercase letters, digits, dots or dashes, "
             f"e.g. {scheme}://my-models/scibert",
         )
-    if scheme == "pvc" and not _CLAIM.match(parts.netloc):
+    if scheme == "pvc" and not _CLAIM.fullmatch(parts.netloc):
         raise InputError(
             f"{label}{shown!r} names no valid PersistentVolumeClaim (got {parts.netloc!r})",
             fix="claim names are lowercase letters, digits, dots or dashes, "
             "e.g. pvc://model-store/scibert",
         )
-    if scheme not in ("s3", "gs", "pvc", "file") and not _HOST.match(parts.netloc):
+    if scheme not in ("s3", "gs", "pvc", "file") and not _HOST.fullmatch(parts.netloc):
         raise InputError(
             f"{label}{shown!r} names no valid host (got {parts.netloc!r})",
             fix=f"e.g. {scheme}://models.example.com/scibert/",

@@ -73,8 +73,16 @@ BAD_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
         "--storage-uri '/data/scibert' is not a storage URI KServe can fetch; give the model "
         "store's location, e.g. s3://bucket/scibert/v1/ or pvc://claim/scibert/v1",
     ),
-    ("storage-empty", {"storage_uri": "s3://"}, "--storage-uri 's3://' is not a storage URI"),
-    ("pvc-claim", {"storage_uri": "pvc://My_Claim/x"}, "PVC claim in --storage-uri 'My_Claim'"),
+    (
+        "storage-empty",
+        {"storage_uri": "s3://"},
+        "--storage-uri 's3://' names no valid S3 bucket (got '')",
+    ),
+    (
+        "pvc-claim",
+        {"storage_uri": "pvc://My_Claim/x"},
+        "--storage-uri 'pvc://My_Claim/x' names no valid PersistentVolumeClaim (got 'My_Claim')",
+    ),
     (
         "cpu",
         {"cpu": "two"},
@@ -148,7 +156,7 @@ BAD_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
         "storage-credentials",
         {"storage_uri": "s3://AKIAEXAMPLE:top/secret@models/scibert/"},
         "--storage-uri 's3://***@models/scibert/' carries credentials (the part before '@'); "
-        "they would be written into the InferenceService for anyone who can read it; remove "
+        "a URI ends up in shell history, logs and manifests, so keys never go there; remove "
         "them and give the predictor the credentials through --service-account (a "
         "ServiceAccount with KServe's S3 secret annotations)",
     ),
@@ -435,7 +443,7 @@ def test_manifest_fill_steps_fill_the_claim(tmp_path: Path) -> None:
     assert sorted(p.name for p in (claim / "scibert").iterdir()) == ["v1", "v1.complete.json"]
     assert tree(claim / "scibert" / "v1") == tree(out)
     assert (claim / "scibert" / "v1.complete.json").read_bytes() == completion_record(
-        store, "pvc://models/scibert/v1"
+        store, "pvc://models/scibert/v1/"
     )
 
 

@@ -14,6 +14,19 @@ from scibert_pack.kserve.store_info import read_store
 
 BASE = {"name": "scibert", "storage_uri": "s3://models/scibert/v1/"}
 
+TOKEN_AUTH_OFF = (
+    "the model store was built with --token-auth, but the scibert-pack runtime starts "
+    "TorchServe with --disable-token-auth: in the pod every inference and management call is "
+    "answered without a key. TorchServe 0.12 makes its keys at start inside the pod and "
+    "expires them, so neither KServe's probes nor your clients could present one"
+)
+TOKEN_AUTH_OFF_FIX = (
+    "authenticate in front of the pod instead (an ingress or gateway that checks tokens, e.g. "
+    "Istio RequestAuthentication with an AuthorizationPolicy) and keep the pod's other ports "
+    "in the cluster with a NetworkPolicy; rebuild the store without --token-auth once that is "
+    "in place, and this warning goes away"
+)
+
 # (id, options, store overrides or None for no store, code, message, fix)
 TRAPS: list[tuple[str, dict[str, Any], dict[str, Any] | None, str, str, str]] = [
     (
@@ -63,6 +76,14 @@ TRAPS: list[tuple[str, dict[str, Any], dict[str, Any] | None, str, str, str]] = 
         "(pytorch/serve#3301)",
         "rebuild the store without --token-auth, or use --runtime scibert-pack (it starts "
         "TorchServe with --disable-token-auth)",
+    ),
+    (
+        "token-auth-with-our-runtime",
+        {},
+        {"token_auth": True},
+        "token-auth-off",
+        TOKEN_AUTH_OFF,
+        TOKEN_AUTH_OFF_FIX,
     ),
     (
         "v2-explain-behind-wrapper",
@@ -206,7 +227,6 @@ CLEAN: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
     ("batcher-with-v1", {"protocol": "v1", "batcher_max_batch_size": 8}, None),
     ("stock-v1-default-image", {"runtime": "kserve-torchserve", "protocol": "v1"}, {}),
     ("stock-gpu-image", {"runtime": "kserve-torchserve", "protocol": "v1", "gpu": 1}, None),
-    ("token-auth-with-our-runtime", {}, {"token_auth": True}),
     # With the store, the PVC documents come with their copy steps: nothing to warn about.
     ("pvc-uri-without-slash", {"storage_uri": "pvc://claim/scibert"}, {}),
     ("pvc-serving-only", {"storage_uri": "pvc://claim/scibert", "only": "serving"}, None),
@@ -228,3 +248,19 @@ def test_no_warning_when_right(
         store = read_store(write_store(tmp_path / "out", **store_overrides))
     warnings = build_manifest(ManifestOptions(**{**BASE, **extra}), store).warnings
     assert [w.code for w in warnings if w.code != "stock-runtime-libraries"] == []
+
+
+def test_manifest_says_on_stderr_that_token_auth_is_off_in_the_pod(tmp_path: Path) -> None:
+    """Never silent: the YAML on stdout is unchanged, the warning and its reason on stderr."""
+    from click.testing import CliRunner
+
+    from scibert_pack.cli import cli
+
+    args = ["manifest", "--storage-uri", "s3://models/scibert/v1/", "--no-dockerfile"]
+    for token_auth in (True, False):
+        store = write_store(tmp_path / f"out-{token_auth}", token_auth=token_auth)
+        result = CliRunner().invoke(cli, [*args, "--from-store", str(store)])
+        assert result.exit_code == 0, result.output
+        assert "--disable-token-auth" in result.stdout
+        warning = f"Warning: [token-auth-off] {TOKEN_AUTH_OFF}\n  fix: {TOKEN_AUTH_OFF_FIX}\n"
+        assert (warning in result.stderr) is token_auth, result.stderr

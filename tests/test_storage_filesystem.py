@@ -37,7 +37,8 @@ def test_pvc_upload_lands_whole_in_the_mounted_claim(
 
     result = run_upload(plan_upload(read_store(store), backend), backend)
 
-    assert result.plan.storage_uri == f"pvc://model-claim/models/scibert/{version}"
+    # A folder, so a trailing slash, as S3 storageUris have (README).
+    assert result.plan.storage_uri == f"pvc://model-claim/models/scibert/{version}/"
     root = mount / "models" / "scibert"
     assert sorted(p.name for p in root.iterdir()) == [version, f"{version}.complete.json"]
     assert tree(root / version) == tree(store)

@@ -58,7 +58,9 @@ _S3_FIX = (
 )
 _QUERY = (
     "has a query or fragment ('?' or '#'), which a storage URI does not take; drop it: "
-    "KServe's storage initializer cuts a storageUri at '?' or '#' as well"
+    "KServe's storage initializer cuts a storageUri at '?' or '#' as well (a presigned "
+    "https:// URL expires and is a credential: upload the store and give its s3:// or pvc:// "
+    "storageUri)"
 )
 
 
@@ -73,7 +75,7 @@ _QUERY = (
         (
             "s3://My_Bucket/x",
             "'s3://My_Bucket/x' names no valid S3 bucket (got 'My_Bucket'); bucket names are "
-            "3-63 lowercase letters, digits, dots or dashes, e.g. s3://my-models/scibert",
+            "up to 63 lowercase letters, digits, dots or dashes, e.g. s3://my-models/scibert",
         ),
         (
             "pvc://Claim/x",
@@ -284,13 +286,17 @@ def test_kubectl_steps_are_exact(make_store: Callable[..., Path]) -> None:
     store = read_store(make_store())
     v = store.version
     copy = kubectl_steps(store, PvcTarget("model-claim", "models/scibert"))
-    uri = f"pvc://model-claim/models/scibert/{v}"
+    uri = f"pvc://model-claim/models/scibert/{v}/"  # a folder: a trailing slash
     parent = "/mnt/pvc/models/scibert"
     record = completion_record(store, uri)
     pod = "kubectl exec scibert-pack-copy -- sh -c"
     pod_i = "kubectl exec -i scibert-pack-copy -- sh -c"
 
-    assert (copy.storage_uri, copy.record_uri, copy.warnings) == (uri, f"{uri}.complete.json", ())
+    assert (copy.storage_uri, copy.record_uri, copy.warnings) == (
+        uri,
+        f"pvc://model-claim/models/scibert/{v}.complete.json",
+        (),
+    )
     apply, *commands = [step.command for step in copy.steps]
     head, body = apply.split("\n", 1)
     assert (head, body.rsplit("\n", 1)[1]) == ("kubectl apply -f - <<'EOF'", "EOF")
@@ -332,7 +338,7 @@ def test_kubectl_steps_as_a_script(make_store: Callable[..., Path]) -> None:
     for n, step in enumerate(copy.steps, 1):
         assert f"\n# {n}. {step.title}\n{step.command}\n" in text
     assert text.endswith(
-        f"# storageUri for the InferenceService:\n# pvc://model-claim/models/scibert/{store.version}\n"
+        f"# storageUri for the InferenceService:\n# pvc://model-claim/models/scibert/{store.version}/\n"
     )
 
 
@@ -366,7 +372,7 @@ def test_kubectl_steps_fill_the_claim_as_a_mounted_upload_would(
     assert tree(version) == {f.path: f.source.read_bytes() for f in local.files}
     assert set(tree(store)) - set(tree(version)) == {".DS_Store", "model-store/.scibert.mar.swp"}
     assert all(p.stat().st_mode & 0o444 == 0o444 for p in version.rglob("*"))
-    uri = f"pvc://model-claim/models/scibert/{local.version}"
+    uri = f"pvc://model-claim/models/scibert/{local.version}/"
     assert (root / f"{local.version}.complete.json").read_bytes() == completion_record(local, uri)
     # The filesystem backend, pointed at the same claim, finds the version complete.
     backend = FilesystemBackend(root, uri_base="pvc://model-claim/models/scibert")

@@ -153,7 +153,7 @@ def test_pvc_without_mount_prints_the_kubectl_steps(
     assert result.exit_code == 3
     assert result.stdout == upload_steps_text(kubectl_steps(read_store(store), target), target)
     assert result.stdout.startswith("# No --pvc-mount given: nothing was copied.")
-    assert result.stdout.endswith(f"\n# pvc://model-claim/scibert/{version}\n")
+    assert result.stdout.endswith(f"\n# pvc://model-claim/scibert/{version}/\n")
     assert result.stderr == _NOT_COPIED
 
 
@@ -164,7 +164,8 @@ def test_pvc_without_mount_json_is_a_record_of_the_steps(
     (store / "config" / "log4j2.xml").write_bytes(b"")
     local = read_store(store)
     copy = kubectl_steps(local, PvcTarget("model-claim", "scibert"))
-    uri = f"pvc://model-claim/scibert/{local.version}"
+    folder = f"pvc://model-claim/scibert/{local.version}"
+    uri = f"{folder}/"  # a folder: a trailing slash
 
     result = run(str(store), "pvc://model-claim/scibert", "--json")
 
@@ -172,13 +173,13 @@ def test_pvc_without_mount_json_is_a_record_of_the_steps(
     record = json.loads(result.stdout)
     assert record == {
         "storage_uri": uri,
-        "record_uri": f"{uri}.complete.json",
+        "record_uri": f"{folder}.complete.json",
         "version": local.version,
         "tree_sha256": local.tree_sha256,
         "complete": False,
         "steps": [{"title": s.title, "command": s.command} for s in copy.steps],
         "objects": [
-            {"path": f.path, "uri": f"{uri}/{f.path}", "size": f.size, "sha256": f.sha256}
+            {"path": f.path, "uri": f"{folder}/{f.path}", "size": f.size, "sha256": f.sha256}
             for f in local.files
         ],
         "warnings": list(copy.warnings),
@@ -245,7 +246,7 @@ def test_pvc_with_mount_prints_the_pvc_uri(make_store: Callable[..., Path], tmp_
 
     result = run(str(store), "pvc://model-claim/scibert", "--pvc-mount", str(tmp_path / "mnt"))
 
-    assert (result.exit_code, result.stdout) == (0, f"pvc://model-claim/scibert/{version}\n")
+    assert (result.exit_code, result.stdout) == (0, f"pvc://model-claim/scibert/{version}/\n")
     assert tree(tmp_path / "mnt" / "scibert" / version) == tree(store)
 
 
@@ -259,10 +260,10 @@ def test_pvc_with_mount_warns_about_empty_files(
 
     result = run(str(store), "pvc://model-claim/scibert", "--pvc-mount", str(tmp_path / "mnt"))
 
-    assert (result.exit_code, result.stdout) == (0, f"pvc://model-claim/scibert/{version}\n")
+    assert (result.exit_code, result.stdout) == (0, f"pvc://model-claim/scibert/{version}/\n")
     assert result.stderr.startswith(
         f"Warning: model store {store} has empty files: config/log4j2.xml; "
-        f"pvc://model-claim/scibert/{version} keeps them, but KServe's S3 downloader skips "
+        f"pvc://model-claim/scibert/{version}/ keeps them, but KServe's S3 downloader skips "
         "0-byte objects"
     )
     assert tree(tmp_path / "mnt" / "scibert" / version)["config/log4j2.xml"] == b""
