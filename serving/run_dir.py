@@ -15,10 +15,14 @@ import stat
 import tempfile
 from pathlib import Path
 
-from scibert_pack.errors import UnsafeRunDirError
+from scibert_pack.errors import InputError, UnsafeRunDirError
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+# TorchServe's workers listen on RUN/tmp/.ts.sock.PORT, a Unix socket: its path must fit in
+# sun_path (108 bytes with the final NUL), or every worker dies at start and serve only times out.
+_SOCKET = "tmp/.ts.sock.65535"
+_MAX_SOCKET_PATH = 107
 _FIX_ELSEWHERE = "or pass --run-dir DIR with a folder of your own"
 
 
@@ -49,9 +53,18 @@ def secure_run_dir(run_dir: Path) -> Path:
     while not os.path.lexists(base) and base != base.parent:
         base = base.parent  # the folders missing on the way are created private too
     real_base = Path(os.path.realpath(base))
+    below: list[str] = [*run_dir.relative_to(base).parts]
+    socket_path = str(real_base.joinpath(*below, _SOCKET))
+    if len(socket_path.encode()) > _MAX_SOCKET_PATH:
+        raise InputError(
+            f"run folder {real_base.joinpath(*below)} is too long a path: TorchServe's workers "
+            f"listen on Unix sockets in it ({socket_path}, {len(socket_path.encode())} bytes), "
+            f"and a socket path has room for {_MAX_SOCKET_PATH} bytes",
+            fix="pass a shorter --run-dir (e.g. one under /tmp), or point XDG_RUNTIME_DIR "
+            "at a shorter folder",
+        )
     _check_ancestors(real_base)
     path = real_base
-    below: list[str] = [*run_dir.relative_to(base).parts]
     for part in below:
         path = path / part
         _private_dir(path)

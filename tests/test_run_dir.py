@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from click.testing import CliRunner
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
-from scibert_pack.errors import UnsafeRunDirError
+from scibert_pack.errors import InputError, UnsafeRunDirError
 from scibert_pack.serving.run_dir import default_run_dir, secure_run_dir
 
 OTHER_UID = 65534  # tests run as root: another user's folder is one chowned to nobody
@@ -176,11 +178,14 @@ UNSAFE: list[tuple[str, Callable[[Path], Path], str]] = [
 
 
 @pytest.fixture
-def base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """$XDG_RUNTIME_DIR for the test: where the default run folders go."""
-    folder = _mkdir(tmp_path / "runtime")
+def base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """$XDG_RUNTIME_DIR for the test: where the default run folders go (a short path: the
+    worker sockets in a run folder have 107 bytes)."""
+    short = Path(tempfile.mkdtemp(prefix="sp-", dir="/tmp"))
+    folder = _mkdir(short / "runtime")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
-    return folder
+    yield folder
+    shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.mark.parametrize(
@@ -255,3 +260,17 @@ def test_serve_refuses_a_taken_over_run_folder_before_starting(
         "or pass --run-dir DIR with a folder of your own\n"
     )
     assert list(bad.iterdir()) == []
+
+
+def test_run_folder_too_long_for_the_worker_sockets_is_refused(tmp_path: Path) -> None:
+    run_dir = tmp_path / ("d" * 100) / "run"
+    with pytest.raises(InputError) as caught:
+        secure_run_dir(run_dir)
+    socket_path = f"{tmp_path.resolve()}/{'d' * 100}/run/tmp/.ts.sock.65535"
+    assert str(caught.value) == (
+        f"run folder {tmp_path.resolve()}/{'d' * 100}/run is too long a path: TorchServe's "
+        f"workers listen on Unix sockets in it ({socket_path}, {len(socket_path)} bytes), and a "
+        "socket path has room for 107 bytes; pass a shorter --run-dir (e.g. one under /tmp), "
+        "or point XDG_RUNTIME_DIR at a shorter folder"
+    )
+    assert not (tmp_path / ("d" * 100)).exists()

@@ -11,12 +11,12 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from http_recorder import Recorder
 
 from scibert_pack.cli import cli
 from scibert_pack.serving.client import local_server_token
@@ -25,38 +25,6 @@ from scibert_pack.serving.server import ServingRecord
 
 KEY = "local-server-key"
 EXPLICIT = "explicit-token"
-V2_ANSWER = {
-    "outputs": [
-        {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["a"]},
-        {"name": "probabilities", "datatype": "FP32", "shape": [1, 1], "data": [1.0]},
-    ],
-    "parameters": {"labels": ["a"]},
-}
-
-
-class Recorder(ThreadingHTTPServer):
-    """A listener that answers every POST like a v2 server and keeps the headers it got."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.headers: list[dict[str, str]] = []
-        super().__init__((host, port), _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Recorder
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.headers.append(dict(self.headers.items()))
-        body = json.dumps(V2_ANSWER).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 def _free_port_on_both() -> int:
