@@ -21,7 +21,7 @@ PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 # TorchServe's workers listen on RUN/tmp/.ts.sock.PORT, a Unix socket: its path must fit in
 # sun_path (108 bytes with the final NUL), or every worker dies at start and serve only times out.
-_SOCKET = "tmp/.ts.sock.65535"
+_SOCKET = "tmp/.ts.sock.9000"  # the first worker's; later ones count up from there
 _MAX_SOCKET_PATH = 107
 _FIX_ELSEWHERE = "or pass --run-dir DIR with a folder of your own"
 
