@@ -116,7 +116,7 @@ def parse_target(uri: str) -> Target:
         )
     path = _clean_path(shown, parts.path)
     if scheme == "s3":
-        if not _BUCKET.match(parts.netloc):
+        if not _BUCKET.fullmatch(parts.netloc):
             raise InputError(
                 f"{shown!r} names no valid S3 bucket (got {parts.netloc!r})",
                 fix="bucket names are 3-63 lowercase letters, digits, dots or dashes, "
@@ -124,7 +124,7 @@ def parse_target(uri: str) -> Target:
             )
         return S3Target(parts.netloc, path)
     if scheme == "pvc":
-        if not _CLAIM.match(parts.netloc):
+        if not _CLAIM.fullmatch(parts.netloc):
             raise InputError(
                 f"{shown!r} names no valid PersistentVolumeClaim (got {parts.netloc!r})",
                 fix="claim names are lowercase letters, digits, dots or dashes, "

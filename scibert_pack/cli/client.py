@@ -42,6 +42,10 @@ def _client(url: str, model: str, token: str | None, key_file: Path | None, time
     )
 
 
+# `predict --input` went through, but some rows got error records instead of predictions.
+ROWS_FAILED_EXIT_CODE = 4
+
+
 def _optional_texts(func: Callable[..., Any]) -> Callable[..., Any]:
     return _client_options(func, texts_required=False)
 
@@ -100,6 +104,8 @@ def predict(
 
     Batch mode writes one JSON line per text, in input order: row, line (and id when the
     record has one), text, then label, probabilities and truncated, or error and status.
+    Exit code 0: every row has its prediction; 4: the job went through but some rows have
+    error records; 1: the run stopped (no server answer); 2: bad input; 130: interrupted.
     """
     console = Console(quiet=quiet)
     if input_path is not None:
@@ -229,6 +235,13 @@ def _predict_file(
         f"wrote {final.written} rows{where} in {final.elapsed_s:.1f} s "
         f"({final.skipped} already done, {final.refused} refused by the server{failed})"
     )
+    kept_refused = getattr(sink, "kept_refused", 0)
+    if kept_refused:
+        console.progress(
+            f"{kept_refused} rows refused by the server in an earlier run keep their error records"
+        )
+    if final.errors or kept_refused:
+        raise click.exceptions.Exit(ROWS_FAILED_EXIT_CODE)
 
 
 @click.command()
