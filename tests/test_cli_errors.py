@@ -224,3 +224,65 @@ def test_real_command_line_prints_no_traceback(
     assert expected in _one_error_line(done.stderr)
     assert done.stdout == ""
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def built_store(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from scibert_pack.archiver.build import build
+    from scibert_pack.archiver.settings import BuildSettings
+
+    out = tmp_path_factory.mktemp("store") / "out"
+    build(tiny_bert, BuildSettings(name="m", profile="local"), out)
+    return out
+
+
+def _report(text: str) -> Callable[[Path], None]:
+    def breaker(store: Path) -> None:
+        (store / "build-report.json").write_text(text, encoding="utf-8")
+
+    return breaker
+
+
+def _snapshot(value: str) -> Callable[[Path], None]:
+    def breaker(store: Path) -> None:
+        config = store / "config" / "config.properties"
+        lines = config.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if not line.startswith("model_snapshot=")]
+        config.write_text("\n".join([*kept, f"model_snapshot={value}"]) + "\n", encoding="utf-8")
+
+    return breaker
+
+
+REPORT = "{store}/build-report.json is not readable JSON"
+SNAPSHOT = "model_snapshot in {store}/config/config.properties is not a TorchServe snapshot"
+
+STORE_CASES: list[tuple[str, list[str], Callable[[Path], None], str]] = [
+    ("manifest-report-deeply-nested", ["manifest", "--from-store", "{store}", "--storage-uri", "s3://models/m/"], _report("[" * DEEP), f"{REPORT} (nested too deeply"),
+    ("manifest-report-5000-digits", ["manifest", "--from-store", "{store}", "--storage-uri", "s3://models/m/"], _report('{"a": ' + DIGITS + "}"), f"{REPORT} (Exceeds the limit (4300 digits)"),
+    ("manifest-snapshot-deeply-nested", ["manifest", "--from-store", "{store}", "--storage-uri", "s3://models/m/"], _snapshot('{"models": ' + "[" * DEEP), f"{SNAPSHOT} (nested too deeply"),
+    ("upload-report-deeply-nested", ["upload", "{store}", "{tmp}/dest"], _report("[" * DEEP), f"{REPORT} (nested too deeply"),
+    ("serve-snapshot-5000-digits", ["serve", "{store}"], _snapshot('{"models": ' + DIGITS + "}"), f"{SNAPSHOT} (Exceeds the limit (4300 digits)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "breaker", "expected"), [c[1:] for c in STORE_CASES], ids=[c[0] for c in STORE_CASES]
+)
+def test_commands_refuse_a_hostile_store(
+    built_store: Path,
+    tmp_path: Path,
+    args: list[str],
+    breaker: Callable[[Path], None],
+    expected: str,
+) -> None:
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(built_store, store)
+    breaker(store)
+    argv = [a.format(store=store, tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(cli, argv)
+    assert isinstance(result.exception, SystemExit), result.exc_info
+    assert result.exit_code == 2, result.output
+    assert _one_error_line(result.stderr).startswith(expected.format(store=store))
+    assert not (tmp_path / "dest").exists()
