@@ -359,9 +359,7 @@ def _publish(
 
 
 @contextlib.contextmanager
-def _publish_lock(
-    output: Path, progress: Progress, timeout_s: float = PUBLISH_LOCK_TIMEOUT_S
-) -> Iterator[None]:
+def _publish_lock(output: Path, progress: Progress) -> Iterator[None]:
     """One build at a time publishes into `output` (an flock on the folder itself, so no lock
     file is left in the store): parallel builds of one name both succeed, the later one's store
     wins whole, and neither sees the other's half-done renames."""
@@ -371,7 +369,7 @@ def _publish_lock(
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             progress(f"waiting for another build that is publishing into {output}")
-            _wait_for_lock(fd, output, timeout_s)
+            _wait_for_lock(fd, output, PUBLISH_LOCK_TIMEOUT_S)
         except OSError:
             pass  # a filesystem without flock (some network mounts): publish unlocked as before
         yield

@@ -259,8 +259,13 @@ def _index_shards(path: Path, index_name: str, shown: str) -> tuple[str, ...]:
     fix = f"save the model again with model.save_pretrained('{shown}')"
     try:
         index = load_json((path / index_name).read_text(encoding="utf-8"))
+    except ValueError as err:  # not JSON or UTF-8, nested too deeply, a number past the limit
+        raise ModelFolderError(
+            f"{index_name} in {shown} is not valid JSON ({err})", fix=fix
+        ) from err
+    try:
         shards = sorted(set(index["weight_map"].values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise ModelFolderError(
             f"{index_name} in {shown} is not a weight index (no weight_map)", fix=fix
         ) from err

@@ -605,6 +605,43 @@ def test_parallel_builds_into_one_output_both_succeed(
         ]
 
 
+@pytest.mark.parametrize("release_after_s", [0.3, None], ids=["waits-then-publishes", "gives-up"])
+def test_build_waits_for_a_publishing_build_and_says_so(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, release_after_s: float | None
+) -> None:
+    """Another build holding the output folder's lock: this one says it waits, then publishes,
+    or gives up past the timeout with nothing published."""
+    import fcntl
+
+    from scibert_pack.archiver import build as build_module
+
+    monkeypatch.setattr(build_module, "PUBLISH_LOCK_TIMEOUT_S", 1.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a build in another process would, while publishing
+    if release_after_s is not None:
+        threading.Timer(release_after_s, os.close, args=(fd,)).start()
+    messages: list[str] = []
+    try:
+        if release_after_s is None:
+            with pytest.raises(BuildError) as caught:
+                build(tiny_bert, BuildSettings(name="m"), out, progress=messages.append)
+            assert str(caught.value) == (
+                f"another build has been publishing into {out} for over 1 s; nothing was "
+                "published; check for a stuck scibert-pack build on that folder "
+                "(e.g. fuser -v OUT), stop it, then rerun"
+            )
+            assert sorted(p.name for p in out.iterdir()) == []
+        else:
+            build(tiny_bert, BuildSettings(name="m"), out, progress=messages.append)
+            assert (out / "model-store" / "m.mar").is_file()
+    finally:
+        if release_after_s is None:
+            os.close(fd)
+    assert f"waiting for another build that is publishing into {out}" in messages
+
+
 def _archived_file(archive: Path, fmt: str, name: str) -> bytes:
     if fmt == "no-archive":
         return (archive / name).read_bytes()
