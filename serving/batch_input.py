@@ -150,8 +150,26 @@ def _jsonl(path: Path, content: str, field: str) -> BatchInput:
                 f"{path} line {number}: field {field!r} is a {type(text).__name__}, not a string",
                 fix="name the field holding the text with --text-field",
             )
-        found.append((number, text, _checked_id(path, number, record.get(ID_FIELD))))
+        id_ = _checked_id(path, number, record.get(ID_FIELD))
+        for name, value in ((f"field {field!r}", text), ("id", id_)):
+            if isinstance(value, str) and not _is_unicode(value):
+                raise InputError(
+                    f"{path} line {number}: {name} holds a lone surrogate escape such as "
+                    "\\ud800 (half of a UTF-16 pair), which is not a character and cannot be "
+                    "written as UTF-8",
+                    fix="fix the escape (a pair such as \\ud83d\\ude00, or the character "
+                    "itself) or drop it",
+                )
+        found.append((number, text, id_))
     return _collect(found)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _checked_id(path: Path, number: int, value: object) -> object:

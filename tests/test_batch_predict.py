@@ -203,6 +203,19 @@ def test_refused_row_keeps_its_neighbours(server: TorchServeProcess, tmp_path: P
     _check_predictions(
         records[:2] + records[3:], texts[:2] + texts[3:], [0, 1, 3, 4], lines=[1, 2, 4, 5]
     )
+    # A rerun asks nothing (a refusal is final) and still says, by its exit code, that a row failed.
+    again = CliRunner().invoke(
+        cli,
+        ["predict", "--url", server.inference_url, "--model", "tiny", "--input", str(source),
+         "--output", str(out), "--batch-texts", "5"],
+    )  # fmt: skip
+    assert again.exit_code == 4, again.output
+    assert again.stderr.splitlines()[-2:] == [
+        again.stderr.splitlines()[-2],
+        "1 rows refused by the server in an earlier run keep their error records",
+    ]
+    assert "(5 already done, 0 refused by the server)" in again.stderr.splitlines()[-2]
+    assert _records(out) == records
 
 
 DEEP_ROW = '{"b":' + "[" * 3000  # a text that breaks the whole request it is sent in

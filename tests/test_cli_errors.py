@@ -142,6 +142,8 @@ PREDICT_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("id-nan", _jsonl('{"id": NaN, "text": "x"}'), "{p} line 1: id nan is not a JSON number (NaN and Infinity are not JSON, and result lines must be strict JSON); give the id as a string, e.g. \"id\": \"nan\", or as a finite number"),
     ("id-infinity", _jsonl(GOOD, '{"id": -Infinity, "text": "x"}'), "{p} line 2: id -inf is not a JSON number (NaN and Infinity are not JSON, and result lines must be strict JSON); give the id as a string, e.g. \"id\": \"-inf\", or as a finite number"),
     ("id-an-object", _jsonl('{"id": {"a": 1}, "text": "x"}'), "{p} line 1: id is a JSON object; ids must be strings, numbers, booleans or null; give each record a string or numeric id"),
+    ("text-lone-surrogate", _jsonl(GOOD, '{"text": "bad \\ud800 text"}'), "{p} line 2: field 'text' holds a lone surrogate escape such as \\ud800 (half of a UTF-16 pair), which is not a character and cannot be written as UTF-8; fix the escape"),
+    ("id-lone-surrogate", _jsonl('{"id": "\\udfff", "text": "x"}'), "{p} line 1: id holds a lone surrogate escape"),
     ("record-a-list", _jsonl("[1]"), "{p} line 1 has no 'text' field (found: list); name the field holding the text with --text-field"),
     ("not-utf8", lambda tmp: (tmp / "in.jsonl").write_bytes(b'{"text": "\xff"}\n') and tmp / "in.jsonl", "input file {p} is not UTF-8 text (invalid start byte at byte 10); convert it to UTF-8, e.g. iconv -t UTF-8"),
 ]  # fmt: skip

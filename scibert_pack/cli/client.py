@@ -188,8 +188,10 @@ def _predict_file(
     client.session.mount("http://", HTTPAdapter(pool_maxsize=concurrency))
     client.session.mount("https://", HTTPAdapter(pool_maxsize=concurrency))
     sink: ResultSink
+    kept_refused = 0  # rows an earlier run wrote as refused: they stay failed
     if output_path is not None:
         resumable = ResumableOutput(output_path, batch.rows)
+        kept_refused = resumable.kept_refused
         if resumable.finished or resumable.retried:
             again = (
                 f"; {len(resumable.retried)} rows that failed on the server are asked again"
@@ -235,7 +237,6 @@ def _predict_file(
         f"wrote {final.written} rows{where} in {final.elapsed_s:.1f} s "
         f"({final.skipped} already done, {final.refused} refused by the server{failed})"
     )
-    kept_refused = getattr(sink, "kept_refused", 0)
     if kept_refused:
         console.progress(
             f"{kept_refused} rows refused by the server in an earlier run keep their error records"
