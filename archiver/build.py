@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,10 @@ HANDLER_OPTION_RANGES: dict[str, tuple[int, int]] = {
     "torch_threads": (0, 1024),
 }
 MAX_LENGTH_RANGE = (8, 8192)
+# Publishing is a few renames (plus removing a replaced no-archive folder): a build that waits
+# longer than this for another one's lock on the output folder gives up with a clear error.
+PUBLISH_LOCK_TIMEOUT_S = 600.0
+_LOCK_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -293,7 +299,8 @@ def _build_in(
         config_rel=CONFIG_FILE,
     )
     write_report(work / REPORT_FILE, report)
-    return (*_publish(work, archive, settings, output), report)
+    with _publish_lock(output, progress):
+        return (*_publish(work, archive, settings, output), report)
 
 
 def _model_config(settings: BuildSettings, handler: handler_settings.HandlerSettings) -> str:
@@ -351,13 +358,54 @@ def _publish(
     return target, config, report
 
 
+@contextlib.contextmanager
+def _publish_lock(output: Path, progress: Progress) -> Iterator[None]:
+    """One build at a time publishes into `output` (an flock on the folder itself, so no lock
+    file is left in the store): parallel builds of one name both succeed, the later one's store
+    wins whole, and neither sees the other's half-done renames."""
+    fd = os.open(output, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another build that is publishing into {output}")
+            _wait_for_lock(fd, output, PUBLISH_LOCK_TIMEOUT_S)
+        except OSError:
+            pass  # a filesystem without flock (some network mounts): publish unlocked as before
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _wait_for_lock(fd: int, output: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise BuildError(
+                    f"another build has been publishing into {output} for over "
+                    f"{timeout_s:.0f} s; nothing was published",
+                    fix="check for a stuck scibert-pack build on that folder "
+                    "(e.g. fuser -v OUT), stop it, then rerun",
+                ) from None
+            time.sleep(_LOCK_POLL_S)
+
+
 def _replace(source: Path, target: Path) -> None:
     if source.is_dir() and target.exists():
         # A folder cannot be renamed over a non-empty one: move the old one aside first.
         old = target.with_name(f".{target.name}.old")
         _remove(old)
         target.rename(old)
-        source.rename(target)
+        try:
+            source.rename(target)
+        except BaseException:  # Ctrl-C or a failure between the renames: put the old one back
+            with contextlib.suppress(OSError):
+                old.rename(target)
+            raise
         _remove(old)
     else:
         source.replace(target)

@@ -6,13 +6,14 @@ users actually get wrong without importing transformers, which keeps `build` fas
 
 from __future__ import annotations
 
-import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scibert_pack.errors import ModelFolderError
+from scibert_pack.files import load_json
 
 # Tokenizer files a BERT-family tokenizer can be loaded from, in the order we look for them.
 TOKENIZER_SOURCES: tuple[tuple[str, ...], ...] = (
@@ -38,6 +39,14 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+# Bits per element of each safetensors dtype (the format's own list, sub-byte floats included).
+SAFETENSORS_DTYPE_BITS: dict[str, int] = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32,
+    "I64": 64, "U64": 64, "F64": 64, "C64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -132,8 +141,8 @@ def _read_config(path: Path, shown: str) -> dict[str, Any]:
             fix=f"save the model with model.save_pretrained('{shown}')",
         )
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        config = load_json(config_file.read_text(encoding="utf-8"))
+    except ValueError as err:  # bad UTF-8 or JSON, too deep, a number past Python's limit
         raise ModelFolderError(
             f"config.json of {shown} is not valid JSON ({err})",
             fix=f"save the model again with model.save_pretrained('{shown}')",
@@ -249,9 +258,14 @@ def _weight_files(path: Path, shown: str, *, allow_pickle: bool) -> tuple[tuple[
 def _index_shards(path: Path, index_name: str, shown: str) -> tuple[str, ...]:
     fix = f"save the model again with model.save_pretrained('{shown}')"
     try:
-        index = json.loads((path / index_name).read_text(encoding="utf-8"))
+        index = load_json((path / index_name).read_text(encoding="utf-8"))
+    except ValueError as err:  # not JSON or UTF-8, nested too deeply, a number past the limit
+        raise ModelFolderError(
+            f"{index_name} in {shown} is not valid JSON ({err})", fix=fix
+        ) from err
+    try:
         shards = sorted(set(index["weight_map"].values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise ModelFolderError(
             f"{index_name} in {shown} is not a weight index (no weight_map)", fix=fix
         ) from err
@@ -267,28 +281,98 @@ def _index_shards(path: Path, index_name: str, shown: str) -> tuple[str, ...]:
 
 
 def _check_safetensors(file: Path, shown: str) -> None:
-    """The header must parse and the tensor data must fit the file: catches cut-off copies."""
+    """The header must describe the file exactly, as the format requires: known dtypes, each
+    tensor's bytes = its shape x dtype size, offsets that tile the data section with no gap or
+    overlap. Catches cut-off copies and crafted headers before TorchServe loads them."""
     fix = f"save the model again with model.save_pretrained('{shown}')"
     size = file.stat().st_size
     try:
         with file.open("rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{len(head)} bytes, too short for the 8-byte header length")
+            (header_len,) = struct.unpack("<Q", head)
             if header_len > min(size - 8, _MAX_SAFETENSORS_HEADER):
-                raise ValueError("header length past the end of the file")
-            header = json.loads(fh.read(header_len))
-        ends = [
-            int(meta["data_offsets"][1]) for key, meta in header.items() if key != "__metadata__"
-        ]
-    except (struct.error, ValueError, KeyError, TypeError, IndexError) as err:
+                raise ValueError(f"header length {header_len} past the end of the file")
+            header = load_json(fh.read(header_len))
+        spans = _tensor_spans(header)
+    except ValueError as err:
         raise ModelFolderError(
             f"{file.name} in {shown} is not a valid safetensors file ({err})", fix=fix
         ) from err
-    expected = 8 + header_len + max(ends, default=0)
-    if size < expected:
+    data_size = size - 8 - header_len
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            problem = "overlaps the tensor before it" if begin < position else "leaves a gap"
+            raise ModelFolderError(
+                f"{file.name} in {shown} is not a valid safetensors file (tensor {name!r} "
+                f"starts at byte {begin} of the data, where {position} was expected: it "
+                f"{problem})",
+                fix=fix,
+            )
+        position = end
+    if data_size < position:
         raise ModelFolderError(
-            f"{file.name} in {shown} is truncated: {size} bytes, its header needs {expected}",
+            f"{file.name} in {shown} is truncated: {size} bytes, its header needs "
+            f"{8 + header_len + position}",
             fix=fix,
         )
+    if data_size > position:
+        raise ModelFolderError(
+            f"{file.name} in {shown} is not a valid safetensors file ({data_size - position} "
+            f"bytes after the last tensor: the header does not describe the whole file)",
+            fix=fix,
+        )
+
+
+def _tensor_spans(header: object) -> list[tuple[int, int, str]]:
+    """(begin, end, name) of each tensor the header describes; ValueError naming the problem."""
+    if not isinstance(header, dict):
+        raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("__metadata__ is not an object of strings")
+    spans = []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        shown = repr(name) if len(name) <= 60 else repr(name[:57] + "...")
+        if not isinstance(meta, dict):
+            raise ValueError(f"tensor {shown} is described by a {type(meta).__name__}")
+        dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPE_BITS:
+            raise ValueError(f"tensor {shown} has unknown dtype {_short(dtype)}")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise ValueError(f"tensor {shown} has shape {_short(shape)}, not a list of sizes")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
+            raise ValueError(
+                f"tensor {shown} has data_offsets {_short(offsets)}, expected [begin, end] "
+                "with 0 <= begin <= end"
+            )
+        bits = math.prod(shape) * SAFETENSORS_DTYPE_BITS[dtype]
+        begin, end = offsets
+        if bits != 8 * (end - begin):
+            raise ValueError(
+                f"tensor {shown} of shape {shape} and dtype {dtype} needs {bits / 8:g} bytes, "
+                f"its data_offsets {offsets} span {end - begin}"
+            )
+        spans.append((begin, end, name))
+    return spans
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _tokenizer_files(path: Path, shown: str) -> tuple[str, ...]:

@@ -21,6 +21,11 @@ ARCHIVE_SUFFIX: dict[ArchiveFormat, str] = {
 # torch-model-archiver's own rule for model names; the name is also the URL path segment.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Files are named after the model: NAME.tar.gz, staging names such as .NAME.tar.gz.partial and
+# .NAME.old must stay under the 255-byte file name limit of ext4, xfs and most filesystems.
+MAX_NAME_LENGTH = 200
+MAX_VERSION_LENGTH = 100
+NAME_RULE = f"[A-Za-z0-9][A-Za-z0-9_.-]*, at most {MAX_NAME_LENGTH} characters"
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 # TorchServe reads max_request_size into a Java int; below 1 KiB not even a v2 header fits.
 MAX_REQUEST_BYTES_RANGE = (1024, 2**31 - 1)
@@ -53,15 +58,29 @@ class BuildSettings:
     handler: HandlerSettings = field(default_factory=HandlerSettings)
 
     def __post_init__(self) -> None:
-        if not NAME_PATTERN.match(self.name):
+        if len(self.name) > MAX_NAME_LENGTH:
             raise InputError(
-                f"model name {self.name!r} is not allowed: it is the key in request URLs and "
-                "must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+                f"model name {_shown(self.name)} is {len(self.name)} characters long, more than "
+                f"the {MAX_NAME_LENGTH} allowed: it names the archive file (NAME.tar.gz) and "
+                "staging files, which must stay under the 255-byte file name limit",
+                fix=f"pass a --name of at most {MAX_NAME_LENGTH} characters",
+            )
+        if not NAME_PATTERN.fullmatch(self.name):
+            raise InputError(
+                f"model name {_shown(self.name)} is not allowed: it is the key in request URLs "
+                f"and must match {NAME_RULE}",
                 fix="pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert",
             )
-        if not VERSION_PATTERN.match(self.version):
+        if len(self.version) > MAX_VERSION_LENGTH:
             raise InputError(
-                f"model version {self.version!r} is not allowed (expected e.g. 1.0 or 2024-05)",
+                f"model version {_shown(self.version)} is {len(self.version)} characters long, "
+                f"more than the {MAX_VERSION_LENGTH} allowed (it names upload folders)",
+                fix=f"pass a --version of at most {MAX_VERSION_LENGTH} characters, e.g. 1.0",
+            )
+        if not VERSION_PATTERN.fullmatch(self.version):
+            raise InputError(
+                f"model version {_shown(self.version)} is not allowed "
+                "(expected e.g. 1.0 or 2024-05)",
                 fix="pass --version with letters, digits, '.', '_' or '-'",
             )
         _check("--batch-size", self.batch_size, 1, 1024)
@@ -98,3 +117,8 @@ def _check(option: str, value: int, low: int, high: int) -> None:
             f"{option} {value} is out of range (expected {low} to {high})",
             fix=f"pass {option} between {low} and {high}",
         )
+
+
+def _shown(value: str) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...{text[-12:]}"

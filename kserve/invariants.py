@@ -64,7 +64,7 @@ def _check_metadata(kind: str, meta: Mapping[str, Any]) -> None:
     if "namespace" in meta:
         check_label_name(meta["namespace"], "namespace")
     for key, value in meta.get("labels", {}).items():
-        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
             _fail(f"{kind}.metadata.labels[{key}] = {value!r} is not a valid label value")
     for key, value in meta.get("annotations", {}).items():
         if not isinstance(value, str):

@@ -28,7 +28,7 @@ MAX_ISVC_NAME = 63 - len(_PREDICTOR_SUFFIX)
 
 
 def check_isvc_name(name: str) -> str:
-    if len(name) > MAX_ISVC_NAME or not _DNS1035.match(name):
+    if len(name) > MAX_ISVC_NAME or not _DNS1035.fullmatch(name):
         raise InputError(
             f"InferenceService name {name!r} is not valid",
             fix=(
@@ -48,7 +48,7 @@ def isvc_name_for(model_name: str) -> str:
 
 
 def check_label_name(name: str, what: str) -> str:
-    if len(name) > 63 or not _DNS1123_LABEL.match(name):
+    if len(name) > 63 or not _DNS1123_LABEL.fullmatch(name):
         raise InputError(
             f"{what} {name!r} is not a valid Kubernetes name",
             fix="use at most 63 characters of a-z, 0-9 and '-', starting and ending alphanumeric",
@@ -57,7 +57,7 @@ def check_label_name(name: str, what: str) -> str:
 
 
 def check_object_name(name: str, what: str) -> str:
-    if len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+    if len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
         raise InputError(
             f"{what} {name!r} is not a valid Kubernetes name",
             fix=(
@@ -69,7 +69,7 @@ def check_object_name(name: str, what: str) -> str:
 
 
 def check_model_name(name: str) -> str:
-    if len(name) > 200 or not _MODEL_NAME.match(name):
+    if len(name) > 200 or not _MODEL_NAME.fullmatch(name):
         raise InputError(
             f"model name {name!r} cannot be used in request URLs",
             fix="use letters, digits, '_', '.' and '-', starting with a letter or digit",
@@ -78,7 +78,7 @@ def check_model_name(name: str) -> str:
 
 
 def check_quantity(value: str, what: str, example: str) -> str:
-    if not _QUANTITY.match(value) or value.startswith(("-", "+")):
+    if not _QUANTITY.fullmatch(value) or value.startswith(("-", "+")):
         raise InputError(
             f"{what} {value!r} is not a Kubernetes quantity",
             fix=f"give a positive quantity such as {example}",

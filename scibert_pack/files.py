@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
+
+
+def load_json(data: str | bytes) -> Any:
+    """json.loads for text from outside: every failure is a ValueError, deep nesting included
+    (json raises RecursionError for it) as are integers past Python's 4300-digit limit."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(
+            "nested too deeply (more levels than Python's JSON parser handles)"
+        ) from None
 
 
 def sha256_file(path: Path) -> str:

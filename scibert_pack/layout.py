@@ -6,12 +6,12 @@ the names and for reading the two metadata files, so build, serve, upload and ma
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from scibert_pack.config import properties
 from scibert_pack.errors import StoreError
+from scibert_pack.files import load_json
 
 CONFIG_FILE = "config/config.properties"
 MODEL_STORE_DIR = "model-store"
@@ -35,12 +35,12 @@ def read_report(root: Path, *, required: bool, fix: str) -> dict[str, Any] | Non
     """build-report.json, checked for its schema; None when absent and not `required`."""
     path = root / REPORT_FILE
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = load_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         if not required:
             return None
         raise StoreError(f"model store {root} has no {REPORT_FILE}", fix=fix) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: bad UTF-8 or JSON, too deep
         raise StoreError(f"{path} is not readable JSON ({err})", fix=fix) from None
     if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
         got = report.get("schema") if isinstance(report, dict) else type(report).__name__
@@ -57,13 +57,13 @@ def snapshot_models(config: dict[str, str], root: Path) -> dict[str, dict[str, d
     if raw is None:
         return {}
     try:
-        models = json.loads(raw)["models"]
+        models = load_json(raw)["models"]
         if not isinstance(models, dict) or not all(
             isinstance(v, dict) and all(isinstance(e, dict) for e in v.values())
             for v in models.values()
         ):
             raise TypeError("models is not an object of versions")
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise StoreError(
             f"model_snapshot in {root / CONFIG_FILE} is not a TorchServe snapshot ({err})",
             fix=REBUILD,

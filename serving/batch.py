@@ -3,9 +3,12 @@ once, results in input order.
 
 Predictions: requests run on a small pool with a bounded window of work in flight; results are
 written as soon as every row before them is written (out-of-order completions wait in a buffer).
-Transient failures (no answer, 5xx) are retried with exponential backoff; a request the server
-refuses (4xx) is split into single texts so that only the offending row gets an `error` record,
-which carries the HTTP status (a 5xx error record is asked again by a resumed run).
+Transient failures (no answer, 5xx) are retried with exponential backoff. A request the server
+refuses (4xx), or that still fails with a 5xx after its retries, is bisected and its halves asked
+again, down to single rows: one bad row (one that the server refuses, or that breaks the whole
+request) gets an `error` record with the HTTP status and its neighbours their predictions (a 5xx
+error record is asked again by a resumed run). No answer at all, or rows that keep failing alone
+on the server with nothing answered between them, stop the run: the server is down.
 
 Explanations: the texts are cut into requests the server accepts (it caps texts, and texts x
 steps, per explain request) and the answers are put back together in input order.
@@ -31,6 +34,8 @@ from scibert_pack.serving.batch_input import InputRow
 from scibert_pack.serving.batch_output import ResultSink, is_final, row_fields
 from scibert_pack.serving.client import Explanation, InferenceClient, Prediction, RequestFailed
 
+# Rows failing alone with a 5xx, nothing answered in between, before a run stops (server down).
+SERVER_DOWN_AFTER = 3
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 
@@ -151,6 +156,8 @@ class BatchPredictor:
         self._sleep = sleep
         self._clock = clock
         self._retries = 0
+        self._lock = threading.Lock()
+        self._server_failures = 0  # rows in a row that failed alone with a 5xx
 
     def run(self, rows: Sequence[InputRow], sink: ResultSink) -> BatchProgress:
         """Predict every row not in `sink.finished`; write each result line in row order."""
@@ -212,18 +219,24 @@ class BatchPredictor:
         try:
             predictions = self._infer_with_retries(chunk.texts)
         except RequestFailed as err:
-            if err.retryable and err.status != 500:
-                # No answer or a busy server: other rows would fail the same way.
+            if err.status is None:
+                # No answer at all (connection refused, timeout): other rows would fail alike.
                 raise self._gave_up(err) from err
             if _refuses_everything(err):
                 raise
             if len(chunk.rows) > 1:
-                # Refused as a whole: ask text by text so that only the bad row fails.
+                # Refused (4xx) or failed (5xx, retries spent) as a whole: one bad row can sink
+                # its request, so bisect and retry the halves; only the bad rows end up failing.
+                half = len(chunk.rows) // 2
                 return [
                     record
-                    for row, source in zip(chunk.rows, chunk.sources, strict=True)
-                    for record in self._predict(_Chunk([row], [source]))
+                    for rows, sources in (
+                        (chunk.rows[:half], chunk.sources[:half]),
+                        (chunk.rows[half:], chunk.sources[half:]),
+                    )
+                    for record in self._predict(_Chunk(rows, sources))
                 ]
+            self._failed_alone(err)
             return [
                 {
                     **row_fields(chunk.rows[0], chunk.sources[0]),
@@ -231,6 +244,7 @@ class BatchPredictor:
                     "status": err.status,
                 }
             ]
+        self._answered()
         return [
             {
                 **row_fields(row, source),
@@ -240,6 +254,29 @@ class BatchPredictor:
             }
             for row, source, p in zip(chunk.rows, chunk.sources, predictions, strict=True)
         ]
+
+    def _answered(self) -> None:
+        with self._lock:
+            self._server_failures = 0
+
+    def _failed_alone(self, err: RequestFailed) -> None:
+        """A row failed on its own. A 5xx is the server's fault or the row's; when rows keep
+        failing alone with nothing answered in between, the server is down: stop, do not
+        spend retries on every row of the input."""
+        if is_final({"error": err.message, "status": err.status}):
+            self._answered()  # a 4xx: the server is up, it refused this row
+            return
+        with self._lock:
+            self._server_failures += 1
+            down = self._server_failures >= SERVER_DOWN_AFTER
+        if down:
+            raise ClientError(
+                f"{err.message} ({SERVER_DOWN_AFTER} rows in a row failed alone on the server "
+                f"after {self.settings.retries} retries each, with nothing answered between "
+                "them: the server looks down)",
+                fix="check the server's logs, then rerun the same command: finished rows are "
+                "kept and skipped",
+            )
 
     def _infer_with_retries(self, texts: list[str]) -> list[Prediction]:
         attempt = 0

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from scibert_pack.errors import InputError
+from scibert_pack.files import load_json
 
 InputFormat = Literal["lines", "jsonl", "csv"]
 INPUT_FORMATS: tuple[InputFormat, ...] = ("lines", "jsonl", "csv")
@@ -128,12 +129,13 @@ def _jsonl(path: Path, content: str, field: str) -> BatchInput:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
+            record = load_json(line)
+        except ValueError as err:  # bad JSON, nested too deeply, a number past Python's limit
+            reason = getattr(err, "msg", None) or str(err).partition(": value has")[0]
             raise InputError(
-                f"{path} line {number} is not JSON ({err.msg}): {line[:80]!r}",
+                f"{path} line {number} is not JSON we can read ({reason}): {line[:80]!r}",
                 fix="give one JSON object per line, or pass --format lines",
-            ) from err
+            ) from None
         if not isinstance(record, dict) or field not in record:
             found_keys = (
                 ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
@@ -148,8 +150,46 @@ def _jsonl(path: Path, content: str, field: str) -> BatchInput:
                 f"{path} line {number}: field {field!r} is a {type(text).__name__}, not a string",
                 fix="name the field holding the text with --text-field",
             )
-        found.append((number, text, record.get(ID_FIELD)))
+        id_ = _checked_id(path, number, record.get(ID_FIELD))
+        for name, value in ((f"field {field!r}", text), ("id", id_)):
+            if isinstance(value, str) and not _is_unicode(value):
+                raise InputError(
+                    f"{path} line {number}: {name} holds a lone surrogate escape such as "
+                    "\\ud800 (half of a UTF-16 pair), which is not a character and cannot be "
+                    "written as UTF-8",
+                    fix="fix the escape (a pair such as \\ud83d\\ude00, or the character "
+                    "itself) or drop it",
+                )
+        found.append((number, text, id_))
     return _collect(found)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _checked_id(path: Path, number: int, value: object) -> object:
+    """A record's id goes into every result line as it is: a string, a whole or finite number,
+    a boolean or null. NaN and Infinity (which Python's JSON reader accepts) are not JSON, and a
+    nested id could not be compared on resume, so both are refused."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(
+            f"{path} line {number}: id {value!r} is not a JSON number (NaN and Infinity are "
+            "not JSON, and result lines must be strict JSON)",
+            fix=f'give the id as a string, e.g. "id": "{value!r}", or as a finite number',
+        )
+    if isinstance(value, (dict, list)):
+        kind = "object" if isinstance(value, dict) else "array"
+        raise InputError(
+            f"{path} line {number}: id is a JSON {kind}; ids must be strings, numbers, "
+            "booleans or null",
+            fix="give each record a string or numeric id",
+        )
+    return value
 
 
 def _csv(path: Path, content: str, column: str) -> BatchInput:

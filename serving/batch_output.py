@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from scibert_pack.errors import InputError
-from scibert_pack.files import atomic_write_bytes
+from scibert_pack.files import atomic_write_bytes, load_json
 from scibert_pack.serving.batch_input import InputRow
 
 _START_OVER = "pass a new --output, or delete the file to start over"
@@ -86,7 +86,7 @@ class ResumableOutput:
     """Appends to `path`, keeping the finished rows an earlier run wrote there.
 
     `retried` are the rows whose earlier record was a server failure: they were dropped from
-    the file and are asked again.
+    the file and are asked again; `kept_refused` counts the kept rows the server refused.
     """
 
     def __init__(self, path: Path, rows: Sequence[InputRow]) -> None:
@@ -94,6 +94,7 @@ class ResumableOutput:
         kept = _read_kept(path, rows)
         self._finished = frozenset(kept.rows)
         self.retried = kept.retried
+        self.kept_refused = kept.refused
         self._last_row = max(kept.rows, default=-1)
         self._out_of_order = False
         try:
@@ -139,6 +140,7 @@ class _Kept:
     def __init__(self) -> None:
         self.rows: dict[int, bytes] = {}  # finished row -> its line
         self.retried: frozenset[int] = frozenset()
+        self.refused = 0  # kept rows whose record is the server's refusal (4xx)
         self.rewrite: bytes | None = None  # the file's new content, when lines are dropped
 
 
@@ -180,6 +182,7 @@ def _read_kept(path: Path, rows: Sequence[InputRow]) -> _Kept:
             dropped = True  # a second record of a finished row: keep the first
         else:
             kept.rows[row] = line + b"\n"
+            kept.refused += "error" in record
     kept.retried = frozenset(retried - set(kept.rows))
     if dropped:
         kept.rewrite = b"".join(kept.rows[row] for row in sorted(kept.rows))
@@ -188,8 +191,8 @@ def _read_kept(path: Path, rows: Sequence[InputRow]) -> _Kept:
 
 def _record_of(line: bytes) -> dict[str, Any] | None:
     try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        record = load_json(line)
+    except ValueError:  # not JSON, not UTF-8, nested too deeply, a number past Python's limit
         return None
     if not isinstance(record, dict):
         return None

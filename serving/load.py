@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from scibert_pack.errors import InputError
+from scibert_pack.files import load_json
 
 BLOG_TEXT = "Risk assessment implications of site-specific oral relative bioavailability."
 CONNECTION_ERROR = "connection error"
@@ -43,7 +44,7 @@ def default_payload(texts: int = 1) -> dict[str, Any]:
 def read_payload(path: Path) -> dict[str, Any]:
     """A JSON request body from a file (--payload)."""
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = load_json(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise InputError(
             f"cannot read payload file {path} ({err.strerror})", fix="check --payload"
@@ -351,7 +352,7 @@ def _reason(err: Exception) -> str:
 def _detail(body: bytes) -> str:
     text = body.decode("utf-8", errors="replace")
     try:
-        decoded = json.loads(text)
+        decoded = load_json(text)
     except ValueError:
         return text.strip()[:200] or "(empty body)"
     if isinstance(decoded, dict):

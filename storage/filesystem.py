@@ -175,7 +175,7 @@ class FilesystemBackend:
                 stem = name[: -len(_RECORD_SUFFIX)]
                 if stem in names:
                     ours.add(stem)
-            elif _PARTIAL.match(name):
+            elif _PARTIAL.fullmatch(name):
                 ours.add(name)
         return sorted(ours)
 

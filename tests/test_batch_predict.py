@@ -185,7 +185,7 @@ def test_refused_row_keeps_its_neighbours(server: TorchServeProcess, tmp_path: P
         ["predict", "--url", server.inference_url, "--model", "tiny", "--input", str(source),
          "--output", str(out), "--batch-texts", "5"],
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 4, result.output  # the job went through, some rows failed
     records = _records(out)
     assert re.fullmatch(
         rf"wrote 5 rows to {re.escape(str(out))} in [0-9.]+ s "
@@ -203,6 +203,111 @@ def test_refused_row_keeps_its_neighbours(server: TorchServeProcess, tmp_path: P
     _check_predictions(
         records[:2] + records[3:], texts[:2] + texts[3:], [0, 1, 3, 4], lines=[1, 2, 4, 5]
     )
+    # A rerun asks nothing (a refusal is final) and still says, by its exit code, that a row failed.
+    again = CliRunner().invoke(
+        cli,
+        ["predict", "--url", server.inference_url, "--model", "tiny", "--input", str(source),
+         "--output", str(out), "--batch-texts", "5"],
+    )  # fmt: skip
+    assert again.exit_code == 4, again.output
+    assert again.stderr.splitlines()[-2:] == [
+        again.stderr.splitlines()[-2],
+        "1 rows refused by the server in an earlier run keep their error records",
+    ]
+    assert "(5 already done, 0 refused by the server)" in again.stderr.splitlines()[-2]
+    assert _records(out) == records
+
+
+DEEP_ROW = '{"b":' + "[" * 3000  # a text that breaks the whole request it is sent in
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_row_that_breaks_its_request_fails_alone_and_again_on_rerun(
+    server: TorchServeProcess, tmp_path: Path
+) -> None:
+    texts = [TEXTS[0], TEXTS[1], DEEP_ROW, TEXTS[3]]
+    source = _write_input(tmp_path / "in.txt", texts)
+    out = tmp_path / "out.jsonl"
+    args = ["predict", "--url", server.inference_url, "--model", "tiny", "--input", str(source),
+            "--output", str(out), "--retries", "1"]  # fmt: skip
+    for run in ("first", "rerun"):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 4, (run, result.output)
+        assert "Traceback" not in result.output
+        records = _records(out)
+        assert [r["row"] for r in records] == [0, 1, 2, 3]
+        _check_predictions(
+            [records[i] for i in (0, 1, 3)], [texts[i] for i in (0, 1, 3)], [0, 1, 3], [1, 2, 4]
+        )
+        bad = records[2]
+        assert (bad["line"], bad["text"]) == (3, DEEP_ROW)
+        assert isinstance(bad["status"], int) and 400 <= bad["status"] < 600
+        assert bad["error"].startswith(
+            f"{server.inference_url}/v2/models/tiny/infer answered {bad['status']}: "
+        )
+        if bad["status"] < 500:  # refused: final, the rerun asks nothing
+            assert "rows refused by the server in an earlier run" in result.stderr or run == "first"
+
+
+@pytest.mark.server
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fail_with", "bad", "sent"),
+    [
+        ("503", 5, [[0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7], [4, 5], [4], [5], [6, 7]]),
+        ("500", 0, [[0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3], [0, 1], [0], [1], [2, 3], [4, 5, 6, 7]]),
+        ("400", 7, [[0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7], [4, 5], [6, 7], [6], [7]]),
+    ],
+    ids=["503-bisected", "500-bisected", "400-bisected"],
+)  # fmt: skip
+def test_failed_request_is_bisected_down_to_the_bad_row(
+    server: TorchServeProcess, tmp_path: Path, fail_with: str, bad: int, sent: list[list[int]]
+) -> None:
+    adapter = Recorder(fail_text=TEXTS[bad], fail_with=fail_with)
+    predictor = BatchPredictor(
+        _client(server, adapter),
+        BatchSettings(concurrency=1, texts_per_request=8, retries=0),
+        sleep=lambda _: None,
+    )
+    out = ResumableOutput(tmp_path / "out.jsonl", ROWS[:8])
+    final = predictor.run(ROWS[:8], out)
+    out.close()
+    assert adapter.sent == [[TEXTS[i] for i in rows] for rows in sent]
+    assert (final.written, final.errors) == (8, 1)
+    records = _records(tmp_path / "out.jsonl")
+    assert records[bad]["status"] == int(fail_with)
+    good = [i for i in range(8) if i != bad]
+    _check_predictions([records[i] for i in good], [TEXTS[i] for i in good], good)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_rows_failing_alone_with_nothing_answered_stop_the_run(
+    server: TorchServeProcess, tmp_path: Path
+) -> None:
+    """A server that fails every request: bisecting stops after 3 single rows, not every row."""
+    adapter = Recorder(fail_first=1000, fail_with="503")
+    predictor = BatchPredictor(
+        _client(server, adapter),
+        BatchSettings(concurrency=1, texts_per_request=4, retries=0),
+        sleep=lambda _: None,
+    )
+    out = ResumableOutput(tmp_path / "out.jsonl", ROWS)
+    with pytest.raises(ClientError) as caught:
+        predictor.run(ROWS, out)
+    out.close()
+    assert str(caught.value) == (
+        f"{server.inference_url}/v2/models/tiny/infer answered 503: injected: 503 (3 rows in a "
+        "row failed alone on the server after 0 retries each, with nothing answered between "
+        "them: the server looks down); check the server's logs, then rerun the same command: "
+        "finished rows are kept and skipped"
+    )
+    # The first chunk, bisected until the third row failed alone (the next chunk may have
+    # started meanwhile: nothing waits for requests in flight).
+    assert adapter.sent[:6] == [
+        TEXTS[0:4], TEXTS[0:2], [TEXTS[0]], [TEXTS[1]], TEXTS[2:4], [TEXTS[2]]
+    ]  # fmt: skip
 
 
 # --- the library: retries and resume ----------------------------------------------------------
@@ -543,7 +648,7 @@ def csv_unclosed_quote(tmp_path: Path) -> Path:
         ),
         (
             "jsonl_not_json",
-            "{path} line 2 is not JSON (Expecting value): 'plain text'; "
+            "{path} line 2 is not JSON we can read (Expecting value): 'plain text'; "
             "give one JSON object per line, or pass --format lines",
         ),
         (

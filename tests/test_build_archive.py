@@ -446,7 +446,11 @@ BAD_OPTIONS: list[tuple[str, list[str], str]] = [
     ("max-text-chars", ["--max-text-chars", "0"], "--max-text-chars 0 is out of range (expected 1 to 10000000); pass --max-text-chars between 1 and 10000000"),
     ("max-explain-texts", ["--max-explain-texts", "100001"], "--max-explain-texts 100001 is out of range (expected 1 to 100000); pass --max-explain-texts between 1 and 100000"),
     ("torch-threads", ["--torch-threads", "-1"], "--torch-threads -1 is out of range (expected 0 to 1024); pass --torch-threads between 0 and 1024"),
-    ("name", ["--name", "../evil"], "model name '../evil' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*; pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert"),
+    ("name", ["--name", "../evil"], "model name '../evil' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*, at most 200 characters; pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert"),
+    ("name-trailing-newline", ["--name", "tiny\n"], "model name 'tiny\\n' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*, at most 200 characters; pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert"),
+    ("name-300-chars", ["--name", "n" * 300], "model name '" + "n" * 39 + "..." + "n" * 11 + "' is 300 characters long, more than the 200 allowed: it names the archive file (NAME.tar.gz) and staging files, which must stay under the 255-byte file name limit; pass a --name of at most 200 characters"),
+    ("version-trailing-newline", ["--version", "1.0\n"], "model version '1.0\\n' is not allowed (expected e.g. 1.0 or 2024-05); pass --version with letters, digits, '.', '_' or '-'"),
+    ("max-request-size-5000-digits", ["--max-request-size", "9" * 5000], "Invalid value for '--max-request-size': '" + "9" * 5000 + "' is not a size; give bytes or a number with a unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. 10MiB"),
     ("port-clash", ["--metrics-port", "8085"], "ports must be distinct, got {{'inference': 8085, 'management': 8081, 'metrics': 8085, 'grpc_inference': 7070, 'grpc_management': 7071}}; give each API its own port"),
 ]  # fmt: skip
 
@@ -554,6 +558,99 @@ def test_parallel_builds_of_one_name_do_not_clobber(
         assert _sha(mar) == digest
         config = json.loads(zipfile.ZipFile(mar).read("config.json"))
         assert config["model_type"] == key.rstrip("0123456789")
+
+
+@pytest.mark.parametrize("fmt", ["zip-store", "default", "tgz", "no-archive"])
+def test_parallel_builds_into_one_output_both_succeed(
+    tiny_models: dict[str, Path], tmp_path: Path, fmt: str
+) -> None:
+    """10 pairs of builds of one name into one folder, each pair started together: every build
+    succeeds and the store left is whole and one build's own (archive, config and report)."""
+    out = tmp_path / "out"
+    settings = BuildSettings(name="same", archive_format=fmt)  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+    for _ in range(10):
+        barrier = threading.Barrier(2)
+
+        def run(family: str, barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait(timeout=30)
+                build(tiny_models[family], settings, out)
+            except BaseException as err:  # surfaced below
+                errors.append(err)
+
+        threads = [threading.Thread(target=run, args=(f,)) for f in ("bert", "roberta")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, [str(e) for e in errors]
+        report = json.loads((out / "build-report.json").read_text())
+        listed = {a["path"]: a["sha256"] for a in report["artifacts"]}
+        on_disk = {
+            p.relative_to(out).as_posix(): _sha(p)
+            for p in out.rglob("*")
+            if p.is_file() and p.name != "build-report.json"
+        }
+        assert on_disk == listed
+        model_type = report["model"]["model_type"]
+        config = json.loads(
+            _archived_file(out / "model-store" / settings.archive_name, fmt, "config.json")
+        )
+        assert config["model_type"] == model_type
+        assert sorted(p.name for p in out.iterdir()) == [
+            "build-report.json",
+            "config",
+            "model-store",
+        ]
+
+
+@pytest.mark.parametrize("release_after_s", [0.3, None], ids=["waits-then-publishes", "gives-up"])
+def test_build_waits_for_a_publishing_build_and_says_so(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, release_after_s: float | None
+) -> None:
+    """Another build holding the output folder's lock: this one says it waits, then publishes,
+    or gives up past the timeout with nothing published."""
+    import fcntl
+
+    from scibert_pack.archiver import build as build_module
+
+    monkeypatch.setattr(build_module, "PUBLISH_LOCK_TIMEOUT_S", 1.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a build in another process would, while publishing
+    if release_after_s is not None:
+        threading.Timer(release_after_s, os.close, args=(fd,)).start()
+    messages: list[str] = []
+    try:
+        if release_after_s is None:
+            with pytest.raises(BuildError) as caught:
+                build(tiny_bert, BuildSettings(name="m"), out, progress=messages.append)
+            assert str(caught.value) == (
+                f"another build has been publishing into {out} for over 1 s; nothing was "
+                "published; check for a stuck scibert-pack build on that folder "
+                "(e.g. fuser -v OUT), stop it, then rerun"
+            )
+            assert sorted(p.name for p in out.iterdir()) == []
+        else:
+            build(tiny_bert, BuildSettings(name="m"), out, progress=messages.append)
+            assert (out / "model-store" / "m.mar").is_file()
+    finally:
+        if release_after_s is None:
+            os.close(fd)
+    assert f"waiting for another build that is publishing into {out}" in messages
+
+
+def _archived_file(archive: Path, fmt: str, name: str) -> bytes:
+    if fmt == "no-archive":
+        return (archive / name).read_bytes()
+    if fmt == "tgz":
+        with tarfile.open(archive) as tgz:
+            member = tgz.extractfile(f"{archive.name.removesuffix('.tar.gz')}/{name}")
+            assert member is not None
+            return member.read()
+    return zipfile.ZipFile(archive).read(name)
 
 
 def test_rebuild_replaces_the_store_and_drops_other_formats(

@@ -12,6 +12,7 @@ from click.core import ParameterSource
 from scibert_pack.archiver.settings import (
     ARCHIVE_FORMATS,
     DEFAULT_MAX_REQUEST_BYTES,
+    NAME_RULE,
     BuildSettings,
 )
 from scibert_pack.cli._console import Console
@@ -34,7 +35,7 @@ _HANDLER_OPTIONS = (
 _DEFAULTS = HandlerSettings()
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3}  # fmt: skip
-_SIZE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$")
+_SIZE = re.compile(r"^\s*(\d{1,20})\s*([a-z]*)\s*$")  # 20 digits: far past any limit
 
 
 class ByteSize(click.ParamType[int]):
@@ -45,7 +46,7 @@ class ByteSize(click.ParamType[int]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        match = _SIZE.match(str(value).lower())
+        match = _SIZE.fullmatch(str(value).lower())
         if match is None or match.group(2) not in _UNITS:
             self.fail(
                 f"{value!r} is not a size; give bytes or a number with a unit "
@@ -58,7 +59,11 @@ class ByteSize(click.ParamType[int]):
 
 @click.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--name", required=True, help="Model name: the key in request URLs.")
+@click.option(
+    "--name",
+    required=True,
+    help=f"Model name: the key in request URLs and the archive's file name ({NAME_RULE}).",
+)
 @click.option("--version", "model_version", default="1.0", show_default=True)
 @click.option(
     "-o",

@@ -44,6 +44,10 @@ def _client(url: str, model: str, token: str | None, key_file: Path | None, time
     )
 
 
+# `predict --input` went through, but some rows got error records instead of predictions.
+ROWS_FAILED_EXIT_CODE = 4
+
+
 def _optional_texts(func: Callable[..., Any]) -> Callable[..., Any]:
     return _client_options(func, texts_required=False)
 
@@ -102,6 +106,8 @@ def predict(
 
     Batch mode writes one JSON line per text, in input order: row, line (and id when the
     record has one), text, then label, probabilities and truncated, or error and status.
+    Exit code 0: every row has its prediction; 4: the job went through but some rows have
+    error records; 1: the run stopped (no server answer); 2: bad input; 130: interrupted.
     """
     console = Console(quiet=quiet)
     if input_path is not None:
@@ -184,8 +190,10 @@ def _predict_file(
     client.session.mount("http://", HTTPAdapter(pool_maxsize=concurrency))
     client.session.mount("https://", HTTPAdapter(pool_maxsize=concurrency))
     sink: ResultSink
+    kept_refused = 0  # rows an earlier run wrote as refused: they stay failed
     if output_path is not None:
         resumable = ResumableOutput(output_path, batch.rows)
+        kept_refused = resumable.kept_refused
         if resumable.finished or resumable.retried:
             again = (
                 f"; {len(resumable.retried)} rows that failed on the server are asked again"
@@ -231,6 +239,12 @@ def _predict_file(
         f"wrote {final.written} rows{where} in {final.elapsed_s:.1f} s "
         f"({final.skipped} already done, {final.refused} refused by the server{failed})"
     )
+    if kept_refused:
+        console.progress(
+            f"{kept_refused} rows refused by the server in an earlier run keep their error records"
+        )
+    if final.errors or kept_refused:
+        raise click.exceptions.Exit(ROWS_FAILED_EXIT_CODE)
 
 
 @click.command()
