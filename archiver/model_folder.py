@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from scibert_pack.errors import ModelFolderError
+from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
 
 # Tokenizer files a BERT-family tokenizer can be loaded from, in the order we look for them.
 TOKENIZER_SOURCES: tuple[tuple[str, ...], ...] = (
@@ -38,6 +39,8 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+# What `scibert-pack build` writes into its output folder.
+_STORE_MARKERS = (REPORT_FILE, CONFIG_FILE, MODEL_STORE_DIR)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ def inspect_model_folder(path: Path, *, allow_pickle: bool = False) -> ModelFold
             f"model folder {shown} is not a folder",
             fix="pass the folder that holds config.json, the weights and the tokenizer files",
         )
+    _refuse_built_store(path, shown)
     config = _read_config(path, shown)
     architecture = _classifier_architecture(config, shown)
     labels = _labels(config, shown)
@@ -97,6 +101,20 @@ def inspect_model_folder(path: Path, *, allow_pickle: bool = False) -> ModelFold
         pickle_weights=pickled,
         warnings=tuple(warnings),
     )
+
+
+def _refuse_built_store(path: Path, shown: str) -> None:
+    """`build ./out` on what an earlier build wrote: say so instead of asking for config.json."""
+    if (path / "config.json").exists():
+        return
+    found = [name for name in _STORE_MARKERS if (path / name).exists()]
+    if found:
+        raise ModelFolderError(
+            f"{shown} is a model store built by scibert-pack (it has {', '.join(found)}), "
+            "not a model folder",
+            fix=f"serve it with: scibert-pack serve {shown}; to build again, pass the folder "
+            "model.save_pretrained(...) wrote",
+        )
 
 
 def _check_links(path: Path, shown: str, names: set[str]) -> None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from scibert_pack.archiver.model_folder import PICKLE, PICKLE_INDEX, SAFETENSORS, SAFETENSORS_INDEX
 from scibert_pack.errors import StoreError
 from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, read_config, snapshot_models
+
+# What save_pretrained writes for the weights, sharded or not, safetensors or pickle.
+_WEIGHTS = (SAFETENSORS, SAFETENSORS_INDEX, PICKLE, PICKLE_INDEX)
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,24 @@ class ModelStore:
         return self.root / MODEL_STORE_DIR
 
 
+def is_model_folder(path: Path) -> bool:
+    """A Hugging Face model folder (what `build` takes) rather than a store (what it writes)."""
+    return (path / "config.json").is_file() and any((path / w).exists() for w in _WEIGHTS)
+
+
 def open_store(root: Path) -> ModelStore:
     """Read and check a store folder; StoreError naming what is missing and how to make it."""
     fix = f"build it with: scibert-pack build MODEL_DIR --name NAME -o {root}"
     if not root.is_dir():
         raise StoreError(f"model store {root} does not exist", fix=fix)
+    if is_model_folder(root):
+        out = root.with_name(f"{root.name}-store") if root.name not in ("", "..") else Path("out")
+        raise StoreError(
+            f"{root} is a model folder (config.json and weights), not a model store built by "
+            "scibert-pack",
+            fix=f"build it first: scibert-pack build {root} --name NAME -o {out}, then "
+            f"scibert-pack serve {out}",
+        )
     config = read_config(root, fix=fix)
     models = snapshot_models(config, root)
     if len(models) != 1:
