@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,18 +40,31 @@ def is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any((path / w).exists() for w in _WEIGHTS)
 
 
+def _store_beside(folder: Path) -> Path:
+    """Where to suggest building a model folder's store: next to it, never inside it."""
+    if folder.name not in ("", ".."):
+        return folder.with_name(f"{folder.name}-store")
+    real = folder.resolve()
+    return Path(os.path.relpath(real.with_name(f"{real.name}-store")))
+
+
+def _shown(path: Path) -> str:
+    text = str(path)
+    return text if path.is_absolute() or text.startswith(".") else f"./{text}"
+
+
 def open_store(root: Path) -> ModelStore:
     """Read and check a store folder; StoreError naming what is missing and how to make it."""
     fix = f"build it with: scibert-pack build MODEL_DIR --name NAME -o {root}"
     if not root.is_dir():
         raise StoreError(f"model store {root} does not exist", fix=fix)
     if is_model_folder(root):
-        out = root.with_name(f"{root.name}-store") if root.name not in ("", "..") else Path("out")
+        model, store = _shown(root), _shown(_store_beside(root))
         raise StoreError(
-            f"{root} is a model folder (config.json and weights), not a model store built by "
+            f"{model} is a model folder (config.json and weights), not a model store built by "
             "scibert-pack",
-            fix=f"build it first: scibert-pack build {root} --name NAME -o {out}, then "
-            f"scibert-pack serve {out}",
+            fix=f"build it first: scibert-pack build {model} --name NAME -o {store}, then "
+            f"scibert-pack serve {store}",
         )
     config = read_config(root, fix=fix)
     models = snapshot_models(config, root)

@@ -112,14 +112,35 @@ def test_a_wrong_value_names_the_new_spelling() -> None:
 # -- the other kind of folder ------------------------------------------------------------------
 
 
-def test_serve_on_a_model_folder_says_build_it_first(tiny_bert: Path) -> None:
-    result = CliRunner().invoke(cli, ["serve", str(tiny_bert)])
+@pytest.mark.parametrize(
+    ("cwd", "arg", "model", "store"),
+    [
+        (".", "my-scibert", "./my-scibert", "./my-scibert-store"),
+        (".", "./my-scibert/", "./my-scibert", "./my-scibert-store"),
+        ("my-scibert", ".", ".", "../my-scibert-store"),
+        ("my-scibert", "../my-scibert", "../my-scibert", "../my-scibert-store"),
+        (".", "{tmp}/my-scibert", "{tmp}/my-scibert", "{tmp}/my-scibert-store"),
+    ],
+    ids=["relative", "dot-slash", "inside-it", "dot-dot", "absolute"],
+)
+def test_serve_on_a_model_folder_says_build_it_first(
+    tiny_bert: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cwd: str,
+    arg: str,
+    model: str,
+    store: str,
+) -> None:
+    shutil.copytree(tiny_bert, tmp_path / "my-scibert")
+    monkeypatch.chdir(tmp_path / cwd)
+    result = CliRunner().invoke(cli, ["serve", arg.format(tmp=tmp_path)])
     assert result.exit_code == 2
-    out = tiny_bert.with_name(f"{tiny_bert.name}-store")
+    model, store = model.format(tmp=tmp_path), store.format(tmp=tmp_path)
     assert result.stderr == (
-        f"Error: {tiny_bert} is a model folder (config.json and weights), not a model store "
-        f"built by scibert-pack; build it first: scibert-pack build {tiny_bert} --name NAME "
-        f"-o {out}, then scibert-pack serve {out}\n"
+        f"Error: {model} is a model folder (config.json and weights), not a model store "
+        f"built by scibert-pack; build it first: scibert-pack build {model} --name NAME "
+        f"-o {store}, then scibert-pack serve {store}\n"
     )
 
 

@@ -4,6 +4,11 @@ upload would not write."""
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -11,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from s3_helpers import S3Server, kserve_download, tree
+from s3_helpers import S3Server, free_port, kserve_download, tree
 
 from scibert_pack.cli import cli
 from scibert_pack.storage.local_store import read_store
@@ -79,3 +84,38 @@ def test_create_bucket_is_for_s3_only(
     result = CliRunner().invoke(cli, ["upload", str(make_store()), target, "--create-bucket"])
     assert result.exit_code == 2
     assert result.stderr.endswith(f"Error: --create-bucket is for s3:// URIs, not '{target}'\n")
+
+
+@pytest.mark.s3
+def test_the_readmes_local_upload_block_runs_as_written(
+    make_store: Callable[..., Path], tmp_path: Path
+) -> None:
+    """README's "Try it locally" commands, run by bash in a folder with `.venv` and `./out`.
+    Two changes only: a free port instead of 5000 (tests run in parallel), and a wait for moto
+    to listen, which a person typing the next line does without noticing."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"### Try it locally.*?```bash\n(.*?)```", readme, re.S)
+    assert found is not None
+    lines = found.group(1).replace("5000", str(port := free_port())).splitlines()
+    moto = next(i for i, line in enumerate(lines) if line.startswith("moto_server "))
+    wait = f"for i in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.1; done"
+    lines.insert(moto + 1, wait)
+    store = make_store("out")
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent, target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VIRTUAL_ENV"))}
+    env.update(HOME=str(tmp_path), AWS_EC2_METADATA_DISABLED="true")
+    done = subprocess.run(
+        ["bash", "-e", "-c", "\n".join(lines)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    uri = f"s3://models/scibert/{read_store(store).version}/"
+    assert done.stdout == uri + "\n"
+    assert "created bucket s3://models" in done.stderr
+    with socket.socket() as sock:  # `kill %1` stopped moto
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
