@@ -3,11 +3,12 @@ beyond loopback, token authorization against a real TorchServe, and the URLs it 
 
 from __future__ import annotations
 
-import selectors
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,17 +178,16 @@ V2_BODY = {"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": [
 
 def _read_lines(stream: IO[str], count: int, deadline_s: float) -> list[str]:
     """`count` lines from a child's stdout, or fewer if it has not written them in time."""
-    lines: list[str] = []
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+    read: list[str] = []
     end = time.monotonic() + deadline_s
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        while len(lines) < count and time.monotonic() < end:
-            if selector.select(timeout=1.0):
-                line = stream.readline()
-                if not line:
-                    break
-                lines.append(line.rstrip("\n"))
-    return lines
+    while len(read) < count and (left := end - time.monotonic()) > 0:
+        try:
+            read.append(lines.get(timeout=left).rstrip("\n"))
+        except queue.Empty:
+            break
+    return read
 
 
 @pytest.mark.server
@@ -216,6 +216,8 @@ def test_serve_prints_every_url_and_each_one_answers(
                 f"metrics:        http://127.0.0.1:{metrics}/metrics",
             ], (tmp_path / "stderr").read_text()
             urls = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in lines[1:]}
+            runtime = (tmp_path / "run" / "config.properties").read_bytes()
+            assert runtime.endswith(b"\n") and not runtime.endswith(b"\n\n")
             answers = {
                 "v2 infer": requests.post(urls["v2 infer"], json=V2_BODY, timeout=120),
                 "v2 explain": requests.post(urls["v2 explain"], json=V2_BODY, timeout=120),

@@ -258,8 +258,8 @@ def _predict_file(
     cls=RenamedOption,
     old=["--steps", "--n-steps"],
     type=int,
-    help="Integrated-gradients steps (the request's n_steps; default: the archive's "
-    "--explain-steps, at most its --max-explain-steps).",
+    help="Integrated-gradients steps (n_steps) for these texts; default: the number the "
+    "store was built with.",
 )
 @click.option(
     "--merge-subwords/--no-merge-subwords", default=None, help="Merge word pieces into words."
