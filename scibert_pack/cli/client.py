@@ -108,6 +108,9 @@ def predict(
 ) -> None:
     """Classify TEXTS with a served model (KServe v2 infer), or every text of --input.
 
+    For TEXTS: each text, its label, and the labels' probabilities, most likely first
+    (--json: the raw v2 response).
+
     Batch mode writes one JSON line per text, in input order: row, line (and id when the
     record has one), text, then label, probabilities and truncated, or error and status.
     """
