@@ -14,6 +14,7 @@ from typing import Any
 
 from scibert_pack.errors import ModelFolderError
 from scibert_pack.files import load_json
+from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
 
 # Tokenizer files a BERT-family tokenizer can be loaded from, in the order we look for them.
 TOKENIZER_SOURCES: tuple[tuple[str, ...], ...] = (
@@ -47,6 +48,8 @@ SAFETENSORS_DTYPE_BITS: dict[str, int] = {
     "I64": 64, "U64": 64, "F64": 64, "C64": 64,
     "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }  # fmt: skip
+# What `scibert-pack build` writes into its output folder.
+_STORE_MARKERS = (REPORT_FILE, CONFIG_FILE, MODEL_STORE_DIR)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ def inspect_model_folder(path: Path, *, allow_pickle: bool = False) -> ModelFold
             f"model folder {shown} is not a folder",
             fix="pass the folder that holds config.json, the weights and the tokenizer files",
         )
+    _refuse_built_store(path, shown)
     config = _read_config(path, shown)
     architecture = _classifier_architecture(config, shown)
     labels = _labels(config, shown)
@@ -106,6 +110,20 @@ def inspect_model_folder(path: Path, *, allow_pickle: bool = False) -> ModelFold
         pickle_weights=pickled,
         warnings=tuple(warnings),
     )
+
+
+def _refuse_built_store(path: Path, shown: str) -> None:
+    """`build ./out` on what an earlier build wrote: say so instead of asking for config.json."""
+    if (path / "config.json").exists():
+        return
+    found = [name for name in _STORE_MARKERS if (path / name).exists()]
+    if found:
+        raise ModelFolderError(
+            f"{shown} is a model store built by scibert-pack (it has {', '.join(found)}), "
+            "not a model folder",
+            fix=f"serve it with: scibert-pack serve {shown}; to build again, pass the folder "
+            "model.save_pretrained(...) wrote",
+        )
 
 
 def _check_links(path: Path, shown: str, names: set[str]) -> None:

@@ -9,33 +9,38 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 log() { echo "[setup] $*" >&2; }
 
+# Each install step says what it does and how long it has taken (scripts/setup-steps.sh).
+source "$ROOT/scripts/setup-steps.sh"
+
 if [ ! -x "$VENV/bin/python" ]; then
-  log "creating $VENV"
-  "$PY" -m venv "$VENV"
+  step 1 "creating $VENV" "$PY" -m venv "$VENV"
 fi
 
 # torch first, pinned: the CPU wheel on disk. A bare `torch` would pull a multi-GB CUDA build.
 if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
-  log "installing torch==2.13.0"
-  "$VENV/bin/pip" install -q torch==2.13.0
+  step 2 "installing torch==2.13.0 (CPU, pip)" "$VENV/bin/pip" install -q torch==2.13.0
 fi
 
 stamp="$VENV/.scibert-pack-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  log "installing scibert-pack with dev extras"
-  "$VENV/bin/pip" install -q -e "$ROOT[dev]"
   # KServe's own storage initializer, used by the tests as the downloader that proves an upload.
   # Its full dependency set (GCS, Azure, HF, ...) is not needed for s3:// and local URIs.
-  "$VENV/bin/pip" install -q --no-deps "kserve-storage>=0.15"
+  _install_project() {
+    "$VENV/bin/pip" install -q -e "$ROOT[dev]" &&
+      "$VENV/bin/pip" install -q --no-deps "kserve-storage>=0.15"
+  }
+  step 3 "installing scibert-pack with dev extras (pip)" _install_project
   touch "$stamp"
 fi
 
 if ! command -v java >/dev/null 2>&1; then
-  log "java not found: installing a JDK 17 for TorchServe (apt-get)"
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+    _install_java() {
+      $SUDO apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+    }
+    step 4 "java not found: installing a JDK 17 for TorchServe (apt-get)" _install_java
   else
     echo "TorchServe needs Java 17 and apt-get is not available: install a JDK 17 and rerun" >&2
     exit 1

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from scibert_pack.archiver.model_folder import PICKLE, PICKLE_INDEX, SAFETENSORS, SAFETENSORS_INDEX
 from scibert_pack.errors import StoreError
 from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, read_config, snapshot_models
+
+# What save_pretrained writes for the weights, sharded or not, safetensors or pickle.
+_WEIGHTS = (SAFETENSORS, SAFETENSORS_INDEX, PICKLE, PICKLE_INDEX)
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,37 @@ class ModelStore:
         return self.root / MODEL_STORE_DIR
 
 
+def is_model_folder(path: Path) -> bool:
+    """A Hugging Face model folder (what `build` takes) rather than a store (what it writes)."""
+    return (path / "config.json").is_file() and any((path / w).exists() for w in _WEIGHTS)
+
+
+def _store_beside(folder: Path) -> Path:
+    """Where to suggest building a model folder's store: next to it, never inside it."""
+    if folder.name not in ("", ".."):
+        return folder.with_name(f"{folder.name}-store")
+    real = folder.resolve()
+    return Path(os.path.relpath(real.with_name(f"{real.name}-store")))
+
+
+def _shown(path: Path) -> str:
+    text = str(path)
+    return text if path.is_absolute() or text.startswith(".") else f"./{text}"
+
+
 def open_store(root: Path) -> ModelStore:
     """Read and check a store folder; StoreError naming what is missing and how to make it."""
     fix = f"build it with: scibert-pack build MODEL_DIR --name NAME -o {root}"
     if not root.is_dir():
         raise StoreError(f"model store {root} does not exist", fix=fix)
+    if is_model_folder(root):
+        model, store = _shown(root), _shown(_store_beside(root))
+        raise StoreError(
+            f"{model} is a model folder (config.json and weights), not a model store built by "
+            "scibert-pack",
+            fix=f"build it first: scibert-pack build {model} --name NAME -o {store}, then "
+            f"scibert-pack serve {store}",
+        )
     config = read_config(root, fix=fix)
     models = snapshot_models(config, root)
     if len(models) != 1:

@@ -392,9 +392,7 @@ class S3Backend:
             if code == "NoSuchBucket" or (code == "404" and bucket_call):
                 raise StorageError(
                     f"bucket {self._bucket!r} does not exist at {endpoint}",
-                    fix=f"create it with `aws s3 mb s3://{self._bucket}"
-                    + (f" --endpoint-url {endpoint}`" if self._custom_endpoint() else "`")
-                    + " or check the name",
+                    fix="rerun the upload with --create-bucket to create it, or check the name",
                 ) from err
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
                 raise StorageError(
@@ -425,8 +423,33 @@ class S3Backend:
                 fix="rerun; an interrupted upload resumes where it stopped",
             ) from err
 
-    def _custom_endpoint(self) -> bool:
-        return not urlsplit(self._client.meta.endpoint_url).netloc.endswith("amazonaws.com")
+    def create_bucket(self) -> bool:
+        """Make the bucket if it is missing (`upload --create-bucket`); True when it was made.
+        Outside us-east-1, S3 wants the client's region as the bucket's location."""
+        with self._errors("reach the bucket", bucket_call=True):
+            try:
+                self._client.head_bucket(Bucket=self._bucket)
+                return False
+            except botocore.exceptions.ClientError as err:
+                if _code(err) not in ("404", "NoSuchBucket"):
+                    raise
+        region = self._client.meta.region_name
+        where: Any = {} if region in (None, "", "us-east-1") else {"LocationConstraint": region}
+        with self._errors(f"create the bucket {self._bucket!r}"):
+            try:
+                if where:
+                    self._client.create_bucket(Bucket=self._bucket, CreateBucketConfiguration=where)
+                else:
+                    self._client.create_bucket(Bucket=self._bucket)
+            except botocore.exceptions.ClientError as err:
+                if _code(err) != "BucketAlreadyExists":
+                    raise
+                raise StorageError(
+                    f"bucket name {self._bucket!r} is taken by another account "
+                    "(S3 bucket names are global)",
+                    fix="upload to a bucket of your own: pick another name",
+                ) from err
+        return True
 
 
 class _BytesSubscriber(BaseSubscriber):  # type: ignore[misc]

@@ -1,11 +1,18 @@
 """`scibert-pack serve` refusals, the warning for a store without token authorization served
-beyond loopback, and token authorization against a real TorchServe."""
+beyond loopback, token authorization against a real TorchServe, and the URLs it prints."""
 
 from __future__ import annotations
 
+import queue
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import requests
@@ -163,3 +170,79 @@ def test_token_auth_refuses_calls_without_the_token(token_server: TorchServeProc
     allowed = CliRunner().invoke(cli, [*args, "--key-file", str(token_server.key_file)])
     assert allowed.exit_code == 0, allowed.output
     assert "cells divide" in allowed.stdout
+
+
+SCIBERT_PACK = str(Path(sys.executable).parent / "scibert-pack")
+V2_BODY = {"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["cells divide"]}]}
+
+
+def _read_lines(stream: IO[str], count: int, deadline_s: float) -> list[str]:
+    """`count` lines from a child's stdout, or fewer if it has not written them in time."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+    read: list[str] = []
+    end = time.monotonic() + deadline_s
+    while len(read) < count and (left := end - time.monotonic()) > 0:
+        try:
+            read.append(lines.get(timeout=left).rstrip("\n"))
+        except queue.Empty:
+            break
+    return read
+
+
+@pytest.mark.server
+def test_serve_prints_every_url_and_each_one_answers(
+    stores: dict[str, Path], tmp_path: Path
+) -> None:
+    inference, management, metrics, grpc = free_ports(4)
+    api = f"http://127.0.0.1:{inference}"
+    command = [SCIBERT_PACK, "serve", str(stores["open"]), "--inference-port", str(inference),
+               "--management-port", str(management), "--metrics-port", str(metrics),
+               "--grpc-port", str(grpc), "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    stderr = (tmp_path / "stderr").open("w")
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            lines = _read_lines(proc.stdout, 9, deadline_s=240)
+            assert lines == [
+                "model:          open (ready)",
+                f"v2 infer:       {api}/v2/models/open/infer",
+                f"v2 explain:     {api}/v2/models/open/explain",
+                f"v1 predict:     {api}/v1/models/open:predict",
+                f"v1 explain:     {api}/v1/models/open:explain",
+                f"native predict: {api}/predictions/open",
+                f"native explain: {api}/explanations/open",
+                f"management:     http://127.0.0.1:{management}/models/open",
+                f"metrics:        http://127.0.0.1:{metrics}/metrics",
+            ], (tmp_path / "stderr").read_text()
+            urls = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in lines[1:]}
+            runtime = (tmp_path / "run" / "config.properties").read_bytes()
+            assert runtime.endswith(b"\n") and not runtime.endswith(b"\n\n")
+            answers = {
+                "v2 infer": requests.post(urls["v2 infer"], json=V2_BODY, timeout=120),
+                "v2 explain": requests.post(urls["v2 explain"], json=V2_BODY, timeout=120),
+                "v1 predict": requests.post(
+                    urls["v1 predict"], json={"instances": ["cells divide"]}, timeout=120
+                ),
+                "v1 explain": requests.post(
+                    urls["v1 explain"], json={"instances": ["cells divide"]}, timeout=120
+                ),
+                "native predict": requests.post(
+                    urls["native predict"], data=b"cells divide", timeout=120
+                ),
+                "native explain": requests.post(
+                    urls["native explain"], data=b"cells divide", timeout=120
+                ),
+                "management": requests.get(urls["management"], timeout=60),
+                "metrics": requests.get(urls["metrics"], timeout=60),
+            }
+            assert {k: r.status_code for k, r in answers.items()} == dict.fromkeys(answers, 200)
+            assert "importances" in answers["v2 explain"].text
+            assert "importances" in answers["v1 explain"].text
+            assert "importances" in answers["native explain"].text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=120)
+            stderr.close()
+    assert code == 0
+    assert (tmp_path / "stderr").read_text().splitlines()[-1] == "stopping TorchServe"

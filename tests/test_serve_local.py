@@ -114,8 +114,8 @@ def test_port_zero_picks_free_ports_and_prints_them(served: Served) -> None:
     assert 0 not in ports.values()
     assert len(set(ports.values())) == 5
     assert ports["gRPC management"] == ports["gRPC inference"] + 1
-    assert f"v2 infer:    {served.url}/v2/models/locked/infer" in served.lines
-    assert f"management:  http://127.0.0.1:{ports['management']}/models/locked" in served.lines
+    assert f"v2 infer:       {served.url}/v2/models/locked/infer" in served.lines
+    assert f"management:     http://127.0.0.1:{ports['management']}/models/locked" in served.lines
     # The run folder is named by the real port: no serve-0 to be reused by the next attempt.
     assert sorted(p.name for p in served.run_dir.parent.iterdir()) == [
         f"serve-{ports['inference']}"

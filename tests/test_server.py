@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -279,16 +280,29 @@ def test_serve_cli_predict_and_explain_tables(server: TorchServeProcess) -> None
     from scibert_pack.cli import cli
 
     args = ["--url", server.inference_url, "--model", "tiny"]
-    result = CliRunner().invoke(cli, ["predict", BLOG_TEXT, "cells divide", *args])
+    long_text = " ".join([BLOG_TEXT] * 3)
+    result = CliRunner().invoke(cli, ["predict", long_text, "cells\ndivide", *args])
+    assert result.exit_code == 0, result.output
+    raw = CliRunner().invoke(cli, ["predict", long_text, "cells\ndivide", *args, "--json"])
+    assert json.loads(raw.stdout)["model_name"] == "tiny"
+    lines = result.stdout.splitlines()
+    # Each text whole on one line, its label, then every label's probability, most likely first.
+    assert len(lines) == 6
+    assert (lines[0], lines[3]) == (long_text, "cells divide")
+    for label_line, all_line in ((lines[1], lines[2]), (lines[4], lines[5])):
+        top = re.fullmatch(r"  label: (\S+)  p: (\d\.\d{3})", label_line)
+        assert top is not None, label_line
+        shown = re.findall(r"(\S+) (\d\.\d{3}|\d\.\de-\d\d)(?:, |$)", all_line.split(": ", 1)[1])
+        assert all_line.startswith("  probabilities: ")
+        assert {name for name, _ in shown} == set(LABELS.values())
+        values = [float(v) for _, v in shown]
+        assert values == sorted(values, reverse=True) and shown[0] == top.groups()
+        assert math.isclose(sum(values), 1.0, abs_tol=0.01)
+    result = CliRunner().invoke(cli, ["explain", long_text, *args, "--top", "3"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["LABEL", "P", "TEXT"]
-    assert len(lines) == 3 and "cells divide" in lines[2]
-    result = CliRunner().invoke(cli, ["predict", "x", *args, "--json"])
-    assert json.loads(result.stdout)["model_name"] == "tiny"
-    result = CliRunner().invoke(cli, ["explain", BLOG_TEXT, *args, "--top", "3"])
-    assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
-    assert lines[0] == BLOG_TEXT[:57] + "..." or lines[0] == BLOG_TEXT
-    assert lines[1].startswith("  label: ") and " delta: " in lines[1]
+    assert lines[0] == long_text
+    match = re.fullmatch(r"  label: \S+  target: \S+  delta: (\S+)", lines[1])
+    assert match is not None and match.group(1) != "-0.0000", lines[1]
+    assert re.fullmatch(r"0|[+-](\d\.\d{3}|\d\.\de-\d\d)", match.group(1)), lines[1]
     assert len(lines[2].split(", ")) == 3

@@ -331,8 +331,8 @@ def test_missing_bucket_names_the_fix(s3_env: S3Server, make_store: Callable[...
         plan_upload(read_store(make_store()), backend(s3_env, "s3://nope-missing/m"))
     endpoint = s3_env.endpoint
     assert str(err.value) == (
-        f"bucket 'nope-missing' does not exist at {endpoint}; create it with "
-        f"`aws s3 mb s3://nope-missing --endpoint-url {endpoint}` or check the name"
+        f"bucket 'nope-missing' does not exist at {endpoint}; rerun the upload with "
+        "--create-bucket to create it, or check the name"
     )
 
 

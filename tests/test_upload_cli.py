@@ -300,8 +300,8 @@ def test_no_checksum_uploads_and_verifies_by_etag(
         (
             "missing-bucket",
             1,
-            "Error: bucket 'no-such-bucket' does not exist at {endpoint}; create it with "
-            "`aws s3 mb s3://no-such-bucket --endpoint-url {endpoint}` or check the name\n",
+            "Error: bucket 'no-such-bucket' does not exist at {endpoint}; rerun the upload with "
+            "--create-bucket to create it, or check the name\n",
         ),
         (
             "no-credentials",

@@ -9,6 +9,10 @@ from typing import Any
 import click
 
 from scibert_pack.cli._console import Console
+from scibert_pack.cli._options import RenamedOption
+
+# Labels shown per text unless --all-labels: a 100-class model would bury the answer.
+_LABELS_SHOWN = 10
 
 
 def _client_options(func: Callable[..., Any], *, texts_required: bool = True) -> Callable[..., Any]:
@@ -84,6 +88,11 @@ def _optional_texts(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--concurrency", default=8, show_default=True, help="Requests in flight.")
 @click.option("--batch-texts", default=16, show_default=True, help="Texts per request.")
 @click.option("--retries", default=3, show_default=True, help="Retries of a failed request.")
+@click.option(
+    "--all-labels",
+    is_flag=True,
+    help=f"Show every label's probability (default: the {_LABELS_SHOWN} most likely).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def predict(
     texts: tuple[str, ...],
@@ -100,9 +109,13 @@ def predict(
     concurrency: int,
     batch_texts: int,
     retries: int,
+    all_labels: bool,
     quiet: bool,
 ) -> None:
     """Classify TEXTS with a served model (KServe v2 infer), or every text of --input.
+
+    For TEXTS: each text, its label, and the labels' probabilities, most likely first
+    (--json: the raw v2 response).
 
     Batch mode writes one JSON line per text, in input order: row, line (and id when the
     record has one), text, then label, probabilities and truncated, or error and status.
@@ -141,13 +154,19 @@ def predict(
     if as_json:
         console.json(raw)
         return
-    width = max(len("LABEL"), *(len(p.label) for p in predictions))
-    console.data(f"{'LABEL':<{width}}  {'P':>6}  TEXT")
     for p in predictions:
-        flag = " (truncated)" if p.truncated else ""
-        console.data(
-            f"{p.label:<{width}}  {p.probabilities[p.label]:>6.3f}  {_short(p.text)}{flag}"
-        )
+        console.data(_flat(p.text))
+        flag = "  (truncated to the model's maximum length)" if p.truncated else ""
+        console.data(f"  label: {p.label}  p: {_number(p.probabilities[p.label])}{flag}")
+        console.data(f"  probabilities: {_ranked_labels(p.probabilities, all_labels)}")
+
+
+def _ranked_labels(probabilities: dict[str, float], show_all: bool) -> str:
+    ranked = sorted(probabilities.items(), key=lambda pair: pair[1], reverse=True)
+    shown = ranked if show_all else ranked[:_LABELS_SHOWN]
+    text = ", ".join(f"{label} {_number(p)}" for label, p in shown)
+    hidden = len(ranked) - len(shown)
+    return text + (f" (and {hidden} less likely: --all-labels shows them)" if hidden else "")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -250,7 +269,17 @@ def _predict_file(
 @click.command()
 @_client_options
 @click.option("--target", help="Label (or index) to explain instead of the predicted one.")
-@click.option("--steps", "n_steps", type=int, help="Integrated-gradients steps.")
+@click.option(
+    "--explain-steps",
+    "--steps",
+    "--n-steps",
+    "n_steps",
+    cls=RenamedOption,
+    old=["--steps", "--n-steps"],
+    type=int,
+    help="Integrated-gradients steps (n_steps) for these texts; default: the number the "
+    "store was built with.",
+)
 @click.option(
     "--merge-subwords/--no-merge-subwords", default=None, help="Merge word pieces into words."
 )
@@ -330,14 +359,16 @@ def explain(
         console.json(explained.merged_response())
         return
     for e in explained.explanations:
-        console.data(_short(e.text, 100))
-        console.data(f"  label: {e.label}  target: {e.target}  delta: {e.delta:+.4f}")
+        console.data(_flat(e.text))
+        console.data(
+            f"  label: {e.label}  target: {e.target}  delta: {_number(e.delta, sign=True)}"
+        )
         ranked = sorted(
             (pair for pair in zip(e.words, e.importances, strict=True) if not _special(pair[0])),
             key=lambda pair: abs(pair[1]),
             reverse=True,
         )[:top]
-        console.data("  " + ", ".join(f"{w} {v:+.3f}" for w, v in ranked))
+        console.data("  " + ", ".join(f"{w} {_number(v, sign=True)}" for w, v in ranked))
 
 
 _SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
@@ -347,6 +378,16 @@ def _special(word: str) -> bool:
     return word in _SPECIAL_TOKENS
 
 
-def _short(text: str, width: int = 60) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 3] + "..."
+def _flat(text: str) -> str:
+    """The whole text on one line: its own line breaks would break the layout."""
+    return " ".join(text.split())
+
+
+def _number(value: float, *, sign: bool = False) -> str:
+    """3 decimals, or 2 significant digits in scientific notation below 0.001 (never -0.000)."""
+    plus = "+" if sign else ""
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-3:
+        return f"{value:{plus}.1e}"
+    return f"{value:{plus}.3f}"

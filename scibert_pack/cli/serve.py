@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
 import click
 
 from scibert_pack.cli._console import Console
+from scibert_pack.cli._options import RenamedOption
 from scibert_pack.errors import ServeError
 
 
@@ -16,7 +18,14 @@ from scibert_pack.errors import ServeError
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
-    "--port", default=8085, show_default=True, help="Inference API port (0: a free one, printed)."
+    "--inference-port",
+    "--port",
+    "inference_port",
+    cls=RenamedOption,
+    old=["--port"],
+    default=8085,
+    show_default=True,
+    help="Inference API port (KServe v1/v2 and TorchServe's own routes; 0: a free one, printed).",
 )
 @click.option("--management-port", default=8081, show_default=True, help="0: a free one.")
 @click.option("--metrics-port", default=8082, show_default=True, help="0: a free one.")
@@ -36,7 +45,7 @@ from scibert_pack.errors import ServeError
 def serve(
     store: Path,
     host: str,
-    port: int,
+    inference_port: int,
     management_port: int,
     metrics_port: int,
     grpc_port: int,
@@ -49,7 +58,7 @@ def serve(
     console = Console(quiet=quiet)
     settings = ServeSettings(
         host=host,
-        port=port,
+        port=inference_port,
         management_port=management_port,
         metrics_port=metrics_port,
         grpc_port=grpc_port,
@@ -66,20 +75,19 @@ def serve(
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         with server:
-            name = server.model_name
-            console.data(f"model:       {name} (ready)")
-            ports = server.settings.ports()
-            console.data("ports:       " + ", ".join(f"{api} {n}" for api, n in ports.items()))
-            console.data(f"v2 infer:    {server.inference_url}/v2/models/{name}/infer")
-            console.data(f"v2 explain:  {server.inference_url}/v2/models/{name}/explain")
-            console.data(f"v1 predict:  {server.inference_url}/v1/models/{name}:predict")
-            console.data(f"native:      {server.inference_url}/predictions/{name}")
-            console.data(f"management:  {server.management_url}/models/{name}")
-            console.data(f"metrics:     {server.metrics_url}/metrics")
-            if server.store.token_auth:
-                console.data(f"key file:    {server.key_file}")
+            key_file = server.key_file if server.store.token_auth else None
+            for line in url_lines(
+                server.model_name,
+                server.inference_url,
+                server.management_url,
+                server.metrics_url,
+                key_file=key_file,
+                ports=server.settings.ports(),
+            ):
+                console.data(line)
             console.progress(
-                f"try: scibert-pack predict 'some text' --url {server.inference_url} --model {name}"
+                f"try: scibert-pack predict 'some text' --url {server.inference_url} "
+                f"--model {server.model_name}"
             )
             console.progress("press Ctrl-C to stop")
             code = server.wait()
@@ -91,3 +99,34 @@ def serve(
         console.progress("stopping TorchServe")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def url_lines(
+    name: str,
+    api: str,
+    management: str,
+    metrics: str,
+    *,
+    key_file: Path | None,
+    ports: Mapping[str, int] | None = None,
+) -> list[str]:
+    """What `serve` prints once the model is ready: every route the README lists."""
+    model = f"/models/{name}"
+    rows = [
+        ("model", f"{name} (ready)"),
+        ("v2 infer", f"{api}/v2{model}/infer"),
+        ("v2 explain", f"{api}/v2{model}/explain"),
+        ("v1 predict", f"{api}/v1{model}:predict"),
+        ("v1 explain", f"{api}/v1{model}:explain"),
+        ("native predict", f"{api}/predictions/{name}"),
+        ("native explain", f"{api}/explanations/{name}"),
+        ("management", f"{management}{model}"),
+        ("metrics", f"{metrics}/metrics"),
+    ]
+    if ports is not None:
+        # Every port in use: with port 0 these are the free ones serve picked.
+        rows.append(("ports", ", ".join(f"{api_name} {n}" for api_name, n in ports.items())))
+    if key_file is not None:
+        rows.append(("key file", str(key_file)))
+    width = max(len(label) for label, _ in rows) + 2
+    return [f"{label + ':':<{width}}{value}" for label, value in rows]

@@ -67,6 +67,12 @@ EXIT_STEPS_ONLY = 3
     help="S3: send no SHA256 checksums, for S3-compatible stores that reject checksum headers "
     "or aws-chunked uploads; each object is then verified by its ETag (MD5), or read back.",
 )
+@click.option(
+    "--create-bucket",
+    is_flag=True,
+    help="S3: create the bucket first if it does not exist (in the client's region; not with "
+    "--dry-run).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def upload(
     out: Path,
@@ -80,6 +86,7 @@ def upload(
     as_json: bool,
     max_concurrency: int,
     no_checksum: bool,
+    create_bucket: bool,
     quiet: bool,
 ) -> None:
     """Upload model store OUT to STORAGE_URI as an immutable, verified version.
@@ -97,6 +104,8 @@ def upload(
     _quiet_chatty_loggers()
     console = Console(quiet=quiet)
     target = parse_target(storage_uri)
+    if create_bucket and not isinstance(target, S3Target):
+        raise click.UsageError(f"--create-bucket is for s3:// URIs, not {storage_uri!r}")
     store = read_store(out)
     if isinstance(target, PvcTarget) and pvc_mount is None:
         copy = kubectl_steps(store, target)
@@ -129,6 +138,12 @@ def upload(
             checksum=not no_checksum,
         )
     backend = backend_for(target, s3_settings=s3_settings, pvc_mount=pvc_mount)
+    if create_bucket and not dry_run and isinstance(target, S3Target):
+        from scibert_pack.storage.s3 import S3Backend
+
+        assert isinstance(backend, S3Backend)
+        if backend.create_bucket():
+            console.progress(f"created bucket s3://{target.bucket}")
     plan = plan_upload(store, backend, delete=delete)
     for warning in plan.warnings:
         console.warn(warning)
