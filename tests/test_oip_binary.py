@@ -12,6 +12,7 @@ import pytest
 
 from scibert_pack.handlers import oip_binary, oip_grpc
 from scibert_pack.handlers.oip_binary import OipError, OutputSpec, encode_elements
+from scibert_pack.handlers.oip_reply import grpc_replies
 from scibert_pack.handlers.protocol import RawRow, RequestError, parse_request
 from scibert_pack.handlers.settings import HandlerSettings
 
@@ -357,3 +358,43 @@ def test_grpc_error_body_has_what_the_frontend_reads() -> None:
     assert {"id", "model_name", "model_version", "outputs"} <= set(body)
     assert body["id"] == "g1"
     assert [o["name"] for o in body["outputs"]] == ["error", "error_code"]
+
+
+@dataclass(frozen=True)
+class _Raw:
+    body: object
+    grpc: bool
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: object
+    outputs: OutputSpec | None = None
+
+
+@dataclass(frozen=True)
+class _Info:
+    name: str = "m"
+    version: str = "1.0"
+
+
+def test_a_lone_failed_grpc_request_raises_what_torchserve_turns_into_a_grpc_status() -> None:
+    from ts.utils.util import PredictionException
+
+    raws = [_Raw(grpc_body(b" "), True)]
+    with pytest.raises(PredictionException) as info:
+        grpc_replies(raws, [_Reply(413, {"error": "too big", "code": 413})], _Info())
+    assert (info.value.message, info.value.error_code) == ("too big", 413)
+
+
+def test_a_failed_grpc_request_in_a_batch_gets_error_outputs_and_the_others_stay() -> None:
+    raws = [_Raw(grpc_body(b" "), True), _Raw(grpc_body(b"x"), True), _Raw({}, False)]
+    replies = [
+        _Reply(400, {"error": "text 0 is empty", "code": 400}),
+        _Reply(200, {"outputs": []}),
+        _Reply(400, {"error": "rest", "code": 400}),
+    ]
+    out = grpc_replies(raws, replies, _Info())
+    assert out[1:] == replies[1:]
+    assert out[0].body == oip_grpc.error_body(raws[0].body, "m", "1.0", 400, "text 0 is empty")
