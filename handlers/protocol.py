@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from . import oip_binary, oip_grpc
+from .oip_binary import OipError, OutputSpec
 from .settings import HandlerSettings
 
 Protocol = Literal["v2", "v1", "native"]
@@ -28,6 +30,8 @@ Route = Literal["kserve", "native"]
 
 V2_TEXT_DATATYPE = "BYTES"
 KSERVE_SHAPE = '{"inputs": [...]} (KServe v2) or {"instances": [...]} (KServe v1)'
+# `curl -d` without this header sends a form, which TorchServe splits into fields: no body is left.
+JSON_HINT = "with the header Content-Type: application/json"
 # What TorchServe decodes itself (its worker compares the part's exact mime type).
 SERVER_DECODED_JSON = "application/json"
 
@@ -65,6 +69,10 @@ class Request:
     request_id: str | None = None
     # native: a single text (plain body or {"text": ...}) is answered with one object, not a list.
     single: bool = False
+    # v2: the outputs the client asked for, and which of them in binary (None: all, as JSON).
+    outputs: OutputSpec | None = None
+    # Came through TorchServe's OIP gRPC service (see oip_grpc).
+    grpc: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,10 @@ class RawRow:
     explain: bool
     # The kind of route the request came in on; None when unknown (the body's shape decides).
     route: Route | None = None
+    # The Inference-Header-Content-Length header (binary tensor extension), None when absent.
+    binary_header: object = None
+    # Came through TorchServe's OIP gRPC service: BYTES data are base64 (see oip_grpc).
+    grpc: bool = False
 
 
 def request_route(url_path: object, explain_header: object) -> Route | None:
@@ -107,11 +119,13 @@ class _Body:
     single: bool = False
     params: object = None
     request_id: str | None = None
+    outputs: OutputSpec | None = None
 
 
 def parse_request(raw: RawRow, settings: HandlerSettings, labels: Sequence[str]) -> Request:
     """The typed request of one row, or RequestError naming what is wrong."""
     action: Action = "explain" if raw.explain else "predict"
+    raw = _unpack_oip(raw)
     if raw.route == "kserve":
         body = _classify_kserve(_kserve_payload(raw))
     else:
@@ -120,7 +134,43 @@ def parse_request(raw: RawRow, settings: HandlerSettings, labels: Sequence[str])
     options = _parse_options(body.params, settings, labels)
     if action == "explain":
         _check_explain_work(len(texts), options.n_steps, settings)
-    return Request(body.protocol, action, texts, options, body.request_id, body.single)
+    _oip_call(oip_binary.check_outputs, body.outputs, oip_binary.V2_OUTPUTS[action])
+    return Request(
+        body.protocol,
+        action,
+        texts,
+        options,
+        body.request_id,
+        body.single,
+        outputs=body.outputs,
+        grpc=raw.grpc,
+    )
+
+
+# -- Open Inference Protocol transports: binary extension, TorchServe's gRPC ------------------
+
+
+def _unpack_oip(raw: RawRow) -> RawRow:
+    """A binary-extension or gRPC request as the plain JSON request it carries."""
+    if raw.binary_header is not None:
+        length = _oip_call(oip_binary.header_length, {oip_binary.HEADER_LENGTH: raw.binary_header})
+        body = raw.body
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        if isinstance(body, (bytes, bytearray)) and length is not None:
+            payload = _oip_call(oip_binary.decode_request, body, length)
+            return replace(raw, body=payload, content_type=SERVER_DECODED_JSON)
+    if raw.grpc and isinstance(raw.body, dict):
+        payload = _oip_call(oip_grpc.decode_request, raw.body)
+        return replace(raw, body=payload, route="kserve")
+    return raw
+
+
+def _oip_call(function: Any, *args: Any) -> Any:
+    try:
+        return function(*args)
+    except OipError as exc:
+        raise RequestError(exc.code, exc.message) from None
 
 
 # -- KServe routes: a JSON object, whatever the Content-Type ----------------------------------
@@ -129,9 +179,10 @@ def parse_request(raw: RawRow, settings: HandlerSettings, labels: Sequence[str])
 def _kserve_payload(raw: RawRow) -> dict[str, Any]:
     body = raw.body
     if isinstance(body, MissingBody):
-        raise _no_body(body, f"send a JSON object, {KSERVE_SHAPE}")
+        raise _no_body(body, f"send a JSON object, {KSERVE_SHAPE}, {JSON_HINT}")
     if isinstance(body, (bytes, bytearray)):
-        return _json_object(_parse_json(_utf8(body, f"POST a JSON object, {KSERVE_SHAPE}")))
+        expected = f"POST a JSON object, {KSERVE_SHAPE}, {JSON_HINT}"
+        return _json_object(_parse_json(_utf8(body, expected)))
     if isinstance(body, str) and _mime(raw.content_type) != SERVER_DECODED_JSON:
         # text/plain: TorchServe decoded the UTF-8 only. (With application/json, a str body is
         # a JSON string TorchServe decoded.)
@@ -142,7 +193,7 @@ def _kserve_payload(raw: RawRow) -> dict[str, Any]:
 def _parse_json(text: str) -> object:
     if not text.strip():
         raise bad_request(
-            f"request body is empty or whitespace; POST a JSON object, {KSERVE_SHAPE}"
+            f"request body is empty or whitespace; POST a JSON object, {KSERVE_SHAPE}, {JSON_HINT}"
         )
     try:
         return json.loads(text)
@@ -176,7 +227,9 @@ def _classify_kserve(payload: dict[str, Any]) -> _Body:
 def _classify_kserve_keys(payload: dict[str, Any]) -> _Body | None:
     params = payload.get("parameters")
     if "inputs" in payload:
-        return _Body("v2", _v2_texts(payload["inputs"]), params=params, request_id=_v2_id(payload))
+        outputs = _oip_call(oip_binary.parse_outputs, payload)
+        texts = _v2_texts(payload["inputs"])
+        return _Body("v2", texts, params=params, request_id=_v2_id(payload), outputs=outputs)
     if "instances" in payload:
         return _Body("v1", _text_list(payload["instances"], "instances"), params=params)
     return None

@@ -30,6 +30,9 @@ from .metrics import (
     Metrics,
 )
 from .model import Batch, Classifier, choose_device, load_pretrained, token_chunks
+from .oip_binary import HEADER_LENGTH, OutputSpec, select_outputs
+from .oip_grpc import is_grpc_request
+from .oip_reply import encode_reply, grpc_replies, header_lookup
 from .protocol import MissingBody, RawRow, Request, RequestError, parse_request, request_route
 from .render import (
     ModelInfo,
@@ -53,6 +56,8 @@ class Reply:
     status: int
     body: object
     phrase: str = ""
+    # A v2 reply's requested outputs (binary or not); None for everything else.
+    outputs: OutputSpec | None = None
 
 
 @dataclass
@@ -121,14 +126,15 @@ class ClassifierService:
             response_timeout_s=_response_timeout(yaml_config),
         )
 
-    def handle(self, rows: Sequence[Mapping[str, Any]], context: Any) -> list[str]:
+    def handle(self, rows: Sequence[Mapping[str, Any]], context: Any) -> list[str | bytes]:
         """TorchServe's per-batch call: one JSON string per row, statuses set on the context."""
         raws = [_raw_row(row, idx, context) for idx, row in enumerate(rows)]
         replies = self.run(raws, Metrics(getattr(context, "metrics", None)))
+        replies = grpc_replies(raws, replies, self.info)
         for idx, reply in enumerate(replies):
             context.set_response_status(reply.status, reply.phrase, idx)
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
-        return [json.dumps(reply.body) for reply in replies]
+        return [encode_reply(reply, idx, context) for idx, reply in enumerate(replies)]
 
     def run(self, raws: Sequence[RawRow], metrics: Metrics | None = None) -> list[Reply]:
         metrics = metrics or Metrics(None)
@@ -296,11 +302,12 @@ class ClassifierService:
                 body = render_explanations(request, predictions, explanations, self.info)
             else:
                 body = render_predictions(request, predictions, self.info)
+            body = select_outputs(body, request.outputs)
             json.dumps(body)
         except Exception:
             logger.exception("rendering the response of request %d failed", idx)
             return _internal_error("rendering the response", idx)
-        return Reply(200, body)
+        return Reply(200, body, outputs=request.outputs)
 
 
 def _error_reply(exc: RequestError) -> Reply:
@@ -322,11 +329,14 @@ def _raw_row(row: Mapping[str, Any], idx: int, context: Any) -> RawRow:
     explain_header = context.get_request_header(idx, "explain")
     # A form-encoded request arrives as its fields, without a body.
     body = row[key] if key in row else MissingBody(tuple(sorted(str(k) for k in row)))
+    headers = context.get_all_request_header(idx) or {}
     return RawRow(
         body=body,
         content_type=content_type,
         explain=str(explain_header).lower() == "true",
         route=request_route(context.get_request_header(idx, "url_path"), explain_header),
+        binary_header=header_lookup(headers, HEADER_LENGTH),
+        grpc=is_grpc_request(headers, body),
     )
 
 

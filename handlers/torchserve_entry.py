@@ -9,7 +9,7 @@ from .service import ClassifierService
 _service: ClassifierService | None = None
 
 
-def handle(data: list[Any] | None, context: Any) -> list[str] | None:
+def handle(data: list[Any] | None, context: Any) -> list[str | bytes] | None:
     global _service
     if data is None:
         _service = ClassifierService.from_context(context)

@@ -27,7 +27,12 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   # Its full dependency set (GCS, Azure, HF, ...) is not needed for s3:// and local URIs.
   _install_project() {
     "$VENV/bin/pip" install -q -e "$ROOT[dev]" &&
-      "$VENV/bin/pip" install -q --no-deps "kserve-storage>=0.15"
+      "$VENV/bin/pip" install -q --no-deps "kserve-storage>=0.15" &&
+      # The kserve SDK's InferenceRESTClient, a third-party client in tests/test_oip_clients.py.
+      # Without --no-deps it pulls its model server's stack; these are what `import kserve` needs.
+      "$VENV/bin/pip" install -q --no-deps "kserve==0.21.0" &&
+      "$VENV/bin/pip" install -q "cloudevents<2" "psutil>=5.9.6,<6" fastapi httpx orjson pandas \
+        prometheus-client grpc-interceptor uvicorn timing-asgi watchfiles kubernetes tabulate
   }
   step 3 "installing scibert-pack with dev extras (pip)" _install_project
   touch "$stamp"

@@ -23,6 +23,7 @@ SETTINGS = HandlerSettings(
 )
 JSON = "application/json"
 KSERVE_SHAPE = '{"inputs": [...]} (KServe v2) or {"instances": [...]} (KServe v1)'
+JSON_HINT = "with the header Content-Type: application/json"
 
 
 def v2(data: object, shape: object = -1, datatype: str = "BYTES", **extra: object) -> dict:
@@ -495,20 +496,20 @@ KSERVE_BAD = [
     pytest.param(
         bytearray(b""),
         JSON,
-        f"request body is empty; POST a JSON object, {KSERVE_SHAPE}",
+        f"request body is empty; POST a JSON object, {KSERVE_SHAPE}, {JSON_HINT}",
         id="empty",
     ),
     pytest.param(
         " \n",
         "text/plain",
-        f"request body is empty or whitespace; POST a JSON object, {KSERVE_SHAPE}",
+        f"request body is empty or whitespace; POST a JSON object, {KSERVE_SHAPE}, {JSON_HINT}",
         id="whitespace",
     ),
     pytest.param(
         MissingBody(("text",)),
         "application/x-www-form-urlencoded",
         f"request has no body (TorchServe read it as form fields: text); send a JSON object, "
-        f"{KSERVE_SHAPE}",
+        f"{KSERVE_SHAPE}, {JSON_HINT}",
         id="form",
     ),
     pytest.param(

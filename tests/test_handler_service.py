@@ -21,7 +21,7 @@ from handler_support import (
 from tiny_models import Family
 
 from scibert_pack.handlers.model import ModelLoadError, choose_device, token_chunks
-from scibert_pack.handlers.protocol import KSERVE_SHAPE
+from scibert_pack.handlers.protocol import JSON_HINT, KSERVE_SHAPE
 from scibert_pack.handlers.service import ClassifierService
 from scibert_pack.handlers.settings import HandlerSettings, SettingsError
 
@@ -435,7 +435,7 @@ BAD = [
         HttpRequest(None, content_type=None, form={"text": b"hello"}, route="v2"),
         400,
         "request has no body (TorchServe read it as form fields: text); send a JSON object, "
-        f"{KSERVE_SHAPE}",
+        f"{KSERVE_SHAPE}, {JSON_HINT}",
         id="v2-form",
     ),
     pytest.param(
