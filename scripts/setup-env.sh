@@ -31,7 +31,9 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
       # The kserve SDK's InferenceRESTClient, a third-party client in tests/test_oip_clients.py.
       # Without --no-deps it pulls its model server's stack; these are what `import kserve` needs.
       "$VENV/bin/pip" install -q --no-deps "kserve==0.21.0" &&
-      "$VENV/bin/pip" install -q "cloudevents<2" "psutil>=5.9.6,<6" fastapi httpx orjson pandas \
+      # Pinned within kserve's and botocore's own ranges: pip does not weigh what is installed.
+      "$VENV/bin/pip" install -q "cloudevents<2" "psutil>=5.9.6,<6" fastapi httpx orjson \
+        "pandas>=2.2,<3" "protobuf>=6.33.5,<7" "python-dateutil>=2.8,<3" python-multipart pyjwt \
         prometheus-client grpc-interceptor uvicorn timing-asgi watchfiles kubernetes tabulate
   }
   step 3 "installing scibert-pack with dev extras (pip)" _install_project
