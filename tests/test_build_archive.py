@@ -605,6 +605,31 @@ def test_parallel_builds_into_one_output_both_succeed(
         ]
 
 
+@pytest.mark.parametrize("fmt", ["no-archive", "tgz"])
+def test_parallel_cli_builds_in_processes_both_succeed(
+    tiny_models: dict[str, Path], tmp_path: Path, fmt: str
+) -> None:
+    """The issue's reproduction: pairs of `scibert-pack build` processes, one name, one -o."""
+    exe = str(Path(sys.executable).parent / "scibert-pack")
+    out = tmp_path / "out"
+    for _ in range(5):
+        argv = [["build", str(tiny_models[family]), "--name", "same", "-o", str(out), "-q",
+                 "--archive-format", fmt] for family in ("bert", "roberta")]  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for args in argv
+        ]
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=120)
+            assert (proc.returncode, stderr) == (0, ""), stderr
+            assert stdout == f"{out}\n"
+    report = json.loads((out / "build-report.json").read_text())
+    for artifact in report["artifacts"]:
+        assert _sha(out / artifact["path"]) == artifact["sha256"]
+
+
 @pytest.mark.parametrize("release_after_s", [0.3, None], ids=["waits-then-publishes", "gives-up"])
 def test_build_waits_for_a_publishing_build_and_says_so(
     tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, release_after_s: float | None
