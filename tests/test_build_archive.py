@@ -654,8 +654,8 @@ def test_build_waits_for_a_publishing_build_and_says_so(
                 build(tiny_bert, BuildSettings(name="m"), out, progress=messages.append)
             assert str(caught.value) == (
                 f"another build has been publishing into {out} for over 1 s; nothing was "
-                "published; check for a stuck scibert-pack build on that folder "
-                "(e.g. fuser -v OUT), stop it, then rerun"
+                f"published; find the build holding it (fuser -v {out}), stop it if it is "
+                "stuck, then rerun"
             )
             assert sorted(p.name for p in out.iterdir()) == []
         else:
