@@ -147,8 +147,8 @@ GOOD = '{"text": "the protein folds"}'
 PREDICT_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("id-5000-digits", _jsonl(GOOD, '{"id": ' + DIGITS + ', "text": "x"}'), "{p} line 2 is not JSON we can read (Exceeds the limit (4300 digits) for integer string conversion): "),
     ("line-deeply-nested", _jsonl('{"b":' + "[" * 3000), "{p} line 1 is not JSON we can read (nested too deeply (more levels than Python's JSON parser handles)): "),
-    ("id-nan", _jsonl('{"id": NaN, "text": "x"}'), "{p} line 1: id nan is not a JSON number (NaN and Infinity are not JSON, and result lines must be strict JSON); give the id as a string, e.g. \"id\": \"nan\", or as a finite number"),
-    ("id-infinity", _jsonl(GOOD, '{"id": -Infinity, "text": "x"}'), "{p} line 2: id -inf is not a JSON number (NaN and Infinity are not JSON, and result lines must be strict JSON); give the id as a string, e.g. \"id\": \"-inf\", or as a finite number"),
+    ("id-nan", _jsonl('{"id": NaN, "text": "x"}'), "{p} line 1: id NaN is not a JSON number (NaN and Infinity are not JSON, and result lines must be strict JSON); give the id as a string, e.g. \"id\": \"NaN\", or as a finite number"),
+    ("id-infinity", _jsonl(GOOD, '{"id": -Infinity, "text": "x"}'), "{p} line 2: id -Infinity is not a JSON number (NaN and Infinity are not JSON, and result lines must be strict JSON); give the id as a string, e.g. \"id\": \"-Infinity\", or as a finite number"),
     ("id-an-object", _jsonl('{"id": {"a": 1}, "text": "x"}'), "{p} line 1: id is a JSON object; ids must be strings, numbers, booleans or null; give each record a string or numeric id"),
     ("text-lone-surrogate", _jsonl(GOOD, '{"text": "bad \\ud800 text"}'), "{p} line 2: field 'text' holds a lone surrogate escape such as \\ud800 (half of a UTF-16 pair), which is not a character and cannot be written as UTF-8; fix the escape"),
     ("id-lone-surrogate", _jsonl('{"id": "\\udfff", "text": "x"}'), "{p} line 1: id holds a lone surrogate escape"),
