@@ -388,8 +388,8 @@ def _wait_for_lock(fd: int, output: Path, timeout_s: float) -> None:
                 raise BuildError(
                     f"another build has been publishing into {output} for over "
                     f"{timeout_s:.0f} s; nothing was published",
-                    fix="check for a stuck scibert-pack build on that folder "
-                    "(e.g. fuser -v OUT), stop it, then rerun",
+                    fix=f"find the build holding it (fuser -v {output}), stop it if it is "
+                    "stuck, then rerun",
                 ) from None
             time.sleep(_LOCK_POLL_S)
 

@@ -209,7 +209,7 @@ def _labels(config: dict[str, Any], shown: str) -> tuple[str, ...]:
     except (TypeError, ValueError) as err:
         raise ModelFolderError(
             f"config.json of {shown} has id2label keys that are not class indexes "
-            f"({sorted(id2label)})",
+            f"({_short(sorted(id2label))})",
             fix=fix,
         ) from err
     if sorted(by_index) != list(range(len(by_index))):

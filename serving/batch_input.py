@@ -174,13 +174,14 @@ def _is_unicode(text: str) -> bool:
 
 def _checked_id(path: Path, number: int, value: object) -> object:
     """A record's id goes into every result line as it is: a string, a whole or finite number,
-    a boolean or null. NaN and Infinity (which Python's JSON reader accepts) are not JSON, and a
-    nested id could not be compared on resume, so both are refused."""
+    a boolean or null. NaN and Infinity (which Python's JSON reader accepts) are not JSON, and an
+    object or array could nest deeper than a result line can be written: both are refused."""
     if isinstance(value, float) and not math.isfinite(value):
+        shown = "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
         raise InputError(
-            f"{path} line {number}: id {value!r} is not a JSON number (NaN and Infinity are "
+            f"{path} line {number}: id {shown} is not a JSON number (NaN and Infinity are "
             "not JSON, and result lines must be strict JSON)",
-            fix=f'give the id as a string, e.g. "id": "{value!r}", or as a finite number',
+            fix=f'give the id as a string, e.g. "id": "{shown}", or as a finite number',
         )
     if isinstance(value, (dict, list)):
         kind = "object" if isinstance(value, dict) else "array"

@@ -450,7 +450,7 @@ BAD_OPTIONS: list[tuple[str, list[str], str]] = [
     ("name-trailing-newline", ["--name", "tiny\n"], "model name 'tiny\\n' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*, at most 200 characters; pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert"),
     ("name-300-chars", ["--name", "n" * 300], "model name '" + "n" * 39 + "..." + "n" * 11 + "' is 300 characters long, more than the 200 allowed: it names the archive file (NAME.tar.gz) and staging files, which must stay under the 255-byte file name limit; pass a --name of at most 200 characters"),
     ("version-trailing-newline", ["--version", "1.0\n"], "model version '1.0\\n' is not allowed (expected e.g. 1.0 or 2024-05); pass --version with letters, digits, '.', '_' or '-'"),
-    ("max-request-size-5000-digits", ["--max-request-size", "9" * 5000], "Invalid value for '--max-request-size': '" + "9" * 5000 + "' is not a size; give bytes or a number with a unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. 10MiB"),
+    ("max-request-size-5000-digits", ["--max-request-size", "9" * 5000], "Invalid value for '--max-request-size': '" + "9" * 39 + "..." + "9" * 11 + "' is not a size; give bytes or a number with a unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. 10MiB"),
     ("port-clash", ["--metrics-port", "8085"], "ports must be distinct, got {{'inference': 8085, 'management': 8081, 'metrics': 8085, 'grpc_inference': 7070, 'grpc_management': 7071}}; give each API its own port"),
 ]  # fmt: skip
 
@@ -605,6 +605,31 @@ def test_parallel_builds_into_one_output_both_succeed(
         ]
 
 
+@pytest.mark.parametrize("fmt", ["no-archive", "tgz"])
+def test_parallel_cli_builds_in_processes_both_succeed(
+    tiny_models: dict[str, Path], tmp_path: Path, fmt: str
+) -> None:
+    """The issue's reproduction: pairs of `scibert-pack build` processes, one name, one -o."""
+    exe = str(Path(sys.executable).parent / "scibert-pack")
+    out = tmp_path / "out"
+    for _ in range(5):
+        argv = [["build", str(tiny_models[family]), "--name", "same", "-o", str(out), "-q",
+                 "--archive-format", fmt] for family in ("bert", "roberta")]  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for args in argv
+        ]
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=120)
+            assert (proc.returncode, stderr) == (0, ""), stderr
+            assert stdout == f"{out}\n"
+    report = json.loads((out / "build-report.json").read_text())
+    for artifact in report["artifacts"]:
+        assert _sha(out / artifact["path"]) == artifact["sha256"]
+
+
 @pytest.mark.parametrize("release_after_s", [0.3, None], ids=["waits-then-publishes", "gives-up"])
 def test_build_waits_for_a_publishing_build_and_says_so(
     tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, release_after_s: float | None
@@ -629,8 +654,8 @@ def test_build_waits_for_a_publishing_build_and_says_so(
                 build(tiny_bert, BuildSettings(name="m"), out, progress=messages.append)
             assert str(caught.value) == (
                 f"another build has been publishing into {out} for over 1 s; nothing was "
-                "published; check for a stuck scibert-pack build on that folder "
-                "(e.g. fuser -v OUT), stop it, then rerun"
+                f"published; find the build holding it (fuser -v {out}), stop it if it is "
+                "stuck, then rerun"
             )
             assert sorted(p.name for p in out.iterdir()) == []
         else:
@@ -640,6 +665,25 @@ def test_build_waits_for_a_publishing_build_and_says_so(
         if release_after_s is None:
             os.close(fd)
     assert f"waiting for another build that is publishing into {out}" in messages
+
+
+@pytest.mark.parametrize("fmt", ["zip-store", "tgz", "no-archive"])
+def test_longest_name_builds_and_uploads(tiny_bert: Path, tmp_path: Path, fmt: str) -> None:
+    """200 characters, the limit: every file and staging name (NAME.tar.gz, .NAME.old,
+    .NAME.tar.gz.partial) stays under the 255-byte file name limit."""
+    name = "n" * 200
+    out = tmp_path / "out"
+    args = ["build", str(tiny_bert), "--name", name, "-o", str(out), "-q", "--archive-format", fmt]
+    for _ in range(2):  # the second build replaces the first (.NAME.old for a folder)
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    assert (out / "model-store" / settings_archive_name(name, fmt)).exists()
+    result = CliRunner().invoke(cli, ["upload", str(out), str(tmp_path / "dest")])
+    assert result.exit_code == 0, result.output
+
+
+def settings_archive_name(name: str, fmt: str) -> str:
+    return BuildSettings(name=name, archive_format=fmt).archive_name  # type: ignore[arg-type]
 
 
 def _archived_file(archive: Path, fmt: str, name: str) -> bytes:

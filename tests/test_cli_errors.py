@@ -53,6 +53,12 @@ def _with_config_value(value: str) -> Breaker:
     return breaker
 
 
+def _set_id2label(folder: Path, id2label: dict[str, str]) -> None:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["id2label"] = id2label
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
 def _index(text: str) -> Breaker:
     def breaker(folder: Path) -> None:
         (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
@@ -72,6 +78,7 @@ BUILD_CASES: list[tuple[str, Breaker, str]] = [
     ("config-deeply-nested", _config_text("[" * DEEP + "]" * DEEP), f"{CONFIG} (nested too deeply"),
     ("config-nested-in-a-field", _with_config_value("[" * DEEP + "]" * DEEP), f"{CONFIG} (nested too deeply"),
     ("config-5000-digit-integer", _with_config_value(DIGITS), f"{CONFIG} (Exceeds the limit (4300 digits)"),
+    ("config-label-key-5000-digits", lambda f: _set_id2label(f, {DIGITS: "a"}), "config.json of {m} has id2label keys that are not class indexes (['777"),
     ("config-a-list", _config_text("[]"), "config.json of {m} holds a list, not a JSON object"),
     ("config-bad-utf8", lambda f: (f / "config.json").write_bytes(b'{"a": "\xff"}'), f"{CONFIG} ('utf-8' codec can't decode byte 0xff"),
     ("index-deeply-nested", _index('{"a":' * DEEP), "model.safetensors.index.json in {m} is not valid JSON (nested too deeply"),
@@ -104,6 +111,7 @@ def _one_error_line(output: str) -> str:
     assert "Traceback" not in output
     lines = output.splitlines()
     assert len(lines) == 1, output
+    assert len(lines[0]) < 1000  # a hostile value is cut short, not echoed whole
     assert lines[0].startswith("Error: ")
     return lines[0].removeprefix("Error: ")
 
@@ -139,8 +147,8 @@ GOOD = '{"text": "the protein folds"}'
 PREDICT_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("id-5000-digits", _jsonl(GOOD, '{"id": ' + DIGITS + ', "text": "x"}'), "{p} line 2 is not JSON we can read (Exceeds the limit (4300 digits) for integer string conversion): "),
     ("line-deeply-nested", _jsonl('{"b":' + "[" * 3000), "{p} line 1 is not JSON we can read (nested too deeply (more levels than Python's JSON parser handles)): "),
-    ("id-nan", _jsonl('{"id": NaN, "text": "x"}'), "{p} line 1: id nan is not a JSON number (NaN and Infinity are not JSON, and result lines must be strict JSON); give the id as a string, e.g. \"id\": \"nan\", or as a finite number"),
-    ("id-infinity", _jsonl(GOOD, '{"id": -Infinity, "text": "x"}'), "{p} line 2: id -inf is not a JSON number (NaN and Infinity are not JSON, and result lines must be strict JSON); give the id as a string, e.g. \"id\": \"-inf\", or as a finite number"),
+    ("id-nan", _jsonl('{"id": NaN, "text": "x"}'), "{p} line 1: id NaN is not a JSON number (NaN and Infinity are not JSON, and result lines must be strict JSON); give the id as a string, e.g. \"id\": \"NaN\", or as a finite number"),
+    ("id-infinity", _jsonl(GOOD, '{"id": -Infinity, "text": "x"}'), "{p} line 2: id -Infinity is not a JSON number (NaN and Infinity are not JSON, and result lines must be strict JSON); give the id as a string, e.g. \"id\": \"-Infinity\", or as a finite number"),
     ("id-an-object", _jsonl('{"id": {"a": 1}, "text": "x"}'), "{p} line 1: id is a JSON object; ids must be strings, numbers, booleans or null; give each record a string or numeric id"),
     ("text-lone-surrogate", _jsonl(GOOD, '{"text": "bad \\ud800 text"}'), "{p} line 2: field 'text' holds a lone surrogate escape such as \\ud800 (half of a UTF-16 pair), which is not a character and cannot be written as UTF-8; fix the escape"),
     ("id-lone-surrogate", _jsonl('{"id": "\\udfff", "text": "x"}'), "{p} line 1: id holds a lone surrogate escape"),
