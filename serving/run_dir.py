@@ -86,14 +86,12 @@ def write_private(path: Path, text: str) -> None:
 def tighten(folder: Path) -> None:
     """Files and folders an earlier run left in `folder` (the logs folder), made private."""
     for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(dirpath, name), PRIVATE_DIR, follow_symlinks=False)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                with contextlib.suppress(OSError):
-                    os.chmod(path, PRIVATE_FILE)
+        for names, mode in ((dirnames, PRIVATE_DIR), (filenames, PRIVATE_FILE)):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                if not os.path.islink(path):  # os.walk does not follow them either
+                    with contextlib.suppress(OSError):
+                        os.chmod(path, mode)
 
 
 def _private_dir(path: Path) -> None:

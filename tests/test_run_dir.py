@@ -18,7 +18,7 @@ from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
 from scibert_pack.errors import InputError, UnsafeRunDirError
-from scibert_pack.serving.run_dir import default_run_dir, secure_run_dir
+from scibert_pack.serving.run_dir import default_run_dir, secure_run_dir, tighten
 
 OTHER_UID = 65534  # tests run as root: another user's folder is one chowned to nobody
 ME = f"uid {os.getuid()} ({pwd.getpwuid(os.getuid()).pw_name})"
@@ -297,3 +297,21 @@ def test_serve_never_empties_a_folder_it_did_not_make(tiny_bert: Path, tmp_path:
     assert (home / "tmp" / "draft.txt").read_text() == "mine too"
     assert sorted(p.name for p in home.iterdir()) == ["notes.txt", "tmp"]
     assert stat.S_IMODE(home.stat().st_mode) == 0o755
+
+
+def test_logs_an_earlier_run_left_readable_are_made_private(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    (logs / "old").mkdir(parents=True)
+    for path in (logs / "ts_log.log", logs / "old" / "model_log.log"):
+        path.write_text("x")
+        path.chmod(0o644)
+    (logs / "old").chmod(0o755)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not a log")
+    outside.chmod(0o644)
+    (logs / "link").symlink_to(outside)
+    (logs / "dirlink").symlink_to(tmp_path)
+    tighten(logs)
+    modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in logs.rglob("*") if not p.is_symlink()}
+    assert modes == {"ts_log.log": 0o600, "old": 0o700, "model_log.log": 0o600}
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644  # a link's target is left alone
