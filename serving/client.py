@@ -17,13 +17,8 @@ from urllib.parse import urlsplit
 import requests
 
 from scibert_pack.errors import ClientError
-from scibert_pack.serving.server import (
-    KEY_FILE,
-    default_run_dir,
-    is_loopback,
-    read_serving_record,
-    read_token,
-)
+from scibert_pack.serving.run_dir import default_run_dir
+from scibert_pack.serving.server import KEY_FILE, is_loopback, read_serving_record, read_token
 
 TOKEN_ENV = "SCIBERT_PACK_TOKEN"
 # Answers worth sending again: the worker is busy, restarting or failed for a moment.

@@ -84,21 +84,22 @@ def write_private(path: Path, text: str) -> None:
 
 
 def tighten(folder: Path) -> None:
-    """Files and folders an earlier run left in `folder` (logs), made private."""
+    """Files and folders an earlier run left in `folder` (the logs folder), made private."""
     for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(dirpath, name), PRIVATE_DIR, follow_symlinks=False)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                with contextlib.suppress(OSError):
-                    os.chmod(path, PRIVATE_FILE)
+        for names, mode in ((dirnames, PRIVATE_DIR), (filenames, PRIVATE_FILE)):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                if not os.path.islink(path):  # os.walk does not follow them either
+                    with contextlib.suppress(OSError):
+                        os.chmod(path, mode)
 
 
 def _private_dir(path: Path) -> None:
+    """Create `path` 0700, or check the folder already there (it is kept as it is: a folder of
+    the user's that no one else may write to is safe, and might be their home)."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, PRIVATE_DIR)
+        os.chmod(path, PRIVATE_DIR)  # past the umask
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
@@ -128,7 +129,6 @@ def _private_dir(path: Path) -> None:
                 f"{_writers(info.st_mode)}): others could swap the handler TorchServe runs",
                 fix=f"chmod 700 {path} and rerun, {_FIX_ELSEWHERE}",
             )
-        os.fchmod(fd, PRIVATE_DIR)
     finally:
         os.close(fd)
 

@@ -36,12 +36,14 @@ from scibert_pack.serving.run_dir import (
 )
 from scibert_pack.serving.store import ModelStore, open_store
 
-__all__ = ["KEY_FILE", "ServeSettings", "TorchServeProcess", "default_run_dir", "read_token"]
-
 Progress = Callable[[str], None]
 KEY_FILE = "key_file.json"
 # Which server a run folder's key file belongs to: host, port and pid (see ServingRecord).
 SERVING_RECORD = "serving.json"
+# All a run folder holds; a folder with anything else is not one (and is not cleaned up).
+_RUN_DIR_NAMES = frozenset(
+    {KEY_FILE, SERVING_RECORD, "config.properties", "torchserve.out", "logs", "tmp"}
+)
 _PORT_OPTIONS = {
     "port": "--port",
     "management_port": "--management-port",
@@ -343,8 +345,24 @@ class TorchServeProcess:
 
     def _prepare_run_dir(self) -> None:
         self.run_dir = secure_run_dir(self.run_dir)
+        foreign = sorted(
+            name
+            for name in set(os.listdir(self.run_dir)) - _RUN_DIR_NAMES
+            if not name.startswith("hs_err_pid")  # the JVM's crash report
+        )
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (
+                f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            )
+            raise InputError(
+                f"run folder {self.run_dir} holds files serve did not write ({shown}): serve "
+                "empties parts of its run folder (tmp/, the key file), so it uses only a new "
+                "folder or one it made",
+                fix="pass --run-dir with a new or empty folder, e.g. --run-dir "
+                f"{self.run_dir / 'scibert-pack-run'}",
+            )
         self._clean_run_dir()
-        tighten(self.run_dir)  # logs an earlier version of scibert-pack wrote 0644
+        tighten(self.log_dir)  # logs an earlier version of scibert-pack wrote 0644
         (self.run_dir / "tmp").mkdir(mode=0o700)
 
     def _clean_run_dir(self) -> None:

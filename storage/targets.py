@@ -12,6 +12,8 @@ from scibert_pack.errors import InputError
 # S3 bucket naming rules (virtual-host safe subset): lowercase, digits, dots, dashes, at most 63
 # (AWS wants 3 at least; its own answer says so for shorter ones).
 _BUCKET = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
+# GCS also takes underscores, and up to 222 characters for names with dots.
+_GCS_BUCKET = re.compile(r"[a-z0-9]([a-z0-9._-]{0,220}[a-z0-9])?")
 # A PersistentVolumeClaim name is a DNS-1123 subdomain.
 _CLAIM = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _EXPECTED = "expected s3://bucket/prefix, pvc://claim/path or a local directory path"
@@ -169,11 +171,15 @@ def check_storage_uri(
             f"{label}unknown storage scheme {scheme!r} in {shown!r}",
             fix=scheme_fix or f"expected one of {names}{hint}",
         )
-    if scheme in ("s3", "gs") and not _BUCKET.fullmatch(parts.netloc):
+    bucket = {
+        "s3": (_BUCKET, "S3", "dots or dashes, up to 63"),
+        "gs": (_GCS_BUCKET, "GCS", "dots, dashes or underscores"),
+    }
+    if scheme in bucket and not bucket[scheme][0].fullmatch(parts.netloc):
+        _, kind, chars = bucket[scheme]
         raise InputError(
-            f"{label}{shown!r} names no valid {'S3' if scheme == 's3' else 'GCS'} bucket "
-            f"(got {parts.netloc!r})",
-            fix="bucket names are up to 63 lowercase letters, digits, dots or dashes, "
+            f"{label}{shown!r} names no valid {kind} bucket (got {parts.netloc!r})",
+            fix=f"bucket names are lowercase letters, digits, {chars}, "
             f"e.g. {scheme}://my-models/scibert",
         )
     if scheme == "pvc" and not _CLAIM.fullmatch(parts.netloc):

@@ -18,7 +18,7 @@ from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
 from scibert_pack.errors import InputError, UnsafeRunDirError
-from scibert_pack.serving.run_dir import default_run_dir, secure_run_dir
+from scibert_pack.serving.run_dir import default_run_dir, secure_run_dir, tighten
 
 OTHER_UID = 65534  # tests run as root: another user's folder is one chowned to nobody
 ME = f"uid {os.getuid()} ({pwd.getpwuid(os.getuid()).pw_name})"
@@ -212,19 +212,19 @@ def test_unsafe_run_folder_is_refused(
     "arrange",
     [
         lambda base: None,
-        lambda base: _mkdir(_user(base), 0o755),
+        lambda base: _mkdir(_user(base), 0o755),  # kept as it is: no one else may write
         lambda base: base.chmod(0o1777),  # a sticky shared folder, as /tmp
     ],
-    ids=["fresh", "existing-0755-tightened", "sticky-base"],
+    ids=["fresh", "existing-0755", "sticky-base"],
 )
 def test_run_folder_is_made_private(base: Path, arrange: Callable[[Path], object]) -> None:
-    arrange(base)
+    existing = arrange(base)
     made = secure_run_dir(default_run_dir(PORT))
     assert made == _user(base).resolve() / f"serve-{PORT}"
-    for folder in (made, made.parent):
+    for folder, mode in ((made, 0o700), (made.parent, 0o755 if existing else 0o700)):
         info = os.lstat(folder)
         assert stat.S_ISDIR(info.st_mode)
-        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o700, os.getuid())
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (mode, os.getuid())
 
 
 def test_explicit_run_dir_gets_its_missing_folders_private(tmp_path: Path) -> None:
@@ -274,3 +274,44 @@ def test_run_folder_too_long_for_the_worker_sockets_is_refused(tmp_path: Path) -
         "or point XDG_RUNTIME_DIR at a shorter folder"
     )
     assert not (tmp_path / ("d" * 100)).exists()
+
+
+def test_serve_never_empties_a_folder_it_did_not_make(tiny_bert: Path, tmp_path: Path) -> None:
+    """`--run-dir ~` must not cost the user ~/tmp: a folder holding anything serve does not
+    write is refused before anything in it is touched."""
+    build(tiny_bert, BuildSettings(name="m"), tmp_path / "store")
+    home = _mkdir(tmp_path / "home", 0o755)
+    (home / "notes.txt").write_text("mine")
+    (home / "tmp").mkdir()
+    (home / "tmp" / "draft.txt").write_text("mine too")
+    ports = ["--port", "0", "--management-port", "0", "--metrics-port", "0", "--grpc-port", "0"]
+    result = CliRunner().invoke(
+        cli, ["serve", str(tmp_path / "store"), *ports, "--run-dir", str(home), "-q"]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"Error: run folder {home} holds files serve did not write (notes.txt): serve empties "
+        "parts of its run folder (tmp/, the key file), so it uses only a new folder or one it "
+        f"made; pass --run-dir with a new or empty folder, e.g. --run-dir {home}/scibert-pack-run\n"
+    )
+    assert (home / "tmp" / "draft.txt").read_text() == "mine too"
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt", "tmp"]
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755
+
+
+def test_logs_an_earlier_run_left_readable_are_made_private(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    (logs / "old").mkdir(parents=True)
+    for path in (logs / "ts_log.log", logs / "old" / "model_log.log"):
+        path.write_text("x")
+        path.chmod(0o644)
+    (logs / "old").chmod(0o755)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not a log")
+    outside.chmod(0o644)
+    (logs / "link").symlink_to(outside)
+    (logs / "dirlink").symlink_to(tmp_path)
+    tighten(logs)
+    modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in logs.rglob("*") if not p.is_symlink()}
+    assert modes == {"ts_log.log": 0o600, "old": 0o700, "model_log.log": 0o600}
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644  # a link's target is left alone

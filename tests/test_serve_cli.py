@@ -246,3 +246,20 @@ def test_serve_prints_every_url_and_each_one_answers(
             stderr.close()
     assert code == 0
     assert (tmp_path / "stderr").read_text().splitlines()[-1] == "stopping TorchServe"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "-1"], "--port -1 is not a port; pass a port from 1 to 65535, or 0 for a free one"),
+        (["--metrics-port", "70000"], "--metrics-port 70000 is not a port; pass a port from 1 to 65535, or 0 for a free one"),
+        (["--grpc-port", "65535"], "--grpc-port 65535 is not a port; pass a port from 1 to 65534, or 0 for a free one"),
+    ],
+    ids=["negative", "too-big", "grpc-without-room-for-management"],
+)  # fmt: skip
+def test_bad_ports_are_refused_at_once(
+    stores: dict[str, Path], args: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(cli, ["serve", str(stores["open"]), *args])
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == f"Error: {message}\n"

@@ -75,7 +75,7 @@ _QUERY = (
         (
             "s3://My_Bucket/x",
             "'s3://My_Bucket/x' names no valid S3 bucket (got 'My_Bucket'); bucket names are "
-            "up to 63 lowercase letters, digits, dots or dashes, e.g. s3://my-models/scibert",
+            "lowercase letters, digits, dots or dashes, up to 63, e.g. s3://my-models/scibert",
         ),
         (
             "pvc://Claim/x",

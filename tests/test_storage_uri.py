@@ -151,3 +151,13 @@ def test_manifest_refuses_and_writes_nothing(tmp_path: Path, uri: str, expected:
 def test_good_uris_pass_for_both(uri: str) -> None:
     for schemes in (("s3", "pvc"), STORAGE_SCHEMES):
         check_storage_uri(uri, schemes=schemes)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["gs://my_models/scibert/", "https://models.example.com/scibert.tar.gz", "hdfs://nn:8020/m/"],
+)
+def test_manifest_only_schemes_pass_for_manifest(uri: str) -> None:
+    check_storage_uri(uri, schemes=STORAGE_SCHEMES)
+    with pytest.raises(InputError, match="unknown storage scheme"):
+        check_storage_uri(uri, schemes=("s3", "pvc"))
