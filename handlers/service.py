@@ -127,7 +127,8 @@ class ClassifierService:
         )
 
     def handle(self, rows: Sequence[Mapping[str, Any]], context: Any) -> list[str | bytes]:
-        """TorchServe's per-batch call: one JSON string per row, statuses set on the context."""
+        """TorchServe's per-batch call: one JSON string (or binary reply) per row, statuses set
+        on the context; failed gRPC requests as oip_reply.grpc_replies says."""
         raws = [_raw_row(row, idx, context) for idx, row in enumerate(rows)]
         replies = self.run(raws, Metrics(getattr(context, "metrics", None)))
         replies = grpc_replies(raws, replies, self.info)
