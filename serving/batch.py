@@ -426,7 +426,10 @@ def _too_large(err: RequestFailed, texts: int) -> RequestFailed:
             "texts (max_explain_texts) and the texts x steps (max_explain_work) of one request"
         )
     else:
-        fix = "one text alone is over the server's limits: ask for fewer --steps, or shorten it"
+        fix = (
+            "one text alone is over the server's limits: ask for fewer --explain-steps, "
+            "or shorten it"
+        )
     return RequestFailed(message, fix=fix, status=413)
 
 

@@ -45,7 +45,7 @@ _RUN_DIR_NAMES = frozenset(
     {KEY_FILE, SERVING_RECORD, "config.properties", "torchserve.out", "logs", "tmp"}
 )
 _PORT_OPTIONS = {
-    "port": "--port",
+    "port": "--inference-port",
     "management_port": "--management-port",
     "metrics_port": "--metrics-port",
     "grpc_port": "--grpc-port",
@@ -340,7 +340,8 @@ class TorchServeProcess:
                         f"port {port} on {self.settings.host} ({api} API) is already in use "
                         f"({err.strerror})",
                         fix=f"stop what listens there (see `ss -ltnp 'sport = :{port}'`) or "
-                        "pick other ports with --port/--management-port/--metrics-port/--grpc-port",
+                        "pick other ports with --inference-port/--management-port/"
+                        "--metrics-port/--grpc-port",
                     ) from err
 
     def _prepare_run_dir(self) -> None:

@@ -41,7 +41,7 @@ def test_port_in_use_is_a_clear_error(tiny_bert: Path, tmp_path: Path) -> None:
     assert result.stderr.startswith(
         f"Error: port {management} on 127.0.0.1 (management API) is already in use (Address "
         f"already in use); stop what listens there (see `ss -ltnp 'sport = :{management}'`) or "
-        "pick other ports with --port/--management-port/--metrics-port/--grpc-port"
+        "pick other ports with --inference-port/--management-port/--metrics-port/--grpc-port"
     )
 
 
@@ -251,7 +251,7 @@ def test_serve_prints_every_url_and_each_one_answers(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--port", "-1"], "--port -1 is not a port; pass a port from 1 to 65535, or 0 for a free one"),
+        (["--inference-port", "-1"], "--inference-port -1 is not a port; pass a port from 1 to 65535, or 0 for a free one"),
         (["--metrics-port", "70000"], "--metrics-port 70000 is not a port; pass a port from 1 to 65535, or 0 for a free one"),
         (["--grpc-port", "65535"], "--grpc-port 65535 is not a port; pass a port from 1 to 65534, or 0 for a free one"),
     ],
