@@ -79,8 +79,7 @@ def served(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     work = tmp_path_factory.mktemp("serve-local")
     store = work / "store"
     build(tiny_bert, BuildSettings(name="locked", token_auth=True, profile="local"), store)
-    runtime = work / "runtime"
-    runtime.mkdir(mode=0o700)
+    runtime = Path(tempfile.mkdtemp(prefix="sp-", dir="/tmp"))  # room for the worker sockets
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
     env.pop("SCIBERT_PACK_TOKEN", None)
     with (work / "serve.err").open("w") as err:
@@ -104,6 +103,7 @@ def served(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def test_port_zero_picks_free_ports_and_prints_them(served: Served) -> None:

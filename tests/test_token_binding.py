@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,12 +44,14 @@ def _free_port_on_both() -> int:
 
 
 @pytest.fixture
-def port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
+def port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A port free on 127.0.0.1 and 127.0.0.2, with $XDG_RUNTIME_DIR a fresh short folder (a
+    run folder's path must leave room for TorchServe's worker sockets)."""
+    runtime = Path(tempfile.mkdtemp(prefix="sp-", dir="/tmp"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     monkeypatch.delenv("SCIBERT_PACK_TOKEN", raising=False)
-    return _free_port_on_both()
+    yield _free_port_on_both()
+    shutil.rmtree(runtime, ignore_errors=True)
 
 
 def write_run_folder(port: int, *, host: str = "127.0.0.1", pid: int | None = None) -> Path:
