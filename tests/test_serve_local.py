@@ -120,7 +120,7 @@ def test_port_zero_picks_free_ports_and_prints_them(served: Served) -> None:
     assert sorted(p.name for p in served.run_dir.parent.iterdir()) == [
         f"serve-{ports['inference']}"
     ]
-    assert f"key file:    {served.run_dir / 'key_file.json'}" in served.lines
+    assert f"key file:       {served.run_dir / 'key_file.json'}" in served.lines
 
 
 def test_run_folder_and_everything_in_it_are_private(served: Served) -> None:
