@@ -13,6 +13,7 @@ import functools
 import importlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ DEFAULT_RESPONSE_TIMEOUT_S = 120.0
 CALIBRATION_STEPS = 8
 # Bodies of a batch (bytes or characters) past which the worker returns free heap to the OS.
 TRIM_AFTER_BYTES = 1 << 20
+TRIM_DELAY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class ClassifierService:
         self.info = info
         self._clock = clock
         self.budget = ExplainBudget(response_timeout_s)
+        self._after_large = False
 
     @classmethod
     def from_model(
@@ -144,8 +147,12 @@ class ClassifierService:
         """TorchServe's per-batch call: one JSON string per row, statuses set on the context."""
         raws = [_raw_row(row, idx, context) for idx, row in enumerate(rows)]
         replies = self.run(raws, Metrics(getattr(context, "metrics", None)))
-        if sum(_body_size(raw.body) for raw in raws) >= TRIM_AFTER_BYTES:
-            release_free_memory()
+        # TorchServe's worker holds a batch until the next one arrives: its memory is free only
+        # after that next batch, so trim after a large batch and after the one that follows it.
+        large = sum(_body_size(raw.body) for raw in raws) >= TRIM_AFTER_BYTES
+        if large or self._after_large:
+            release_free_memory_soon()
+        self._after_large = large
         for idx, reply in enumerate(replies):
             context.set_response_status(reply.status, reason_phrase(reply.status), idx)
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
@@ -395,14 +402,28 @@ def _body_size(body: object) -> int:
 
 
 def release_free_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc malloc_trim); a no-op elsewhere.
-
-    A batch of large bodies leaves tens of MB free but mapped in glibc's arenas, so a worker's
-    RSS would stay at its peak long after it; trimming after such batches brings it back down.
-    """
+    """Hand the heap's free pages back to the OS (glibc malloc_trim); a no-op elsewhere."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+_trim_timer: list[threading.Timer] = []
+
+
+def release_free_memory_soon() -> None:
+    """release_free_memory in a moment, on a timer thread (malloc_trim takes the arenas' locks).
+
+    A batch of large bodies leaves tens of MB free but mapped in glibc's arenas, so a worker's
+    RSS would stay near its peak long after; the batch's own objects are freed only after
+    handle() returns, hence the delay.
+    """
+    if _trim_timer:
+        _trim_timer.pop().cancel()
+    timer = threading.Timer(TRIM_DELAY_S, release_free_memory)
+    timer.daemon = True
+    _trim_timer.append(timer)
+    timer.start()
 
 
 @functools.cache
