@@ -8,8 +8,10 @@ measured rate, and a request that would push the batch past half the timeout is 
 413 when it is too big even alone, 503 (retry) when only its neighbours' work leaves no room.
 
 The rate is seconds per (token x step): the last explanation's, or, before any, this batch's
-forward pass times EXPLAIN_COST_FACTOR. A small forward pass overestimates it (fixed costs
-dominate), which errs on the safe side until a real explanation has been measured.
+forward pass times EXPLAIN_COST_FACTOR. That estimate can be wrong many times over (the first
+forward pass of a freshly started worker is cold, a busy machine slows one pass), so it never
+earns a 413: a request it judges too big alone gets a 503 (retry) instead, and the service
+measures a real rate (a short calibration explanation) before judging again.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ class ExplainBudget:
     def budget_s(self) -> float:
         return self.response_timeout_s * BUDGET_SHARE
 
+    @property
+    def measured(self) -> bool:
+        """Whether the rate comes from an explanation that ran (not from a forward pass)."""
+        return self.seconds_per_token_step is not None
+
     def rate(self, forward_s: float, forward_tokens: int) -> float:
         if self.seconds_per_token_step is not None:
             return self.seconds_per_token_step
@@ -59,13 +66,16 @@ class ExplainBudget:
         """For requests costing `costs` token-steps, in order: None (explain it) or a refusal.
 
         `spent_s` is what the batch has already used (its forward pass): it counts against the
-        batch, not against a request judged alone.
+        batch, not against a request judged alone. Only a measured rate makes a request too big
+        (413); on an estimate it is deferred (503).
         """
         verdicts: list[Refusal | None] = []
         planned = spent_s
         for cost in costs:
             seconds = cost * rate
-            if seconds > self.budget_s:
+            if seconds > self.budget_s and not self.measured:
+                verdicts.append(Refusal(503, self._unmeasured()))
+            elif seconds > self.budget_s:
                 verdicts.append(Refusal(413, self._too_big(seconds)))
             elif planned + seconds > self.budget_s:
                 verdicts.append(Refusal(503, self._busy(planned)))
@@ -81,6 +91,13 @@ class ExplainBudget:
             f"on explanations (half the model's responseTimeout of {self.response_timeout_s:.0f}"
             " s); send fewer or shorter texts or a smaller n_steps, or rebuild the archive with "
             "a larger --response-timeout"
+        )
+
+    def _unmeasured(self) -> str:
+        return (
+            "this server has not yet measured how fast it explains, and its first estimate "
+            f"puts this request past the {self.budget_s:.0f} s a batch may spend on "
+            "explanations; retry it"
         )
 
     def _busy(self, planned: float) -> str:

@@ -19,6 +19,14 @@ _NOT_MODEL_INPUTS = frozenset({"offset_mapping", "overflowing_tokens", "length"}
 _UNSET_MAX_LENGTH = 1_000_000
 # These families count positions from pad_token_id + 1 (see RobertaEmbeddings).
 _OFFSET_POSITION_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
+# A generous bound on characters per token: BERT-family WordPiece/BPE vocabularies average 3 to 6
+# characters per token on English and scientific text, and about one on CJK. Each text is cut to
+# max_length x this before it is tokenized, so a 100,000-character text costs the tokenizer what
+# a few thousand do (it would otherwise tokenize every character, and keep the overflow, for the
+# max_length tokens the model reads). The bound is not trusted for correctness: a cut is kept only
+# when the tokens the model reads all come from words the cut left whole, and a text with longer
+# tokens (whitespace runs, one giant word) is cut at twice the length, and so on.
+CHARS_PER_TOKEN_BOUND = 16
 
 
 class ModelLoadError(RuntimeError):
@@ -86,8 +94,10 @@ class Classifier:
 
     def tokenize(self, texts: Sequence[str]) -> Batch:
         fast = bool(getattr(self.tokenizer, "is_fast", False))
+        # Slow tokenizers give no word ids to check a cut with: they read whole texts.
+        pieces = [self._cut(text) for text in texts] if fast else list(texts)
         encoding = self.tokenizer(
-            list(texts),
+            pieces,
             padding="longest",
             truncation=True,
             max_length=self.max_length,
@@ -102,12 +112,30 @@ class Classifier:
         if not fast:
             return Batch(inputs, _truncated_slow(self, texts), None, None)
         encodings = encoding.encodings
+        cut = [len(piece) < len(text) for piece, text in zip(pieces, texts, strict=True)]
         return Batch(
             inputs=inputs,
-            truncated=tuple(bool(e.overflowing) for e in encodings),
+            truncated=tuple(bool(e.overflowing) or c for e, c in zip(encodings, cut, strict=True)),
             word_ids=tuple(tuple(e.word_ids) for e in encodings),
             offsets=tuple(tuple(tuple(o) for o in e.offsets) for e in encodings),
         )
+
+    def _cut(self, text: str) -> str:
+        """`text`, or the start of it that gives the same first max_length tokens.
+
+        A cut may change the tokens of the word it splits, so it is kept only when the tokens
+        the model reads all come from words before that one (and more follow: it overflows).
+        """
+        keep = self.max_length - int(self.tokenizer.num_special_tokens_to_add(pair=False))
+        limit = self.max_length * CHARS_PER_TOKEN_BOUND
+        while len(text) > limit:
+            piece = text[:limit]
+            encoded = self.tokenizer(piece, add_special_tokens=False, truncation=False)
+            words = [w for w in encoded.word_ids() if w is not None]
+            if len(words) > keep > 0 and words[keep - 1] < words[-1]:
+                return piece
+            limit *= 2
+        return text
 
     def probabilities(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Softmax probabilities, shape (texts, labels), on the CPU."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -34,10 +35,17 @@ KSERVE_SHAPE = '{"inputs": [...]} (KServe v2) or {"instances": [...]} (KServe v1
 JSON_HINT = "with the header Content-Type: application/json"
 # What TorchServe decodes itself (its worker compares the part's exact mime type).
 SERVER_DECODED_JSON = "application/json"
+GZIP_MAGIC = b"\x1f\x8b"
+# The keys of the blog's JSON text form, {"text": "...", "target": ...}.
+TEXT_FORM_KEYS = frozenset({"text", "target"})
 
 
 class RequestError(Exception):
-    """A request the handler refuses: the client gets `code` and `message` as JSON."""
+    """A request the handler refuses: the client gets `code` and `message` as JSON.
+
+    The message goes into the JSON body only, never into the HTTP status line (see
+    service.reason_phrase): it may quote request content, always through `shown`.
+    """
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -47,6 +55,34 @@ class RequestError(Exception):
 
 def bad_request(message: str) -> RequestError:
     return RequestError(400, message)
+
+
+# How much of a request value a message quotes: enough to recognise it, never a flood (a 3 MB
+# key) and never raw CR/LF, non-ASCII or lone surrogates (escaped).
+SHOWN_CHARS = 40
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = SHOWN_CHARS
+_REPR.maxother = SHOWN_CHARS
+_REPR.maxlong = SHOWN_CHARS
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 4
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """`value` as a message may quote it: repr-like, plain ASCII, at most about `limit` chars."""
+    try:
+        text = _REPR.repr(value)
+    except (RecursionError, ValueError):  # absurdly nested, or an int too long to print
+        text = f"<{type(value).__name__}>"
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bare(key: object) -> str:
+    """A key as written when it is short plain ASCII, else quoted by `shown`."""
+    if isinstance(key, str) and 0 < len(key) <= SHOWN_CHARS and key.isascii() and key.isprintable():
+        return key
+    return shown(key)
 
 
 @dataclass(frozen=True)
@@ -73,6 +109,12 @@ class Request:
     outputs: OutputSpec | None = None
     # Came through TorchServe's OIP gRPC service (see oip_grpc).
     grpc: bool = False
+    # Per text: the label index to explain (its own "target", else parameters.target), None =
+    # the predicted class. Empty = options.target for every text.
+    targets: tuple[int | None, ...] = ()
+
+    def target(self, i: int) -> int | None:
+        return self.targets[i] if self.targets else self.options.target
 
 
 @dataclass(frozen=True)
@@ -96,6 +138,8 @@ class RawRow:
     binary_header: object = None
     # Came through TorchServe's OIP gRPC service: BYTES data are base64 (see oip_grpc).
     grpc: bool = False
+    # The request's Content-Encoding header, if any: no encoding is supported.
+    content_encoding: str | None = None
 
 
 def request_route(url_path: object, explain_header: object) -> Route | None:
@@ -113,9 +157,18 @@ def request_route(url_path: object, explain_header: object) -> Route | None:
 
 
 @dataclass(frozen=True)
+class _Text:
+    """One text as sent, with the target it names itself (the blog's {"text", "target"} form)."""
+
+    text: object
+    target: object = None
+    where: str = "body"
+
+
+@dataclass(frozen=True)
 class _Body:
     protocol: Protocol
-    texts: list[object]
+    texts: list[_Text]
     single: bool = False
     params: object = None
     request_id: str | None = None
@@ -125,13 +178,15 @@ class _Body:
 def parse_request(raw: RawRow, settings: HandlerSettings, labels: Sequence[str]) -> Request:
     """The typed request of one row, or RequestError naming what is wrong."""
     action: Action = "explain" if raw.explain else "predict"
+    _check_encoding(raw.content_encoding)
     raw = _unpack_oip(raw)
     if raw.route == "kserve":
         body = _classify_kserve(_kserve_payload(raw))
     else:
         body = _classify(_decode_body(raw.body, raw.content_type))
-    texts = _check_texts(body.texts, settings, action)
+    texts = _check_texts([item.text for item in body.texts], settings, action)
     options = _parse_options(body.params, settings, labels)
+    targets = _text_targets(body.texts, options.target, labels)
     if action == "explain":
         _check_explain_work(len(texts), options.n_steps, settings)
     _oip_call(oip_binary.check_outputs, body.outputs, oip_binary.V2_OUTPUTS[action])
@@ -142,6 +197,7 @@ def parse_request(raw: RawRow, settings: HandlerSettings, labels: Sequence[str])
         options,
         body.request_id,
         body.single,
+        targets=targets,
         outputs=body.outputs,
         grpc=raw.grpc,
     )
@@ -173,6 +229,31 @@ def _oip_call(function: Any, *args: Any) -> Any:
         raise RequestError(exc.code, exc.message) from None
 
 
+def _check_encoding(content_encoding: str | None) -> None:
+    if content_encoding is None or content_encoding.strip().lower() in ("", "identity"):
+        return
+    raise bad_request(
+        f"request body is compressed (Content-Encoding: {_bare(content_encoding)}); "
+        "Content-Encoding is not supported: send uncompressed JSON without that header"
+    )
+
+
+def _text_targets(
+    items: Sequence[_Text], default: int | None, labels: Sequence[str]
+) -> tuple[int | None, ...]:
+    """Each text's target: its own, checked like parameters.target, else that one."""
+    targets: list[int | None] = []
+    for i, item in enumerate(items):
+        own = _target(item.target, labels, item.where)
+        if own is not None and default is not None and own != default:
+            raise bad_request(
+                f"text {i} names target {labels[own]!r} but parameters.target is "
+                f"{labels[default]!r}; send one of them, or the same"
+            )
+        targets.append(default if own is None else own)
+    return tuple(targets)
+
+
 # -- KServe routes: a JSON object, whatever the Content-Type ----------------------------------
 
 
@@ -202,6 +283,19 @@ def _parse_json(text: str) -> object:
             f"request body is not valid JSON ({exc.msg} at line {exc.lineno} column "
             f"{exc.colno}); send a JSON object, {KSERVE_SHAPE}"
         ) from None
+    except (RecursionError, ValueError) as exc:
+        raise _unreadable_json("request body", exc) from None
+
+
+def _unreadable_json(
+    what: str, exc: BaseException, fix: str = "send flatter JSON with ordinary numbers"
+) -> RequestError:
+    """Valid-looking JSON that Python's json module cannot read: too deep, or a huge integer."""
+    if isinstance(exc, RecursionError):
+        problem = "nests JSON arrays/objects too deeply to read (over about 1000 levels)"
+    else:
+        problem = "holds a JSON number too long to read (over 4300 digits)"
+    return bad_request(f"{what} {problem}; {fix}")
 
 
 def _json_object(value: object) -> dict[str, Any]:
@@ -240,7 +334,7 @@ def _classify_kserve_keys(payload: dict[str, Any]) -> _Body | None:
 
 def _classify(payload: object) -> _Body:
     if isinstance(payload, str):
-        return _Body("native", [payload], single=True)
+        return _Body("native", [_Text(payload)], single=True)
     if isinstance(payload, list):
         return _Body("native", _text_list(payload, "body"))
     if isinstance(payload, dict):
@@ -273,6 +367,9 @@ def _decode_body(body: object, content_type: str | None) -> object:
                     f"request body is not valid JSON ({exc.msg} at line {exc.lineno} "
                     f"column {exc.colno}); fix the JSON or send text/plain"
                 ) from None
+        except (RecursionError, ValueError) as exc:
+            if is_json:
+                raise _unreadable_json("request body", exc) from None
     return text
 
 
@@ -284,7 +381,8 @@ def _classify_object(payload: dict[str, Any]) -> _Body:
     if "texts" in payload:
         return _Body("native", _text_list(payload["texts"], "texts"), params=params)
     if "text" in payload:
-        return _Body("native", [_text_field(payload, "body")], single=True, params=params)
+        item = _Text(_text_field(payload, "body"), payload.get("target"), "body")
+        return _Body("native", [item], single=True, params=params)
     raise bad_request(
         f"JSON object has none of the keys inputs (KServe v2), instances (KServe v1), text, "
         f'texts (got keys: {_keys(payload)}); send e.g. {{"text": "..."}}'
@@ -298,6 +396,11 @@ def _utf8(body: bytes | bytearray, expected: str) -> str:
     """Raw body bytes as text; `expected` says what to send instead of an empty body."""
     if not body:
         raise bad_request(f"request body is empty; {expected}")
+    if bytes(body[:2]) == GZIP_MAGIC:
+        raise bad_request(
+            "request body is gzip-compressed (it starts with the gzip magic bytes 1f 8b); "
+            "Content-Encoding is not supported: send uncompressed JSON"
+        )
     try:
         return bytes(body).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -308,7 +411,8 @@ def _utf8(body: bytes | bytearray, expected: str) -> str:
 
 
 def _no_body(body: MissingBody, expected: str) -> RequestError:
-    form = f" (TorchServe read it as form fields: {', '.join(body.fields)})" if body.fields else ""
+    fields = _names(body.fields)
+    form = f" (TorchServe read it as form fields: {fields})" if body.fields else ""
     return bad_request(f"request has no body{form}; {expected}")
 
 
@@ -317,7 +421,13 @@ def _mime(content_type: str | None) -> str:
 
 
 def _keys(payload: Mapping[str, Any]) -> str:
-    return ", ".join(sorted(payload)) or "none"
+    return _names(sorted(payload)) or "none"
+
+
+def _names(names: Sequence[object], most: int = 8) -> str:
+    """Some names of a request (keys, fields), each shown safely, the list cut at `most`."""
+    listed = ", ".join(_bare(name) for name in names[:most])
+    return listed + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def _json_type(value: object) -> str:
@@ -335,7 +445,7 @@ def _json_type(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-def _text_list(items: object, where: str) -> list[object]:
+def _text_list(items: object, where: str) -> list[_Text]:
     if not isinstance(items, list):
         raise bad_request(f"{where} must be a list of texts, got {type(items).__name__}")
     return [_text_item(item, f"{where}[{i}]") for i, item in enumerate(items)]
@@ -347,36 +457,38 @@ def _v2_id(payload: Mapping[str, Any]) -> str | None:
         return None
     if not isinstance(request_id, (str, int)) or isinstance(request_id, bool):
         raise bad_request(f"id must be a string, got {type(request_id).__name__}")
+    if isinstance(request_id, int) and abs(request_id) >= 10**64:
+        raise bad_request("id must be a string or a short integer")
     return str(request_id)
 
 
-def _v2_texts(inputs: object) -> list[object]:
+def _v2_texts(inputs: object) -> list[_Text]:
     if not isinstance(inputs, list) or not inputs:
         raise bad_request("inputs must be a non-empty list of BYTES tensors")
-    texts: list[object] = []
+    texts: list[_Text] = []
     for i, tensor in enumerate(inputs):
         if not isinstance(tensor, dict):
             raise bad_request(f"inputs[{i}] must be an object, got {type(tensor).__name__}")
-        name = tensor.get("name", f"inputs[{i}]")
+        name = shown(tensor.get("name", f"inputs[{i}]"))
         datatype = tensor.get("datatype")
         if datatype != V2_TEXT_DATATYPE:
             raise bad_request(
-                f"input {name!r} has datatype {datatype!r}; this model takes text: "
+                f"input {name} has datatype {shown(datatype)}; this model takes text: "
                 f"send datatype {V2_TEXT_DATATYPE!r}"
             )
         data = tensor.get("data")
         items = [data] if isinstance(data, str) else data
         if not isinstance(items, list):
             raise bad_request(
-                f"input {name!r} data must be a list of strings or a string, "
+                f"input {name} data must be a list of strings or a string, "
                 f"got {type(data).__name__}"
             )
         _check_shape(name, tensor.get("shape"), len(items))
-        texts.extend(_text_item(item, f"input {name!r} data[{j}]") for j, item in enumerate(items))
+        texts.extend(_text_item(item, f"input {name} data[{j}]") for j, item in enumerate(items))
     return texts
 
 
-def _check_shape(name: object, shape: object, count: int) -> None:
+def _check_shape(name: str, shape: object, count: int) -> None:
     """-1 (the blog's form) or absent means "any"; otherwise the sizes must multiply to count."""
     if shape is None or shape == -1:
         return
@@ -385,34 +497,57 @@ def _check_shape(name: object, shape: object, count: int) -> None:
         isinstance(d, int) and not isinstance(d, bool) for d in dims
     )
     if not valid:
-        raise bad_request(f"input {name!r} shape must be a list of integers, got {shape!r}")
+        raise bad_request(f"input {name} shape must be a list of integers, got {shown(shape)}")
     assert isinstance(dims, list)
     known = [d for d in dims if d != -1]
     if any(d < 0 for d in known):
-        raise bad_request(f"input {name!r} shape {shape!r} has a negative size")
+        raise bad_request(f"input {name} shape {shown(shape)} has a negative size")
     size = math.prod(known)
     fits = size == count if len(known) == len(dims) else (size > 0 and count % size == 0)
     if not fits:
-        raise bad_request(f"input {name!r} shape {shape!r} disagrees with {count} data item(s)")
+        raise bad_request(f"input {name} shape {shown(shape)} disagrees with {count} data item(s)")
 
 
-def _text_item(item: object, where: str) -> object:
-    """A text: plain, a JSON string holding {"text": ...}, or a {"text": ...} object."""
+def _text_item(item: object, where: str) -> _Text:
+    """A text: plain, or the blog's JSON form {"text": ..., "target": ...} as a string or object.
+
+    A string is that form only when it decodes to an object whose keys are exactly "text" (a
+    string) and optionally "target"; any other string, JSON-looking or not, is the text itself.
+    """
     if isinstance(item, str):
-        stripped = item.lstrip()
-        if stripped.startswith("{"):
-            try:
-                decoded = json.loads(item)
-            except json.JSONDecodeError:
-                return item
-            if isinstance(decoded, dict) and "text" in decoded:
-                return _text_field(decoded, where)
-        return item
+        decoded = _json_text(item, where) if item.lstrip().startswith("{") else None
+        if isinstance(decoded, dict) and _is_text_form(decoded):
+            return _Text(decoded["text"], decoded.get("target"), where)
+        return _Text(item, None, where)
     if isinstance(item, dict):
-        return _text_field(item, where)
+        text = _text_field(item, where)
+        if not set(item) <= TEXT_FORM_KEYS:
+            raise bad_request(
+                f"{where} has unknown key(s) {_names(sorted(set(item) - TEXT_FORM_KEYS))}; "
+                'a text object holds "text" and optionally "target"'
+            )
+        return _Text(text, item.get("target"), where)
     raise bad_request(
         f'{where} must be a string or an object with a "text" string, got {type(item).__name__}'
     )
+
+
+def _is_text_form(decoded: Mapping[str, Any]) -> bool:
+    return "text" in decoded and set(decoded) <= TEXT_FORM_KEYS and isinstance(decoded["text"], str)
+
+
+def _json_text(item: str, where: str) -> object:
+    """A text that starts with "{" decoded as JSON; None when it is not JSON."""
+    try:
+        return json.loads(item)
+    except json.JSONDecodeError:
+        return None
+    except (RecursionError, ValueError) as exc:
+        raise _unreadable_json(
+            f"{where} starts with '{{' but",
+            exc,
+            'send the text without the JSON around it, or as {"text": "...", "target": ...}',
+        ) from None
 
 
 def _text_field(obj: Mapping[str, Any], where: str) -> object:
@@ -493,7 +628,7 @@ def _parse_options(
         raise bad_request(f"parameters must be an object, got {type(params).__name__}")
     cap = settings.max_explain_steps
     return ExplainOptions(
-        target=_target(params.get("target"), labels),
+        target=_target(params.get("target"), labels, "parameters"),
         n_steps=_int_param(params, "n_steps", settings.explain_steps, cap),
         internal_batch_size=_int_param(
             params, "internal_batch_size", settings.internal_batch_size, 4096
@@ -502,33 +637,41 @@ def _parse_options(
     )
 
 
-def _target(value: object, labels: Sequence[str]) -> int | None:
+def _target(value: object, labels: Sequence[str], where: str) -> int | None:
+    """A label index from a label name or index; `where` names a text's own target."""
     if value is None:
         return None
+    prefix = "" if where == "parameters" else f"{where}: "
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise bad_request(f"target must be a label name or index, got {value!r}")
+        raise bad_request(f"{prefix}target must be a label name or index, got {shown(value)}")
     if isinstance(value, int):
         if not 0 <= value < len(labels):
             raise bad_request(
-                f"target index {value} is out of range; the model has labels 0..{len(labels) - 1}"
+                f"{prefix}target index {shown(value)} is out of range; the model has labels "
+                f"0..{len(labels) - 1}"
             )
         return value
     if value in labels:
         return list(labels).index(value)
-    raise bad_request(f"unknown target label {value!r}; labels: {', '.join(labels)}")
+    raise bad_request(f"{prefix}unknown target label {shown(value)}; labels: {_labels(labels)}")
+
+
+def _labels(labels: Sequence[str], most: int = 20) -> str:
+    listed = ", ".join(labels[:most])
+    return listed + (f", ... ({len(labels)} labels)" if len(labels) > most else "")
 
 
 def _int_param(params: Mapping[str, Any], key: str, default: int, cap: int) -> int:
     value = params.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"{key} must be an integer, got {value!r}")
+        raise bad_request(f"{key} must be an integer, got {shown(value)}")
     if not 1 <= value <= cap:
-        raise bad_request(f"{key} must be between 1 and {cap}, got {value}")
+        raise bad_request(f"{key} must be between 1 and {cap}, got {shown(value)}")
     return value
 
 
 def _bool_param(params: Mapping[str, Any], key: str, default: bool) -> bool:
     value = params.get(key, default)
     if not isinstance(value, bool):
-        raise bad_request(f"{key} must be true or false, got {value!r}")
+        raise bad_request(f"{key} must be true or false, got {shown(value)}")
     return value

@@ -24,6 +24,27 @@ class Prediction:
     truncated: bool
 
 
+# The HTTP reason phrase of every status the handler answers with. TorchServe's worker sends the
+# phrase's length in characters but writes its UTF-8 bytes, Netty refuses CR/LF, and a lone
+# surrogate cannot be encoded: any of them kills the worker and fails its whole batch. So the
+# phrase is fixed per status and never holds request content; details go in the JSON body only.
+REASON_PHRASES = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Payload Too Large",
+    422: "Unprocessable Entity",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    507: "Insufficient Storage",
+}
+
+
+def reason_phrase(status: int) -> str:
+    """The fixed, plain-ASCII reason phrase of `status`."""
+    return REASON_PHRASES.get(status, "Error" if status >= 400 else "OK")
+
+
 def render_error(code: int, message: str) -> dict[str, Any]:
     return {"error": message, "code": code}
 

@@ -7,8 +7,13 @@ that breaks gets a 500.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import importlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .budget import ExplainBudget
+from .budget import ExplainBudget, Refusal
 from .explain import ExplainJob, Explanation, explain, merge_subwords
 from .metrics import (
     BATCHES_TOTAL,
@@ -33,10 +38,19 @@ from .model import Batch, Classifier, choose_device, load_pretrained, token_chun
 from .oip_binary import HEADER_LENGTH, OutputSpec, select_outputs
 from .oip_grpc import is_grpc_request
 from .oip_reply import encode_reply, grpc_replies, header_lookup
-from .protocol import MissingBody, RawRow, Request, RequestError, parse_request, request_route
+from .protocol import (
+    MissingBody,
+    RawRow,
+    Request,
+    RequestError,
+    bad_request,
+    parse_request,
+    request_route,
+)
 from .render import (
     ModelInfo,
     Prediction,
+    reason_phrase,
     render_error,
     render_explanations,
     render_predictions,
@@ -49,13 +63,20 @@ logger = logging.getLogger(__name__)
 JSON_CONTENT_TYPE = "application/json"
 # TorchServe's own default when model-config.yaml has no responseTimeout.
 DEFAULT_RESPONSE_TIMEOUT_S = 120.0
+# Integration steps of the explanation that measures the rate when none was measured yet: enough
+# that Captum's fixed cost per call does not dominate, few enough to cost a handful of passes.
+CALIBRATION_STEPS = 8
+# Bodies of a batch (bytes or characters) past which the worker returns free heap to the OS.
+TRIM_AFTER_BYTES = 1 << 20
+TRIM_DELAY_S = 0.5
 
 
 @dataclass(frozen=True)
 class Reply:
+    """A request's answer. No free reason phrase: the status maps to a fixed one (render.py)."""
+
     status: int
     body: object
-    phrase: str = ""
     # A v2 reply's requested outputs (binary or not); None for everything else.
     outputs: OutputSpec | None = None
 
@@ -88,6 +109,7 @@ class ClassifierService:
         self.info = info
         self._clock = clock
         self.budget = ExplainBudget(response_timeout_s)
+        self._after_large = False
 
     @classmethod
     def from_model(
@@ -131,9 +153,15 @@ class ClassifierService:
         on the context; failed gRPC requests as oip_reply.grpc_replies says."""
         raws = [_raw_row(row, idx, context) for idx, row in enumerate(rows)]
         replies = self.run(raws, Metrics(getattr(context, "metrics", None)))
+        # TorchServe's worker holds a batch until the next one arrives: its memory is free only
+        # after that next batch, so trim after a large batch and after the one that follows it.
+        large = sum(_body_size(raw.body) for raw in raws) >= TRIM_AFTER_BYTES
+        if large or self._after_large:
+            release_free_memory_soon()
+        self._after_large = large
         replies = grpc_replies(raws, replies, self.info)
         for idx, reply in enumerate(replies):
-            context.set_response_status(reply.status, reply.phrase, idx)
+            context.set_response_status(reply.status, reason_phrase(reply.status), idx)
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
         return [encode_reply(reply, idx, context) for idx, reply in enumerate(replies)]
 
@@ -149,10 +177,13 @@ class ClassifierService:
                 requests[idx] = parse_request(raw, self.settings, self.info.labels)
             except RequestError as exc:
                 replies[idx] = _error_reply(exc)
+            except Exception as exc:  # one request's problem, never its batch's
+                logger.exception("reading request %d failed", idx)
+                replies[idx] = _error_reply(_unreadable(exc))
         works, failures = self._predict(requests, metrics) if requests else ([], {})
         replies.update(failures)
         for work in works:
-            replies.update(self._refuse_over_budget(work, self._clock() - started))
+            replies.update(self._refuse_over_budget(work, started))
             explanations, explain_failures = self._explain(work, metrics, skip=set(replies))
             replies.update(explain_failures)
             for idx in work.requests:
@@ -206,19 +237,51 @@ class ClassifierService:
 
     # -- explanation ------------------------------------------------------------------------
 
-    def _refuse_over_budget(self, work: _Work, spent_s: float) -> dict[int, Reply]:
-        """Explain requests that would keep the batch past its time budget, each refused."""
+    def _refuse_over_budget(self, work: _Work, started: float) -> dict[int, Reply]:
+        """Explain requests that would keep the batch past its time budget, each refused.
+
+        Before any explanation was measured the rate is the forward pass's, which a cold or
+        busy worker inflates many times: when it would refuse a request, a short calibration
+        explanation measures the real rate first, so no request is judged on a guess.
+        """
         explain = [i for i, r in work.requests.items() if r.action == "explain"]
         if not explain:
             return {}
-        rate = self.budget.rate(work.forward_s, work.forward_tokens)
         costs = [self._token_steps(work, [idx]) for idx in explain]
-        verdicts = self.budget.admit(costs, rate, spent_s)
+        verdicts = self._admit(work, costs, started)
+        if not self.budget.measured and any(verdicts):
+            self._calibrate(work, explain)
+            verdicts = self._admit(work, costs, started)
         return {
-            idx: Reply(v.status, render_error(v.status, v.message), v.message)
+            idx: Reply(v.status, render_error(v.status, v.message))
             for idx, v in zip(explain, verdicts, strict=True)
             if v is not None
         }
+
+    def _admit(self, work: _Work, costs: Sequence[int], started: float) -> list[Refusal | None]:
+        rate = self.budget.rate(work.forward_s, work.forward_tokens)
+        return self.budget.admit(costs, rate, self._clock() - started)
+
+    def _calibrate(self, work: _Work, explaining: Sequence[int]) -> None:
+        """Measure the explanation rate on the batch's shortest explain text, a few steps."""
+        lengths = work.batch.lengths
+        pos = min((p for idx in explaining for p in work.spans[idx]), key=lengths.__getitem__)
+        idx = next(i for i in explaining if pos in work.spans[i])
+        job = ExplainJob(
+            (pos,),
+            (self._target(work, idx, pos),),
+            CALIBRATION_STEPS,
+            CALIBRATION_STEPS,
+            self.settings.max_explain_tokens,
+        )
+        _load_captum()
+        start = self._clock()
+        try:
+            explain(self.classifier, work.batch, job)
+        except Exception:  # their own explanations will report it
+            logger.exception("calibrating the explanation rate failed")
+            return
+        self.budget.learn(self._clock() - start, lengths[pos] * CALIBRATION_STEPS)
 
     def _token_steps(self, work: _Work, group: Sequence[int]) -> int:
         """Rows x padded width x n_steps of explaining `group` together."""
@@ -267,6 +330,7 @@ class ClassifierService:
             options.internal_batch_size,
             self.settings.max_explain_tokens,
         )
+        _load_captum()  # its first import would count as explanation time
         start = self._clock()
         explained = dict(zip(indices, explain(self.classifier, work.batch, job), strict=True))
         elapsed = self._clock() - start
@@ -279,7 +343,7 @@ class ClassifierService:
         }
 
     def _target(self, work: _Work, idx: int, pos: int) -> int:
-        target = work.requests[idx].options.target
+        target = work.requests[idx].target(pos - work.spans[idx].start)
         if target is not None:
             return target
         return self.info.labels.index(work.predictions[pos].label)
@@ -312,12 +376,75 @@ class ClassifierService:
 
 
 def _error_reply(exc: RequestError) -> Reply:
-    return Reply(exc.code, render_error(exc.code, exc.message), exc.message)
+    return Reply(exc.code, render_error(exc.code, exc.message))
+
+
+def _unreadable(exc: Exception) -> RequestError:
+    return bad_request(
+        f"the request could not be read ({type(exc).__name__}); send well-formed JSON or UTF-8 "
+        "text of ordinary size and nesting"
+    )
 
 
 def _internal_error(stage: str, idx: int) -> Reply:
     message = f"{stage} failed inside the model server for request {idx}; see the worker log"
-    return Reply(500, render_error(500, message), message)
+    return Reply(500, render_error(500, message))
+
+
+def _body_size(body: object) -> int:
+    """Characters or bytes of a body as it arrived: text, bytes, or the strings inside JSON.
+
+    Iterative: a decoded body may nest nearly as deep as the recursion limit.
+    """
+    size = 0
+    stack = [body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (str, bytes, bytearray)):
+            size += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return size
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc malloc_trim); a no-op elsewhere."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+_trim_timer: list[threading.Timer] = []
+
+
+def release_free_memory_soon() -> None:
+    """release_free_memory in a moment, on a timer thread (malloc_trim takes the arenas' locks).
+
+    A batch of large bodies leaves tens of MB free but mapped in glibc's arenas, so a worker's
+    RSS would stay near its peak long after; the batch's own objects are freed only after
+    handle() returns, hence the delay.
+    """
+    if _trim_timer:
+        _trim_timer.pop().cancel()
+    timer = threading.Timer(TRIM_DELAY_S, release_free_memory)
+    timer.daemon = True
+    _trim_timer.append(timer)
+    timer.start()
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _load_captum() -> None:
+    importlib.import_module("captum.attr")
 
 
 def _raw_row(row: Mapping[str, Any], idx: int, context: Any) -> RawRow:
@@ -328,6 +455,9 @@ def _raw_row(row: Mapping[str, Any], idx: int, context: Any) -> RawRow:
     if content_type is None:
         content_type = context.get_request_header(idx, "Content-Type")
     explain_header = context.get_request_header(idx, "explain")
+    encoding = context.get_request_header(idx, "Content-Encoding")
+    if encoding is None:
+        encoding = context.get_request_header(idx, "content-encoding")
     # A form-encoded request arrives as its fields, without a body.
     body = row[key] if key in row else MissingBody(tuple(sorted(str(k) for k in row)))
     headers = context.get_all_request_header(idx) or {}
@@ -338,6 +468,7 @@ def _raw_row(row: Mapping[str, Any], idx: int, context: Any) -> RawRow:
         route=request_route(context.get_request_header(idx, "url_path"), explain_header),
         binary_header=header_lookup(headers, HEADER_LENGTH),
         grpc=is_grpc_request(headers, body),
+        content_encoding=None if encoding is None else str(encoding),
     )
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 RouteName = Literal["v2", "v1", "native"]
+# Longer reason phrases are request content leaking into the status line.
+MAX_PHRASE_CHARS = 40
 
 
 class MetricTypes(enum.Enum):
@@ -76,6 +78,8 @@ class HttpRequest:
     route: RouteName | None = "native"
     # A form-encoded request (curl -d without a Content-Type): TorchServe passes its fields only.
     form: Mapping[str, bytes] | None = None
+    # Extra request headers as the client sent them (e.g. Content-Encoding).
+    extra_headers: Mapping[str, str] | None = None
 
     def row(self) -> dict[str, object]:
         if self.form is not None:
@@ -94,6 +98,7 @@ class HttpRequest:
             headers["url_path"] = ""
         if self.content_type is not None:
             headers["Content-Type"] = self.content_type
+        headers.update(self.extra_headers or {})
         return headers
 
 
@@ -137,6 +142,11 @@ class FakeContext:
         return dict(self._headers[idx])
 
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        # What TorchServe's worker and front end survive (seen on 0.12): a non-ASCII phrase
+        # breaks the frame length, CR/LF breaks Netty, a lone surrogate cannot be encoded; each
+        # kills the worker. Fail here as loudly.
+        if not (phrase.isascii() and phrase.isprintable() and len(phrase) <= MAX_PHRASE_CHARS):
+            raise AssertionError(f"a reason phrase TorchServe cannot carry: {phrase[:80]!r}")
         self._status[idx] = (code, phrase)
 
     def get_response_status(self, idx: int) -> tuple[int, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -14,7 +15,9 @@ from scibert_pack.handlers.protocol import (
     Route,
     parse_request,
     request_route,
+    shown,
 )
+from scibert_pack.handlers.render import reason_phrase
 from scibert_pack.handlers.settings import HandlerSettings
 
 LABELS = ("biology", "chemistry", "physics")
@@ -630,3 +633,285 @@ def test_default_explain_work_cap(texts: int, n_steps: int, allowed: bool) -> No
         assert (allowed, err.code) == (False, 413), err.message
     else:
         assert allowed
+
+
+# -- texts that look like JSON, and the blog's {"text", "target"} form ------------------------
+
+LITERAL = [
+    pytest.param('{"text": "quantum", "note": "x"}', id="extra-key"),
+    pytest.param('{"text": 5}', id="text-not-a-string"),
+    pytest.param('{"texts": ["a"]}', id="texts-key"),
+    pytest.param('{"target": 1}', id="target-only"),
+    pytest.param("{}", id="empty-object"),
+    pytest.param('{"text": "a"', id="broken-json"),
+    pytest.param('[{"text": "a"}]', id="json-list"),
+    pytest.param('  {"TEXT": "a"}', id="other-case"),
+]
+
+
+@pytest.mark.parametrize("text", LITERAL)
+@pytest.mark.parametrize("wrap", ["v2", "v1", "native"])
+def test_a_json_looking_text_that_is_not_the_blog_form_is_kept_literally(
+    text: str, wrap: str
+) -> None:
+    body = {"v2": v2([text]), "v1": {"instances": [text]}, "native": {"texts": [text]}}[wrap]
+    request = parse(body)
+    assert request.texts == (text,)
+    assert request.target(0) is None
+
+
+BLOG_FORM = [
+    pytest.param('{"text": "a b"}', None, None, id="text-only"),
+    pytest.param('{"text": "a b", "target": 0}', None, 0, id="target-index"),
+    pytest.param('{"target": "physics", "text": "a b"}', None, 2, id="target-label"),
+    pytest.param('{"text": "a b", "target": null}', 1, 1, id="null-target-takes-parameters"),
+    pytest.param('{"text": "a b"}', "chemistry", 1, id="parameters-target"),
+    pytest.param('{"text": "a b", "target": 2}', 2, 2, id="same-as-parameters"),
+    pytest.param('{"text": "a b", "target": 2}', "physics", 2, id="same-by-name"),
+]
+
+
+@pytest.mark.parametrize(("item", "parameters_target", "expected"), BLOG_FORM)
+def test_the_blog_form_gives_its_text_and_target(
+    item: str, parameters_target: object, expected: int | None
+) -> None:
+    params = {} if parameters_target is None else {"target": parameters_target}
+    for as_object in (False, True):
+        data = json.loads(item) if as_object else item
+        request = parse(v2([data], parameters=params), explain=True)
+        assert (request.texts, request.target(0)) == (("a b",), expected)
+
+
+def test_each_text_keeps_its_own_target() -> None:
+    body = {"instances": ['{"text": "a", "target": 0}', "b", {"text": "c", "target": "physics"}]}
+    request = parse(body)
+    assert request.texts == ("a", "b", "c")
+    assert [request.target(i) for i in range(3)] == [0, None, 2]
+    native = parse({"text": "solo", "target": "chemistry"}, explain=True)
+    assert (native.texts, native.target(0)) == (("solo",), 1)
+
+
+TEXT_TARGET_BAD = [
+    pytest.param(
+        v2('{"text": "a", "target": 99}'),
+        "input 'text' data[0]: target index 99 is out of range; the model has labels 0..2",
+        id="index-out-of-range",
+    ),
+    pytest.param(
+        {"instances": [{"text": "a", "target": "geology"}]},
+        "instances[0]: unknown target label 'geology'; labels: biology, chemistry, physics",
+        id="unknown-label",
+    ),
+    pytest.param(
+        {"texts": ['{"text": "a", "target": [1]}']},
+        "texts[0]: target must be a label name or index, got [1]",
+        id="not-a-label",
+    ),
+    pytest.param(
+        {"texts": ['{"text": "a", "target": true}']},
+        "texts[0]: target must be a label name or index, got True",
+        id="boolean",
+    ),
+    pytest.param(
+        v2('{"text": "a", "target": 0}', parameters={"target": "physics"}),
+        "text 0 names target 'biology' but parameters.target is 'physics'; send one of them, "
+        "or the same",
+        id="conflicts-with-parameters",
+    ),
+    pytest.param(
+        {"instances": [{"text": "a", "note": "x"}]},
+        'instances[0] has unknown key(s) note; a text object holds "text" and optionally "target"',
+        id="object-with-other-keys",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), TEXT_TARGET_BAD)
+def test_a_text_target_is_checked_like_parameters_target(body: object, message: str) -> None:
+    for explain in (True, False):
+        with pytest.raises(RequestError) as caught:
+            parse(body, explain=explain)
+        assert (caught.value.code, caught.value.message) == (400, message)
+
+
+# -- bodies Python's json module cannot read, compressed bodies -------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+HUGE_INT = b"1" * 5_000
+TOO_DEEP = (
+    "nests JSON arrays/objects too deeply to read (over about 1000 levels); send flatter JSON "
+    "with ordinary numbers"
+)
+TOO_LONG = (
+    "holds a JSON number too long to read (over 4300 digits); send flatter JSON with ordinary "
+    "numbers"
+)
+TEXT_FIX = 'send the text without the JSON around it, or as {"text": "...", "target": ...}'
+UNREADABLE = [
+    pytest.param(bytearray(DEEP), JSON, None, f"request body {TOO_DEEP}", id="deep-body"),
+    pytest.param(bytearray(DEEP), JSON, "kserve", f"request body {TOO_DEEP}", id="deep-kserve"),
+    pytest.param(
+        bytearray(b'{"inputs": ' + HUGE_INT + b"}"),
+        JSON,
+        "kserve",
+        f"request body {TOO_LONG}",
+        id="huge-int-kserve",
+    ),
+    pytest.param(
+        bytearray(b'{"texts": ["a"], "parameters": {"n_steps": ' + HUGE_INT + b"}}"),
+        JSON,
+        "native",
+        f"request body {TOO_LONG}",
+        id="huge-int-native",
+    ),
+    pytest.param(
+        v2("{" + '"text": ' + "[" * 100_000),
+        JSON,
+        "kserve",
+        "input 'text' data[0] starts with '{' but nests JSON arrays/objects too deeply to read "
+        f"(over about 1000 levels); {TEXT_FIX}",
+        id="deep-text",
+    ),
+    pytest.param(
+        {"texts": ['{"text": "a", "target": ' + "9" * 5000 + "}"]},
+        JSON,
+        "native",
+        "texts[0] starts with '{' but holds a JSON number too long to read (over 4300 digits); "
+        f"{TEXT_FIX}",
+        id="huge-int-text",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "route", "message"), UNREADABLE)
+def test_json_python_cannot_read_is_a_400(
+    body: object, content_type: str, route: Route | None, message: str
+) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse(body, content_type, route=route)
+    assert (caught.value.code, caught.value.message) == (400, message)
+
+
+def test_deep_brackets_sent_as_plain_text_to_a_native_route_are_text() -> None:
+    """The native routes read non-JSON content types leniently: brackets are text there."""
+    text = "[" * 2000 + "cells" + "]" * 2000
+    raw = RawRow(bytearray(text.encode()), "text/plain", False, "native")
+    assert parse_request(raw, HandlerSettings(), LABELS).texts == (text,)
+
+
+GZIPPED = [
+    pytest.param(None, None, id="magic-bytes-no-content-type"),
+    pytest.param(JSON, None, id="magic-bytes-json"),
+    pytest.param("text/plain", "kserve", id="magic-bytes-kserve"),
+]
+GZIP_MESSAGE = (
+    "request body is gzip-compressed (it starts with the gzip magic bytes 1f 8b); "
+    "Content-Encoding is not supported: send uncompressed JSON"
+)
+
+
+@pytest.mark.parametrize(("content_type", "route"), GZIPPED)
+def test_a_gzip_body_is_refused_as_compressed(
+    content_type: str | None, route: Route | None
+) -> None:
+    body = bytearray(gzip.compress(json.dumps(v2(["a"])).encode()))
+    with pytest.raises(RequestError) as caught:
+        parse(body, content_type, route=route)
+    assert (caught.value.code, caught.value.message) == (400, GZIP_MESSAGE)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP, identity"])
+def test_a_content_encoding_header_is_refused(encoding: str) -> None:
+    raw = RawRow(v2(["a"]), JSON, False, "kserve", content_encoding=encoding)
+    with pytest.raises(RequestError) as caught:
+        parse_request(raw, SETTINGS, LABELS)
+    assert caught.value.message == (
+        f"request body is compressed (Content-Encoding: {encoding}); Content-Encoding is not "
+        "supported: send uncompressed JSON without that header"
+    )
+    plain = RawRow(v2(["a"]), JSON, False, "kserve", content_encoding="identity")
+    assert parse_request(plain, SETTINGS, LABELS).texts == ("a",)
+
+
+# -- messages never carry raw request content -------------------------------------------------
+
+HOSTILE = [
+    "é",
+    "médecine",
+    "a\r\nb",
+    "\r\n\r\nHTTP/1.1 200 OK",
+    "\udc80",
+    "\x00\x1b[31m",
+    "\u2028\u2029",
+    "🧬" * 50,
+    "k" * 3_000_000,
+    "x\ty\x7f",
+    '"quoted"',
+]
+
+
+def _hostile_bodies(h: str) -> list[tuple[object, Route | None]]:
+    """`h` wherever a request can put a string that a message might quote."""
+    tensor = {"name": "t", "shape": [1], "datatype": "BYTES", "data": ["a"]}
+    return [
+        ({h: 1}, None),
+        ({h: 1}, "kserve"),
+        ({"inputs": [{**tensor, "name": h, "datatype": "FP32"}]}, "kserve"),
+        ({"inputs": [{**tensor, "datatype": h}]}, "kserve"),
+        ({"inputs": [{**tensor, "name": h, "shape": [h]}]}, "kserve"),
+        ({"inputs": [{**tensor, "name": h, "shape": [7]}]}, "kserve"),
+        ({"inputs": [{**tensor, "name": h, "data": [5]}]}, "kserve"),
+        ({"inputs": [tensor], "parameters": {"target": h}}, "kserve"),
+        ({"inputs": [tensor], "parameters": {"n_steps": h}}, "kserve"),
+        ({"inputs": [tensor], "parameters": {"internal_batch_size": [h]}}, "kserve"),
+        ({"inputs": [tensor], "parameters": {"merge_subwords": h}}, "kserve"),
+        ({"instances": [{"text": "a", h: 1}]}, "kserve"),
+        ({"instances": [json.dumps({"text": "a", "target": h})]}, "kserve"),
+        ({"texts": [{"text": "a", "target": {h: h}}]}, "native"),
+        (MissingBody((h, "b")), "native"),
+        ({"text": h}, "native"),
+        ({"texts": [h, ""]}, "native"),
+    ]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=lambda h: ascii(h)[:16])
+def test_error_messages_quote_request_content_short_and_escaped(hostile: str) -> None:
+    refused = 0
+    for body, route in _hostile_bodies(hostile):
+        try:
+            parse_request(RawRow(body, JSON, True, route), SETTINGS, LABELS)
+        except RequestError as err:
+            refused += 1
+            message = err.message
+            assert message.isascii() and message.isprintable(), ascii(message)[:200]
+            assert len(message) < 400, message[:400]
+    assert refused >= len(_hostile_bodies(hostile)) - 1
+
+
+def test_every_status_has_a_short_ascii_reason_phrase() -> None:
+    for status in range(100, 600):
+        phrase = reason_phrase(status)
+        assert phrase.isascii() and phrase.isprintable() and 0 < len(phrase) <= 40, status
+    assert [reason_phrase(s) for s in (400, 413, 500, 503)] == [
+        "Bad Request",
+        "Payload Too Large",
+        "Internal Server Error",
+        "Service Unavailable",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("plain", "'plain'"),
+        ("é\r\n", "'\\xe9\\r\\n'"),
+        ("\udc80", "'\\udc80'"),
+        ("k" * 1000, "'kkkkkkkkkkkkkkkkk...kkkkkkkkkkkkkkkkkk'"),
+        ([[[[["deep"]]]]], "[[[...]]]"),
+        (10**100, "100000000000000000...0000000000000000000"),
+        (None, "None"),
+    ],
+    ids=["plain", "non-ascii-crlf", "surrogate", "long", "nested", "big-int", "none"],
+)
+def test_shown(value: object, expected: str) -> None:
+    assert shown(value) == expected

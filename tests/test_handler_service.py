@@ -20,8 +20,14 @@ from handler_support import (
 )
 from tiny_models import Family
 
-from scibert_pack.handlers.model import ModelLoadError, choose_device, token_chunks
+from scibert_pack.handlers.model import (
+    CHARS_PER_TOKEN_BOUND,
+    ModelLoadError,
+    choose_device,
+    token_chunks,
+)
 from scibert_pack.handlers.protocol import JSON_HINT, KSERVE_SHAPE
+from scibert_pack.handlers.render import reason_phrase
 from scibert_pack.handlers.service import ClassifierService
 from scibert_pack.handlers.settings import HandlerSettings, SettingsError
 
@@ -462,7 +468,8 @@ def test_bad_request_alone(
     bert: ClassifierService, request_: HttpRequest, code: int, message: str
 ) -> None:
     (response,) = call(bert, [request_])
-    assert response == Response(code, message, {"error": message, "code": code}, "application/json")
+    body = {"error": message, "code": code}
+    assert response == Response(code, reason_phrase(code), body, "application/json")
 
 
 @pytest.mark.parametrize(("request_", "code", "message"), BAD)
@@ -612,3 +619,103 @@ def test_device_falls_back_to_cpu(device: Any, gpu_id: int | None) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     assert choose_device(HandlerSettings(device=device), gpu_id) == torch.device("cpu")
+
+
+# -- per-text targets, unreadable requests, bounded tokenization ------------------------------
+
+
+def test_each_text_is_explained_for_its_own_target(bert: ClassifierService) -> None:
+    texts = [
+        json.dumps({"text": TEXTS[0], "target": 2}),
+        json.dumps({"text": TEXTS[1], "target": "biology"}),
+        TEXTS[2],
+    ]
+    blog = {**BLOG, "inputs": [{**BLOG["inputs"][0], "data": texts}]}
+    together, with_parameters = call(
+        bert,
+        [
+            HttpRequest(blog, explain=True, route="v2"),
+            HttpRequest({"instances": [TEXTS[2]], "parameters": {"target": 1}}, explain=True),
+        ],
+    )
+    items = together.body["outputs"][0]["data"]
+    (predicted,) = call(bert, [HttpRequest({"texts": [TEXTS[2]]})])
+    assert [i["target"] for i in items] == ["physics", "biology", predicted.body[0]["label"]]
+    assert with_parameters.body["explanations"][0]["target"] == "chemistry"
+    # The same text alone, for the same target, gets the same explanation.
+    (alone,) = call(bert, [HttpRequest({"text": TEXTS[0], "parameters": {"target": 2}}, True)])
+    assert_same_body(items[0], alone.body)
+
+
+def test_an_exception_while_reading_one_request_fails_only_that_request(
+    bert: ClassifierService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scibert_pack.handlers.service as service_module
+
+    real = service_module.parse_request
+
+    def parse(raw: Any, *args: Any) -> Any:
+        if raw.body == {"text": "boom"}:
+            raise MemoryError("simulated")
+        return real(raw, *args)
+
+    monkeypatch.setattr(service_module, "parse_request", parse)
+    good = HttpRequest({"text": TEXTS[0]})
+    first, bad, second = call(bert, [good, HttpRequest({"text": "boom"}), good])
+    message = (
+        "the request could not be read (MemoryError); send well-formed JSON or UTF-8 text of "
+        "ordinary size and nesting"
+    )
+    assert (bad.status, bad.phrase, bad.body) == (
+        400,
+        "Bad Request",
+        {"error": message, "code": 400},
+    )
+    assert first.status == second.status == 200 and first.body == second.body
+
+
+def test_content_encoding_reaches_the_parser(bert: ClassifierService) -> None:
+    gzipped = HttpRequest(BLOG, route="v2", extra_headers={"Content-Encoding": "gzip"})
+    bad, good = call(bert, [gzipped, HttpRequest(BLOG, route="v2")])
+    assert (bad.status, good.status) == (400, 200)
+    assert "Content-Encoding is not supported" in bad.body["error"]
+
+
+LONG = [
+    pytest.param(" ".join(["energy"] * 4000), True, id="many-words"),
+    pytest.param("energy " + " " * 20_000 + "photon", False, id="whitespace-run-fits"),
+    pytest.param("photon " * 3 + "x" * 5000 + " energy" * 40, True, id="one-giant-word"),
+    pytest.param("the photon " + "\u00e9 " * 3000, True, id="accents"),
+    pytest.param("the photon" + "\u00e9" * 3000, False, id="one-unknown-word"),
+    pytest.param("energy " * 25, False, id="just-fits"),
+]
+
+
+@pytest.mark.parametrize(("text", "truncated"), LONG)
+def test_long_texts_are_cut_before_tokenizing_without_changing_their_tokens(
+    bert: ClassifierService, text: str, truncated: bool
+) -> None:
+    classifier = bert.classifier
+    cut = classifier.tokenize([text])
+    whole = classifier.tokenizer(
+        [text], truncation=True, max_length=classifier.max_length, return_tensors="pt"
+    )
+    assert cut.inputs["input_ids"].tolist() == whole["input_ids"].tolist()
+    assert cut.truncated == (truncated,)
+
+
+def test_a_long_text_is_tokenized_from_a_bounded_prefix(
+    bert: ClassifierService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    classifier = bert.classifier
+    seen: list[int] = []
+    tokenizer = classifier.tokenizer
+    real = type(tokenizer).__call__
+
+    def spy(self: Any, text: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.extend(len(t) for t in ([text] if isinstance(text, str) else text))
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", spy)
+    classifier.tokenize(["energy " * 14_000])  # 98,000 characters
+    assert max(seen) <= classifier.max_length * CHARS_PER_TOKEN_BOUND

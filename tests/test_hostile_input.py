@@ -25,6 +25,7 @@ from served import serving
 from tiny_models import CORPUS, LABELS
 
 from scibert_pack.archiver.settings import BuildSettings
+from scibert_pack.handlers.render import reason_phrase
 from scibert_pack.handlers.settings import HandlerSettings
 from scibert_pack.serving.server import TorchServeProcess
 
@@ -429,8 +430,8 @@ def test_hostile_request_fails_alone(
         else:
             message = error_text(bad)
             assert needle in message, (route_id, message)
-            # The handler's reason phrase is its message too (front-end ones are generic).
-            assert bad.reason == message or case.model != MODEL, route_id
+            # The handler's reason phrase is fixed per status: the details are in the body only.
+            assert bad.reason == reason_phrase(status) or case.model != MODEL, route_id
         neighbour = result(route, answers[route_id, "good"])
         assert neighbour == pytest.approx(alone[route_id], abs=1e-5), route_id
     assert worker_states(server) == workers, "the Python worker restarted"

@@ -94,7 +94,17 @@ def _roberta_tokenizer(folder: Path) -> object:
     )
 
 
-def make_tiny_classifier(folder: Path, family: Family = "bert", *, seed: int = 0) -> Path:
+# Labels with non-ASCII characters, for messages that list the labels.
+FRENCH_LABELS = {0: "chimie", 1: "médecine", 2: "physique"}
+
+
+def make_tiny_classifier(
+    folder: Path,
+    family: Family = "bert",
+    *,
+    seed: int = 0,
+    labels: dict[int, str] | None = None,
+) -> Path:
     """Save a tiny randomly initialised `*ForSequenceClassification` with its tokenizer."""
     from transformers import (
         BertConfig,
@@ -107,8 +117,9 @@ def make_tiny_classifier(folder: Path, family: Family = "bert", *, seed: int = 0
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    label2id = {v: k for k, v in LABELS.items()}
-    common = {"num_labels": len(LABELS), "id2label": dict(LABELS), "label2id": label2id}
+    id2label = dict(labels or LABELS)
+    label2id = {v: k for k, v in id2label.items()}
+    common = {"num_labels": len(id2label), "id2label": id2label, "label2id": label2id}
     if family == "roberta":
         tokenizer = _roberta_tokenizer(folder)
         config = RobertaConfig(
