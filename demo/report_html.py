@@ -22,6 +22,7 @@ SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
 POSITIVE_RGB = (22, 163, 74)
 NEGATIVE_RGB = (220, 38, 38)
 TOP_WORDS = 5
+LONG_WORD = 30  # characters: longer words may wrap inside
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
@@ -37,7 +38,8 @@ section { border: 1px solid #e5e7eb; border-radius: 8px; padding: 1rem 1.2rem; m
 .text { overflow-wrap: anywhere; }
 .words { font-size: 1.1rem; line-height: 2.1; overflow-wrap: anywhere; }
 .w { padding: 0.15rem 0.2rem; border-radius: 4px; -webkit-box-decoration-break: clone;
-     box-decoration-break: clone; }
+     box-decoration-break: clone; white-space: nowrap; }
+.w.long { white-space: normal; }
 .w.jl { padding-left: 0; border-top-left-radius: 0; border-bottom-left-radius: 0; }
 .w.jr { padding-right: 0; border-top-right-radius: 0; border-bottom-right-radius: 0; }
 .special { color: #9ca3af; font-size: 0.75rem; }
@@ -174,7 +176,9 @@ def _words(x: Explanation) -> str:
         if word in SPECIAL_TOKENS:
             out.append(f'<span class="w special" title="special token">{e(word)}</span>')
             continue
-        joins = " jl" * glued_left + " jr" * glued_right
+        # A word is not broken at its hyphen ("site-" / "specific" would read as two words);
+        # only one too long for a line may break anywhere.
+        joins = " jl" * glued_left + " jr" * glued_right + " long" * (len(shown) > LONG_WORD)
         rgb = POSITIVE_RGB if value >= 0 else NEGATIVE_RGB
         ink = "; color: #fff" if _white_reads_better(rgb, alpha) else ""
         out.append(

@@ -216,6 +216,12 @@ def test_long_texts_and_long_words_wrap() -> None:
         block = re.search(re.escape(rule) + r" \{([^}]*)\}", css)
         assert block is not None and "overflow-wrap: anywhere" in block.group(1)
     assert "max-width: 60rem" in css
+    # Words stay whole on a line ("site-" / "specific" would read as two); a very long one wraps.
+    assert re.search(r"\.w \{[^}]*white-space: nowrap", css)
+    assert re.search(r"\.w\.long \{[^}]*white-space: normal", css)
+    long_word = "supercalifragilistic" * 5
+    spans = _parse(render_report([_explanation(["short", long_word], [0.1, 0.2])])).sections[0]
+    assert ["long" in s["class"].split() for s in spans] == [False, True]
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
 
 
