@@ -2,8 +2,10 @@
 
 One section per text: the text, label, target, delta, the probabilities when known, and every
 word as a span whose background alpha is |importance| / the largest |importance| of that text
-(green supports the target label, red speaks against it). Inline CSS, no scripts, no fonts to
-fetch: the file opens anywhere, offline. Everything from the model or the user is escaped.
+(green supports the target label, red speaks against it). Words are spaced as in the text
+("site-specific", "bioavailability." stay together); long texts and long words wrap. Inline
+CSS, no scripts, no fonts to fetch: the file opens anywhere, offline. Everything from the
+model or the user is escaped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
 POSITIVE_RGB = (22, 163, 74)
 NEGATIVE_RGB = (220, 38, 38)
 TOP_WORDS = 5
+LONG_WORD = 30  # characters: longer words may wrap inside
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
@@ -32,8 +35,13 @@ section { border: 1px solid #e5e7eb; border-radius: 8px; padding: 1rem 1.2rem; m
          font-size: 0.9rem; }
 .facts dt { font-weight: 600; display: inline; }
 .facts dd { display: inline; margin: 0 0 0 0.3rem; }
-.words { font-size: 1.1rem; line-height: 2.1; }
-.w { padding: 0.15rem 0.2rem; border-radius: 4px; }
+.text { overflow-wrap: anywhere; }
+.words { font-size: 1.1rem; line-height: 2.1; overflow-wrap: anywhere; }
+.w { padding: 0.15rem 0.2rem; border-radius: 4px; -webkit-box-decoration-break: clone;
+     box-decoration-break: clone; white-space: nowrap; }
+.w.long { white-space: normal; }
+.w.jl { padding-left: 0; border-top-left-radius: 0; border-bottom-left-radius: 0; }
+.w.jr { padding-right: 0; border-top-right-radius: 0; border-bottom-right-radius: 0; }
 .special { color: #9ca3af; font-size: 0.75rem; }
 .probs { border-collapse: collapse; font-size: 0.85rem; margin: 0.6rem 0; }
 .probs td { padding: 0.1rem 0.5rem 0.1rem 0; }
@@ -146,27 +154,98 @@ def _section(number: int, x: Explanation, probabilities: Mapping[str, float] | N
 
 
 def _words(x: Explanation) -> str:
+    """The word spans, spaced as the text is: whole words come back as written; pieces found in
+    the text show its letters and join without a space; other pieces fall back on their markers
+    ("##" continues a word, "Ġ"/"▁" starts one)."""
     e = html.escape
+    placed = _place_in_text(x)
     out: list[str] = []
     for i, (word, value, alpha) in enumerate(
         zip(x.words, x.importances, word_alphas(x), strict=True)
     ):
-        piece = word.startswith("##") and i > 0
-        if i > 0 and not piece:
+        if placed is not None:
+            shown, space = placed[i]
+        else:
+            shown, space = _shown(word), not _continues(i, x.words)
+        glued_left = i > 0 and not space
+        glued_right = i + 1 < len(x.words) and not (
+            placed[i + 1][1] if placed is not None else not _continues(i + 1, x.words)
+        )
+        if i > 0 and space:
             out.append(" ")
         if word in SPECIAL_TOKENS:
             out.append(f'<span class="w special" title="special token">{e(word)}</span>')
             continue
+        # A word is not broken at its hyphen ("site-" / "specific" would read as two words);
+        # only one too long for a line may break anywhere.
+        joins = " jl" * glued_left + " jr" * glued_right + " long" * (len(shown) > LONG_WORD)
         rgb = POSITIVE_RGB if value >= 0 else NEGATIVE_RGB
+        ink = "; color: #fff" if _white_reads_better(rgb, alpha) else ""
         out.append(
-            f'<span class="w" style="background: {_rgba(rgb, alpha)}" '
-            f'title="{e(word)}: {value:+.4f}">{e(_shown(word))}</span>'
+            f'<span class="w{joins}" style="background: {_rgba(rgb, alpha)}{ink}" '
+            f'title="{e(word)}: {value:+.4f}">{e(shown)}</span>'
         )
     return "".join(out)
 
 
+TEXT_RGB = (31, 41, 55)  # body text, #1f2937
+
+
+def _white_reads_better(rgb: tuple[int, int, int], alpha: float) -> bool:
+    """Whether white text contrasts more than the body's dark text with this shade (over the
+    white page), by WCAG relative luminance: a strong red needs white, a strong green does not."""
+    shade = _luminance(tuple(round(255 - (255 - c) * alpha) for c in rgb))
+    return (1.05 / (shade + 0.05)) > (shade + 0.05) / (_luminance(TEXT_RGB) + 0.05)
+
+
+def _luminance(rgb: Sequence[int]) -> float:
+    linear = [c / 255 / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _place_in_text(x: Explanation) -> list[tuple[str, bool]] | None:
+    """Per word: its characters in the text and whether whitespace precedes it there, when
+    every word (markers stripped, case ignored) is found in order with only whitespace between;
+    None when they are not the text's (an uncased tokenizer's accents, [UNK])."""
+    text = x.text
+    folded = text.lower() if len(text.lower()) == len(text) else text
+    cursor = 0
+    placed: list[tuple[str, bool]] = []
+    for word in x.words:
+        if word in SPECIAL_TOKENS:
+            placed.append((word, True))
+            continue
+        shown = _shown(word)
+        at = text.find(shown, cursor)
+        if at < 0 or text[cursor:at].strip():
+            at = folded.find(shown.lower(), cursor)
+        if at < 0 or text[cursor:at].strip() or not shown:
+            return None
+        placed.append((text[at : at + len(shown)], at > cursor or cursor == 0))
+        cursor = at + len(shown)
+    return placed
+
+
+def _continues(i: int, words: Sequence[str]) -> bool:
+    """Whether piece `i` continues the word before it, by the tokenizer's markers."""
+    word = words[i]
+    if i == 0 or word in SPECIAL_TOKENS or words[i - 1] in SPECIAL_TOKENS:
+        return False
+    if word.startswith("##"):
+        return True
+    # BPE / SentencePiece: a marker starts a word, its absence continues one.
+    return any(w[:1] in _WORD_START for w in words) and word[:1] not in _WORD_START
+
+
+_WORD_START = ("Ġ", "▁")
+
+
 def _shown(word: str) -> str:
-    return word[2:] if word.startswith("##") and len(word) > 2 else word
+    if word.startswith("##") and len(word) > 2:
+        return word[2:]
+    if word[:1] in _WORD_START and len(word) > 1:
+        return word[1:]
+    return word
 
 
 def _rgba(rgb: tuple[int, int, int], alpha: float) -> str:

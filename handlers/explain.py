@@ -13,12 +13,23 @@ costs about a second of every worker start, and most workers only predict.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from .model import Batch, Classifier, position_ids, token_chunks
+
+Granularity = Literal["words", "pieces"]
+SLOW_TOKENIZER_NOTE = (
+    "word pieces, not words: this model's tokenizer is a slow (Python) tokenizer without "
+    "character offsets; save the model with a fast tokenizer (tokenizer.json) for whole words"
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,9 @@ class Explanation:
     importances: list[float]
     delta: float
     target: int
+    granularity: Granularity = "pieces"
+    # Why the explanation is not in the granularity asked for, when it is not.
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,30 +152,102 @@ def _integrate(
     ]
 
 
-def merge_subwords(
+def merge_words(
     explanation: Explanation,
     text: str,
-    word_ids: Sequence[int | None],
-    offsets: Sequence[tuple[int, int]],
+    word_ids: Sequence[int | None] | None,
+    offsets: Sequence[tuple[int, int]] | None,
 ) -> Explanation:
-    """Word pieces of one word ("bio", "##avail" / "Ġbio", "avail") become one word.
+    """The explanation in the words of `text` as written (granularity "words").
 
-    The word's importance is the sum of its pieces' (so the total is unchanged); its text is the
-    span of the original text it came from. Special tokens stay as they are.
+    A word is a run of non-space characters of the text, with the punctuation at its edges split
+    off as a word of its own: "site-specific" and "3.5" stay whole, "bioavailability." is
+    "bioavailability" and ".", "(Fig." is "(", "Fig", ".". Case, accents and hyphens are the
+    text's, not the tokenizer's. A token that spans two such words (a BPE merge of a word and its
+    full stop) joins them. A word's importance is the sum of its tokens' importances.
+
+    Special tokens ([CLS], [SEP], <s>, </s>) are left out: the baseline keeps them, so their
+    importance is exactly 0 and the total is unchanged; one that does carry importance stays in
+    its place under its token name, so the sum always equals the pieces' sum. Words the model
+    never read (past the truncation point) are not listed. Without character offsets (a slow
+    tokenizer) the explanation stays in pieces and its note says why.
     """
+    if offsets is None or word_ids is None:
+        return dataclasses.replace(explanation, note=SLOW_TOKENIZER_NOTE)
+    segments = _text_words(text)
+    starts = [start for start, _ in segments]
+    # joined[i]: segments i and i + 1 are one word because a token spans both.
+    joined = [False] * len(segments)
+    owner: list[int | None] = []  # the segment each token starts in; None: a special token
+    for pos in range(len(explanation.words)):
+        start, end = offsets[pos]
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if end <= start:
+            # No text behind it: a special token, or a zero-width piece of a word (-1: resolved
+            # below to the word before it, or after it at the start).
+            owner.append(None if word_ids[pos] is None else -1)
+            continue
+        first = max(bisect.bisect_right(starts, start) - 1, 0)
+        for i in range(first, max(bisect.bisect_left(starts, end) - 1, first)):
+            joined[i] = True
+        owner.append(first)
+    real = [o for o in owner if o is not None and o >= 0]
+    previous = real[0] if real else None
+    for pos, segment in enumerate(owner):
+        if segment == -1:
+            owner[pos] = previous
+        elif segment is not None:
+            previous = segment
+    root = list(range(len(segments)))
+    for i in range(1, len(segments)):
+        if joined[i - 1]:
+            root[i] = root[i - 1]
     words: list[str] = []
     importances: list[float] = []
-    previous: int | None = None
-    word_start = 0
-    pairs = zip(explanation.words, explanation.importances, strict=True)
-    for pos, (token, score) in enumerate(pairs):
-        word = word_ids[pos]
-        if word is not None and word == previous:
-            words[-1] = text[word_start : offsets[pos][1]].strip()
+    current: int | None = None
+    for token, score, segment in zip(
+        explanation.words, explanation.importances, owner, strict=True
+    ):
+        if segment is None:
+            if score != 0.0:
+                words.append(token)
+                importances.append(score)
+                current = None
+            continue
+        if root[segment] == current:
             importances[-1] += score
-        else:
-            word_start = offsets[pos][0]
-            words.append(token if word is None else text[word_start : offsets[pos][1]].strip())
-            importances.append(score)
-        previous = word
-    return Explanation(words, importances, explanation.delta, explanation.target)
+            continue
+        current = root[segment]
+        last = next(i for i in range(current, len(segments)) if not joined[i])
+        words.append(text[segments[current][0] : segments[last][1]])
+        importances.append(score)
+    return dataclasses.replace(
+        explanation, words=words, importances=importances, granularity="words", note=None
+    )
+
+
+def _text_words(text: str) -> list[tuple[int, int]]:
+    """Character spans of the words of `text`, edge punctuation split off (see merge_words)."""
+    spans: list[tuple[int, int]] = []
+    for match in re.finditer(r"\S+", text):
+        start, end = match.span()
+        head = start
+        while head < end and _punctuation(text[head]):
+            head += 1
+        if head == end:  # only punctuation: "--", "...", "(.)"
+            spans.append((start, end))
+            continue
+        tail = end
+        while _punctuation(text[tail - 1]):
+            tail -= 1
+        spans.extend(
+            span for span in ((start, head), (head, tail), (tail, end)) if span[0] < span[1]
+        )
+    return spans
+
+
+def _punctuation(char: str) -> bool:
+    return unicodedata.category(char).startswith("P")

@@ -633,8 +633,25 @@ def _parse_options(
         internal_batch_size=_int_param(
             params, "internal_batch_size", settings.internal_batch_size, 4096
         ),
-        merge_subwords=_bool_param(params, "merge_subwords", settings.merge_subwords),
+        merge_subwords=_words_wanted(params, settings.merge_subwords),
     )
+
+
+def _words_wanted(params: Mapping[str, Any], default: bool) -> bool:
+    """parameters.granularity "words" (the text's words) or "pieces" (the tokenizer's);
+    merge_subwords true/false is the older spelling of the same choice."""
+    words = _bool_param(params, "merge_subwords", default)
+    if "granularity" not in params:
+        return words
+    value: object = params["granularity"]
+    if value not in ("words", "pieces"):
+        raise bad_request(f'granularity must be "words" or "pieces", got {shown(value)}')
+    if "merge_subwords" in params and words != (value == "words"):
+        raise bad_request(
+            f"granularity {shown(value)} contradicts merge_subwords {words!r}; "
+            "send granularity only"
+        )
+    return value == "words"
 
 
 def _target(value: object, labels: Sequence[str], where: str) -> int | None:

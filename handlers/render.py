@@ -114,11 +114,13 @@ def _prediction_item(prediction: Prediction, info: ModelInfo) -> dict[str, Any]:
 def _explanation_item(
     prediction: Prediction, explanation: Explanation, info: ModelInfo
 ) -> dict[str, Any]:
-    return {
+    item = {
         "words": explanation.words,
         "importances": explanation.importances,
         "delta": explanation.delta,
         "label": prediction.label,
         "target": info.labels[explanation.target],
         "truncated": prediction.truncated,
+        "granularity": explanation.granularity,
     }
+    return item if explanation.note is None else {**item, "note": explanation.note}

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .budget import ExplainBudget, Refusal
-from .explain import ExplainJob, Explanation, explain, merge_subwords
+from .explain import ExplainJob, Explanation, explain, merge_words
 from .metrics import (
     BATCHES_TOTAL,
     EXPLAIN_MS,
@@ -351,10 +351,12 @@ class ClassifierService:
     def _finish(self, work: _Work, idx: int, pos: int, explanation: Explanation) -> Explanation:
         request = work.requests[idx]
         batch = work.batch
-        if not request.options.merge_subwords or batch.word_ids is None or batch.offsets is None:
+        if not request.options.merge_subwords:
             return explanation
         text = request.texts[pos - work.spans[idx].start]
-        return merge_subwords(explanation, text, batch.word_ids[pos], batch.offsets[pos])
+        word_ids = None if batch.word_ids is None else batch.word_ids[pos]
+        offsets = None if batch.offsets is None else batch.offsets[pos]
+        return merge_words(explanation, text, word_ids, offsets)
 
     # -- rendering --------------------------------------------------------------------------
 

@@ -33,8 +33,9 @@ class HandlerSettings:
     # Captum's internal_batch_size: rows per forward pass inside one explanation (fewer when
     # rows x padded width would exceed max_explain_tokens).
     internal_batch_size: int = 64
-    # Merge word pieces ("bio", "##avail") into words in explanations by default.
-    merge_subwords: bool = False
+    # Explanations in the words of the text as written (granularity "words") unless a request
+    # asks for "pieces"; False: the tokenizer's pieces ("bio", "##avail") by default.
+    merge_subwords: bool = True
     # Server-side limits: a request over them fails alone with a 4xx naming the limit.
     max_texts_per_request: int = 256
     max_text_chars: int = 100_000

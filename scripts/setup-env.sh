@@ -53,3 +53,15 @@ if ! command -v java >/dev/null 2>&1; then
     exit 1
   fi
 fi
+
+# Headless Chromium for the screenshot test of the HTML report (tests/test_report_html.py skips,
+# saying why, without it). Installed only as root with apt-get: never asks for a password.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "chromium not found: installing it for the report screenshot test (apt-get)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || log "could not install chromium: the report screenshot test will be skipped"
+  else
+    log "chromium not found (not root or no apt-get): the report screenshot test will be skipped"
+  fi
+fi

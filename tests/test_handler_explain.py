@@ -23,6 +23,7 @@ from handler_support import (
 )
 from tiny_models import Family
 
+from scibert_pack.handlers.explain import SLOW_TOKENIZER_NOTE, Explanation, merge_words
 from scibert_pack.handlers.service import ClassifierService
 
 TEXTS = [
@@ -42,7 +43,14 @@ def trained(tiny_models: dict[Family, Path]) -> dict[Family, tuple[Any, Any]]:
 
 @pytest.fixture(scope="module")
 def services(trained: dict[Family, tuple[Any, Any]]) -> dict[Family, ClassifierService]:
-    return {family: make_service(*pair) for family, pair in trained.items()}
+    # The explain time budget is tested in test_handler_budget.py; here, on a loaded machine, its
+    # learned rate would refuse requests these invariants need answered.
+    return {
+        family: ClassifierService.from_model(
+            *pair, TEST_SETTINGS, name="scibert", version="2.1", response_timeout_s=3600.0
+        )
+        for family, pair in trained.items()
+    }
 
 
 def explain(service: ClassifierService, texts: list[str], **params: object) -> list[dict]:
@@ -63,13 +71,21 @@ def test_importances_add_up_to_the_probability_change(
     family: Family,
 ) -> None:
     model, tokenizer = trained[family]
-    explanations = explain(services[family], TEXTS)
+    explanations = explain(services[family], TEXTS, granularity="pieces")
+    in_words = explain(services[family], TEXTS)
     predictions = predict(services[family], TEXTS)
-    assert len(explanations) == len(TEXTS)
+    assert len(explanations) == len(in_words) == len(TEXTS)
     changes = []
-    for text, item, prediction in zip(TEXTS, explanations, predictions, strict=True):
+    for text, item, words, prediction in zip(
+        TEXTS, explanations, in_words, predictions, strict=True
+    ):
         assert item["words"] == reference_tokens(tokenizer, text)
         assert len(item["importances"]) == len(item["words"])
+        # The default speaks the text's words; the sum and delta are the pieces'.
+        expected = text.split()[: len(words["words"])] if item["truncated"] else text.split()
+        assert words["words"] == expected and words["granularity"] == "words"
+        assert sum(words["importances"]) == pytest.approx(sum(item["importances"]), abs=1e-6)
+        assert words["delta"] == item["delta"]
         assert item["target"] == item["label"] == prediction["label"]
         fx, fb = target_probability(model, tokenizer, text, LABELS.index(item["target"]))
         assert fx == pytest.approx(prediction["probabilities"][item["target"]], abs=1e-5)
@@ -109,33 +125,33 @@ def test_batch_padding_contributes_nothing(
 
 
 MERGE_CASES = [
-    pytest.param(
-        "bert", "hello photon", ["[CLS]", "hello", "photon", "[SEP]"], id="bert-wordpiece"
-    ),
+    pytest.param("bert", "hello photon", ["hello", "photon"], id="bert-wordpiece"),
     pytest.param(
         "roberta",
-        "bioavailability of photons",
-        ["<s>", "bioavailability", "of", "photons", "</s>"],
+        "Bioavailability of photons",
+        ["Bioavailability", "of", "photons"],
         id="roberta-bpe",
     ),
-    pytest.param(
-        "distilbert", "zebra cells", ["[CLS]", "zebra", "cells", "[SEP]"], id="distilbert-wordpiece"
-    ),
+    pytest.param("distilbert", "zebra cells", ["zebra", "cells"], id="distilbert-wordpiece"),
 ]
 
 
 @pytest.mark.parametrize(("family", "text", "words"), MERGE_CASES)
-def test_merge_subwords_joins_pieces_and_keeps_the_sum(
+@pytest.mark.parametrize(
+    "params", [{}, {"merge_subwords": True}], ids=["default", "merge-subwords-alias"]
+)
+def test_words_join_pieces_and_keep_the_sum(
     services: dict[Family, ClassifierService],
     trained: dict[Family, tuple[Any, Any]],
     family: Family,
     text: str,
     words: list[str],
+    params: dict[str, object],
 ) -> None:
     _, tokenizer = trained[family]
     assert len(reference_tokens(tokenizer, text)) > len(words)  # the text does split into pieces
-    (pieces,) = explain(services[family], [text], n_steps=20)
-    (merged,) = explain(services[family], [text], n_steps=20, merge_subwords=True)
+    (pieces,) = explain(services[family], [text], n_steps=20, granularity="pieces")
+    (merged,) = explain(services[family], [text], n_steps=20, **params)
     assert merged["words"] == words
     assert len(merged["importances"]) == len(words)
     assert sum(merged["importances"]) == pytest.approx(sum(pieces["importances"]), abs=1e-6)
@@ -169,3 +185,101 @@ def test_explanations_within_a_small_token_budget_are_the_same(
         assert got["words"] == expected["words"]
         assert got["importances"] == pytest.approx(expected["importances"], abs=1e-5)
         assert got["delta"] == pytest.approx(expected["delta"], abs=1e-5)
+
+
+# -- merge_words on hand-made tokenizations: what real tokenizers may hand it -------------------
+
+
+def _x(tokens: list[str], importances: list[float]) -> Explanation:
+    return Explanation(tokens, importances, delta=0.01, target=0)
+
+
+# (text, tokens, word ids, offsets, importance per token, words, importance per word)
+WORDS_CASES = [
+    pytest.param(
+        "Oral bioavailability.",
+        ["[CLS]", "oral", "bio", "##avail", "##ability", ".", "[SEP]"],
+        [None, 0, 1, 1, 1, 2, None],
+        [(0, 0), (0, 4), (5, 8), (8, 13), (13, 20), (20, 21), (0, 0)],
+        [0.0, 0.1, 0.2, 0.25, 0.125, -0.5, 0.0],
+        ["Oral", "bioavailability", "."],
+        [0.1, 0.575, -0.5],
+        id="wordpiece",
+    ),
+    pytest.param(
+        "a site-specific dose",
+        ["<s>", "a", "Ġsite", "-", "specific", "Ġdose", "</s>"],
+        [None, 0, 1, 2, 3, 4, None],
+        [(0, 0), (0, 1), (2, 6), (6, 7), (7, 15), (16, 20), (0, 0)],
+        [0.0, 0.1, 0.2, 0.25, 0.125, -0.5, 0.0],
+        ["a", "site-specific", "dose"],
+        [0.1, 0.575, -0.5],
+        id="bpe-hyphen",
+    ),
+    pytest.param(
+        "Dose) matters.",
+        ["<s>", "▁Dose", ")", "▁matter", "s."],  # a piece spanning a word and its full stop
+        [None, 0, 0, 1, 1],
+        [(0, 0), (0, 4), (4, 5), (5, 12), (12, 14)],  # "▁" offsets may hold the space
+        [0.0, 0.1, 0.2, 0.25, 0.125],
+        ["Dose", ")", "matters."],
+        [0.1, 0.2, 0.375],
+        id="sentencepiece-span-across",
+    ),
+    pytest.param(
+        "cells",
+        ["[CLS]", "cell", "", "##s", "[SEP]"],  # a zero-width piece joins its word
+        [None, 0, 0, 0, None],
+        [(0, 0), (0, 4), (4, 4), (4, 5), (0, 0)],
+        [0.0, 0.5, 0.25, 0.125, 0.0],
+        ["cells"],
+        [0.875],
+        id="zero-width-piece",
+    ),
+    pytest.param(
+        "cells divide " + "x " * 50,
+        ["[CLS]", "cells", "divide", "x", "[SEP]"],  # truncated: words never read are not listed
+        [None, 0, 1, 2, None],
+        [(0, 0), (0, 5), (6, 12), (13, 14), (0, 0)],
+        [0.0, 0.5, 0.25, 0.125, 0.0],
+        ["cells", "divide", "x"],
+        [0.5, 0.25, 0.125],
+        id="truncated",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens", "word_ids", "offsets", "scores", "words", "importances"), WORDS_CASES
+)
+def test_merge_words_takes_the_words_from_the_text(
+    text: str,
+    tokens: list[str],
+    word_ids: list[int | None],
+    offsets: list[tuple[int, int]],
+    scores: list[float],
+    words: list[str],
+    importances: list[float],
+) -> None:
+    merged = merge_words(_x(tokens, scores), text, word_ids, offsets)
+    assert merged.words == words
+    assert merged.importances == pytest.approx(importances, abs=1e-12)
+    assert sum(merged.importances) == pytest.approx(sum(scores), abs=1e-12)
+    assert merged.granularity == "words" and merged.note is None
+    assert (merged.delta, merged.target) == (0.01, 0)
+
+
+def test_a_special_token_with_importance_keeps_its_place() -> None:
+    """The sum always holds: a special token that carries importance is not dropped."""
+    x = _x(["[CLS]", "cells", "[SEP]"], [0.25, 0.5, 0.0])
+    merged = merge_words(x, "cells", [None, 0, None], [(0, 0), (0, 5), (0, 0)])
+    assert merged.words == ["[CLS]", "cells"]
+    assert sum(merged.importances) == sum(x.importances)
+
+
+def test_without_offsets_the_pieces_stay_and_the_note_says_why() -> None:
+    x = _x(["[CLS]", "cell", "##s", "[SEP]"], [0.0, 0.4, 0.6, 0.0])
+    merged = merge_words(x, "cells", None, None)
+    assert (merged.words, merged.importances) == (x.words, x.importances)
+    assert merged.granularity == "pieces"
+    assert merged.note == SLOW_TOKENIZER_NOTE

@@ -117,14 +117,15 @@ def test_v2_id_and_explain_header() -> None:
 
 
 OPTIONS = [
-    pytest.param({}, (None, 50, 64, False), id="defaults-from-settings"),
-    pytest.param({"target": "physics"}, (2, 50, 64, False), id="target-label"),
-    pytest.param({"target": 1}, (1, 50, 64, False), id="target-index"),
+    pytest.param({}, (None, 50, 64, True), id="defaults-from-settings"),
+    pytest.param({"target": "physics"}, (2, 50, 64, True), id="target-label"),
+    pytest.param({"target": 1}, (1, 50, 64, True), id="target-index"),
     pytest.param(
-        {"n_steps": 7, "internal_batch_size": 3, "merge_subwords": True},
-        (None, 7, 3, True),
+        {"n_steps": 7, "internal_batch_size": 3, "merge_subwords": False},
+        (None, 7, 3, False),
         id="overrides",
     ),
+    pytest.param({"granularity": "pieces"}, (None, 50, 64, False), id="granularity-pieces"),
 ]
 
 

@@ -222,7 +222,9 @@ def test_explanation_formats(
     items = extract(response.body)
     assert len(items) == count
     for item in items:
-        assert set(item) == {"words", "importances", "delta", "label", "target", "truncated"}
+        assert set(item) == {
+            "words", "importances", "delta", "label", "target", "truncated", "granularity"
+        }  # fmt: skip
         assert len(item["words"]) == len(item["importances"]) > 2
         assert item["target"] == item["label"] and item["truncated"] is False
 
@@ -512,8 +514,8 @@ def test_truncated_texts_are_reported(bert: ClassifierService) -> None:
     assert v2.body["parameters"]["truncated"] == [True, False]
     assert v1.body["predictions"][0]["truncated"] is True
     assert explained.body["truncated"] is True
-    assert len(explained.body["words"]) == TEST_SETTINGS.max_length
-    assert explained.body["words"][-1] == "[SEP]"
+    # The words the model read: max_length tokens less [CLS] and [SEP].
+    assert explained.body["words"] == ["energy"] * (TEST_SETTINGS.max_length - 2)
 
 
 # -- failures inside the model ---------------------------------------------------------------

@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import html
+import importlib.util
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -36,7 +41,11 @@ HOSTILE = _explanation(
     label="<b>bold</b>",
     target="<b>bold</b>",
 )
-PIECES = _explanation(["[CLS]", "bio", "##avail", "##ability", "[SEP]"], [0.0, 0.2, 0.1, 0.3, 0.0])
+PIECES = _explanation(
+    ["[CLS]", "bio", "##avail", "##ability", "[SEP]"],
+    [0.0, 0.2, 0.1, 0.3, 0.0],
+    text="bioavailability",
+)
 ZEROS = _explanation(["[CLS]", "nothing", "here", "[SEP]"], [0.0, 0.0, 0.0, 0.0])
 
 
@@ -120,6 +129,19 @@ def test_sign_picks_the_colour() -> None:
     assert spans[3]["title"] == "oral: +0.4000"
 
 
+@pytest.mark.parametrize(
+    ("importances", "white"),
+    [
+        pytest.param([-1.0, 0.1], [True, False], id="strong-red-white-ink"),
+        pytest.param([1.0, -0.1], [False, False], id="strong-green-dark-ink"),
+        pytest.param([-0.5, 1.0], [False, False], id="half-red-dark-ink"),
+    ],
+)
+def test_ink_stays_readable_on_strong_shades(importances: list[float], white: list[bool]) -> None:
+    spans = _parse(render_report([_explanation(["one", "two"], importances)])).sections[0]
+    assert ["color: #fff" in s["style"] for s in spans] == white
+
+
 def test_special_tokens_are_greyed_not_shaded() -> None:
     spans = _parse(render_report([BLOG])).sections[0]
     assert [s["text"] for s in spans if "special" in s["class"].split()] == ["[CLS]", "[SEP]"]
@@ -132,10 +154,75 @@ def test_all_zero_importances_shade_nothing() -> None:
 
 def test_word_pieces_join_their_word() -> None:
     page = render_report([PIECES])
-    assert '>bio</span><span class="w"' in page  # no space before a ## piece
+    assert '>bio</span><span class="w jl jr"' in page  # no space before a ## piece
     spans = _parse(page).sections[0]
     assert [s["text"] for s in spans[1:4]] == ["bio", "avail", "ability"]
     assert spans[2]["title"] == "##avail: +0.1000"
+
+
+BLOG_TEXT = "Risk assessment implications of site-specific oral relative bioavailability."
+SPACING_CASES = [
+    pytest.param(
+        ["Risk", "assessment", "implications", "of", "site-specific", "oral", "relative",
+         "bioavailability", "."],
+        BLOG_TEXT,
+        BLOG_TEXT,
+        id="words",
+    ),
+    pytest.param(
+        ["[CLS]", "risk", "assessment", "implications", "of", "site", "-", "specific", "oral",
+         "relative", "bio", "##ava", "##ila", "##bility", ".", "[SEP]"],
+        BLOG_TEXT,
+        "[CLS] " + BLOG_TEXT + " [SEP]",  # lowercased pieces show the text's letters
+        id="uncased-pieces",
+    ),
+    pytest.param(
+        ["<s>", "Risk", "Ġassessment", "Ġsite", "-", "specific", "Ġbio", "avail", "ability",
+         ".", "</s>"],
+        "Risk assessment site-specific bioavailability.",
+        "<s> Risk assessment site-specific bioavailability. </s>",
+        id="bpe-pieces",
+    ),
+    pytest.param(
+        ["[CLS]", "cafe", "-", "au", "-", "lait", "[UNK]", "[SEP]"],
+        "Café-au-lait ☃",
+        "[CLS] cafe - au - lait [UNK] [SEP]",  # not the text's letters: spaced by markers
+        id="accent-stripped-fallback",
+    ),
+    pytest.param(
+        ["[CLS]", "bio", "##ava", "##ila", "##bility", "[SEP]"],
+        "x",
+        "[CLS] bioavailability [SEP]",
+        id="pieces-without-text",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("words", "text", "shown"), SPACING_CASES)
+def test_words_are_spaced_as_in_the_text(words: list[str], text: str, shown: str) -> None:
+    x = _explanation(words, [0.1] * len(words), text=text)
+    page = render_report([x])
+    paragraph = re.search(r'<p class="words">(.*?)</p>', page, re.S)
+    assert paragraph is not None
+    assert html.unescape(re.sub(r"<[^>]+>", "", paragraph.group(1))) == shown
+    if text == BLOG_TEXT:
+        assert " - " not in paragraph.group(1)
+
+
+def test_long_texts_and_long_words_wrap() -> None:
+    page = render_report([BLOG])
+    css = page[page.index("<style>") : page.index("</style>")]
+    for rule in (".text", ".words"):
+        block = re.search(re.escape(rule) + r" \{([^}]*)\}", css)
+        assert block is not None and "overflow-wrap: anywhere" in block.group(1)
+    assert "max-width: 60rem" in css
+    # Words stay whole on a line ("site-" / "specific" would read as two); a very long one wraps.
+    assert re.search(r"\.w \{[^}]*white-space: nowrap", css)
+    assert re.search(r"\.w\.long \{[^}]*white-space: normal", css)
+    long_word = "supercalifragilistic" * 5
+    spans = _parse(render_report([_explanation(["short", long_word], [0.1, 0.2])])).sections[0]
+    assert ["long" in s["class"].split() for s in spans] == [False, True]
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
 
 
 def test_everything_from_the_model_is_escaped() -> None:
@@ -178,3 +265,49 @@ def test_written_atomically(tmp_path: Path) -> None:
     assert write_report(target, [BLOG]) == target
     assert target.read_text(encoding="utf-8") == render_report([BLOG])
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.html"]
+
+
+# -- the report as a person sees it: headless Chromium ------------------------------------------
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_report.py"
+
+
+def _screenshot_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("screenshot_report", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (640, 900)], ids=["desktop", "narrow"])
+def test_screenshot_of_the_report_reads_well(tmp_path: Path, width: int, height: int) -> None:
+    """The sample report (blog words, a long text with a very long word, pieces, hostile text)
+    rendered by a real browser: the picture has the window's size, is not blank, and nothing
+    runs past the page's right margin (long texts and words wrap)."""
+    shot = _screenshot_script()
+    if shot.find_chromium() is None:
+        pytest.skip(
+            "chromium is not installed, so the report cannot be screenshot; "
+            "scripts/setup-env.sh installs it when run as root with apt-get "
+            "(or: apt-get install chromium)"
+        )
+    png = tmp_path / "report.png"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--sample", str(png), "--size", f"{width}x{height}"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "site-specific" in page and " - " not in re.sub(r"<[^>]+>", "", page.split("<h2>")[1])
+    got_width, got_height, rows = shot.png_pixels(png)
+    assert (got_width, got_height) == (width, height)
+    colours = {pixel for row in rows[::4] for pixel in row}
+    assert len(colours) > 50  # text, shading and bars, not a blank or one-colour page
+    greens = [p for p in colours if p[1] > p[0] + 30 and p[1] > p[2] + 30]
+    reds = [p for p in colours if p[0] > p[1] + 30 and p[0] > p[2] + 30]
+    assert greens and reds  # both shadings are painted
+    # The right margin (body padding, 1rem) holds only the page background: nothing overflows.
+    margin = {pixel for row in rows for pixel in row[-8:]}
+    assert margin == {rows[0][-1]}
