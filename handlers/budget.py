@@ -11,7 +11,14 @@ The rate is seconds per (token x step): the last explanation's, or, before any, 
 forward pass times EXPLAIN_COST_FACTOR. That estimate can be wrong many times over (the first
 forward pass of a freshly started worker is cold, a busy machine slows one pass), so it never
 earns a 413: a request it judges too big alone gets a 503 (retry) instead, and the service
-measures a real rate (a short calibration explanation) before judging again.
+measures a real rate before judging again.
+
+A measured explanation also has a fixed cost per Captum call (hooks, the baseline, the
+gradient set-up) that a rate of seconds / token-steps would spread over its few token-steps:
+after a small explanation, or one slowed by a busy machine, every ordinary request would look
+too big (413). So the calibration explains one text twice, with few and with more steps, and
+their difference gives the rate without that fixed cost (`calibrate`); later explanations are
+learnt net of it, and a slower pace is taken only half way (`learn`).
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ class ExplainBudget:
 
     response_timeout_s: float
     seconds_per_token_step: float | None = None
+    # Fixed seconds of one explanation call, whatever its size (from the calibration).
+    overhead_s: float = 0.0
 
     @property
     def budget_s(self) -> float:
@@ -56,9 +65,29 @@ class ExplainBudget:
         return EXPLAIN_COST_FACTOR * forward_s / max(1, forward_tokens)
 
     def learn(self, seconds: float, token_steps: int) -> None:
-        """Remember the rate of an explanation that just ran."""
-        if token_steps > 0 and seconds > 0:
-            self.seconds_per_token_step = seconds / token_steps
+        """Learn from an explanation that just ran: its time net of the fixed cost per call.
+
+        A faster pace is taken at once; a slower one half way, so that one batch slowed by a
+        busy machine does not make every later request look too big.
+        """
+        if token_steps <= 0 or seconds <= 0:
+            return
+        rate = (seconds - self.overhead_s) / token_steps
+        if rate <= 0:  # all of it was the fixed cost: nothing learnt about the rate
+            return
+        old = self.seconds_per_token_step
+        self.seconds_per_token_step = rate if old is None or rate < old else (old + rate) / 2
+
+    def calibrate(self, small: tuple[float, int], large: tuple[float, int]) -> None:
+        """Rate and fixed cost from two explanations (seconds, token-steps) of one text."""
+        (small_s, small_steps), (large_s, large_steps) = small, large
+        if large_steps > small_steps and large_s > small_s:
+            rate = (large_s - small_s) / (large_steps - small_steps)
+            self.overhead_s = max(0.0, small_s - rate * small_steps)
+        else:  # timing noise swamped the difference: the larger one's plain rate
+            rate = large_s / max(1, large_steps)
+            self.overhead_s = 0.0
+        self.seconds_per_token_step = rate
 
     def admit(
         self, costs: Sequence[int], rate: float, spent_s: float = 0.0
@@ -72,7 +101,7 @@ class ExplainBudget:
         verdicts: list[Refusal | None] = []
         planned = spent_s
         for cost in costs:
-            seconds = cost * rate
+            seconds = self.overhead_s + cost * rate
             if seconds > self.budget_s and not self.measured:
                 verdicts.append(Refusal(503, self._unmeasured()))
             elif seconds > self.budget_s:

@@ -44,7 +44,7 @@ class RequestError(Exception):
     """A request the handler refuses: the client gets `code` and `message` as JSON.
 
     The message goes into the JSON body only, never into the HTTP status line (see
-    service.reason_phrase): it may quote request content, always through `shown`.
+    render.reason_phrase): it may quote request content, always through `shown`.
     """
 
     def __init__(self, code: int, message: str) -> None:
@@ -457,8 +457,6 @@ def _v2_id(payload: Mapping[str, Any]) -> str | None:
         return None
     if not isinstance(request_id, (str, int)) or isinstance(request_id, bool):
         raise bad_request(f"id must be a string, got {type(request_id).__name__}")
-    if isinstance(request_id, int) and abs(request_id) >= 10**64:
-        raise bad_request("id must be a string or a short integer")
     return str(request_id)
 
 

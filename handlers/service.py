@@ -63,9 +63,11 @@ logger = logging.getLogger(__name__)
 JSON_CONTENT_TYPE = "application/json"
 # TorchServe's own default when model-config.yaml has no responseTimeout.
 DEFAULT_RESPONSE_TIMEOUT_S = 120.0
-# Integration steps of the explanation that measures the rate when none was measured yet: enough
-# that Captum's fixed cost per call does not dominate, few enough to cost a handful of passes.
+# Integration steps of the explanations that measure the rate when none was measured yet: few,
+# so that calibrating costs a handful of passes (the fixed cost per call cancels out).
 CALIBRATION_STEPS = 8
+# The calibration's second explanation has this many times the steps of its first.
+CALIBRATION_SPREAD = 4
 # Bodies of a batch (bytes or characters) past which the worker returns free heap to the OS.
 TRIM_AFTER_BYTES = 1 << 20
 TRIM_DELAY_S = 0.5
@@ -263,25 +265,24 @@ class ClassifierService:
         return self.budget.admit(costs, rate, self._clock() - started)
 
     def _calibrate(self, work: _Work, explaining: Sequence[int]) -> None:
-        """Measure the explanation rate on the batch's shortest explain text, a few steps."""
+        """Measure the explanation rate on the batch's shortest explain text: a few steps, then
+        CALIBRATION_SPREAD times as many, so that their difference cancels the fixed cost."""
         lengths = work.batch.lengths
         pos = min((p for idx in explaining for p in work.spans[idx]), key=lengths.__getitem__)
         idx = next(i for i in explaining if pos in work.spans[i])
-        job = ExplainJob(
-            (pos,),
-            (self._target(work, idx, pos),),
-            CALIBRATION_STEPS,
-            CALIBRATION_STEPS,
-            self.settings.max_explain_tokens,
-        )
+        target = self._target(work, idx, pos)
         _load_captum()
-        start = self._clock()
-        try:
-            explain(self.classifier, work.batch, job)
-        except Exception:  # their own explanations will report it
-            logger.exception("calibrating the explanation rate failed")
-            return
-        self.budget.learn(self._clock() - start, lengths[pos] * CALIBRATION_STEPS)
+        timings: list[tuple[float, int]] = []
+        for steps in (CALIBRATION_STEPS, CALIBRATION_STEPS * CALIBRATION_SPREAD):
+            job = ExplainJob((pos,), (target,), steps, steps, self.settings.max_explain_tokens)
+            start = self._clock()
+            try:
+                explain(self.classifier, work.batch, job)
+            except Exception:  # their own explanations will report it
+                logger.exception("calibrating the explanation rate failed")
+                return
+            timings.append((self._clock() - start, lengths[pos] * steps))
+        self.budget.calibrate(timings[0], timings[1])
 
     def _token_steps(self, work: _Work, group: Sequence[int]) -> int:
         """Rows x padded width x n_steps of explaining `group` together."""

@@ -82,6 +82,53 @@ def test_rate_is_the_forward_estimate_until_an_explanation_is_measured() -> None
     assert budget.rate(forward_s=9.0, forward_tokens=1) == pytest.approx(0.002)
 
 
+def test_the_calibration_cancels_the_fixed_cost_of_a_small_explanation() -> None:
+    """A small explanation is mostly fixed cost: its plain rate (0.5 s / 80 token-steps) would
+    judge an ordinary 24,000 token-step request at 150 s, past the 60 s budget (the flaky 413)."""
+    budget = ExplainBudget(120.0)
+    budget.calibrate(small=(0.5, 80), large=(0.6, 320))
+    assert budget.rate(forward_s=9.0, forward_tokens=1) == pytest.approx(0.1 / 240)
+    assert budget.overhead_s == pytest.approx(0.5 - 80 * 0.1 / 240)
+    assert budget.admit([24_000], budget.rate(0.0, 1)) == [None]  # ~10.5 s
+    assert budget.admit([200_000], budget.rate(0.0, 1)) == [
+        Refusal(413, TOO_BIG.replace("about 80 s", "about 84 s"))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("small", "large", "rate", "overhead"),
+    [
+        pytest.param((0.5, 80), (0.6, 320), 0.1 / 240, 0.5 - 80 * 0.1 / 240, id="fixed-cost"),
+        pytest.param((0.1, 80), (0.4, 320), 0.3 / 240, 0.0, id="no-fixed-cost"),
+        pytest.param((0.6, 80), (0.5, 320), 0.5 / 320, 0.0, id="noise-swamped-the-difference"),
+    ],
+)
+def test_calibrate(
+    small: tuple[float, int], large: tuple[float, int], rate: float, overhead: float
+) -> None:
+    budget = ExplainBudget(120.0)
+    budget.calibrate(small, large)
+    assert budget.measured
+    assert budget.seconds_per_token_step == pytest.approx(rate)
+    assert budget.overhead_s == pytest.approx(overhead, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("learnt", "expected"),
+    [
+        pytest.param([(2.0, 1000)], 0.0015, id="net-of-the-fixed-cost"),
+        pytest.param([(2.0, 1000), (1.0, 1000)], 0.0005, id="faster-at-once"),
+        pytest.param([(2.0, 1000), (4.5, 1000)], (0.0015 + 0.004) / 2, id="slower-half-way"),
+        pytest.param([(2.0, 1000), (0.4, 10)], 0.0015, id="all-fixed-cost-teaches-nothing"),
+    ],
+)
+def test_learn(learnt: list[tuple[float, int]], expected: float) -> None:
+    budget = ExplainBudget(120.0, seconds_per_token_step=None, overhead_s=0.5)
+    for seconds, token_steps in learnt:
+        budget.learn(seconds, token_steps)
+    assert budget.seconds_per_token_step == pytest.approx(expected)
+
+
 @pytest.fixture(scope="module")
 def model(tiny_models: dict[Family, Path]) -> tuple[Any, Any]:
     return load_trained(tiny_models["bert"])

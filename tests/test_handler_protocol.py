@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 
 import pytest
 
@@ -887,6 +888,30 @@ def test_error_messages_quote_request_content_short_and_escaped(hostile: str) ->
             assert message.isascii() and message.isprintable(), ascii(message)[:200]
             assert len(message) < 400, message[:400]
     assert refused >= len(_hostile_bodies(hostile)) - 1
+
+
+# Characters a request can carry that a status line or a log line cannot: non-ASCII letters,
+# CR/LF and other controls, lone surrogates, line and paragraph separators, emoji, quotes.
+_ALPHABET = "a Z0\r\n\t\x00\x1b\x7f\x85é€\u2028\u2029\u200b\ufeff\udc80\ud800🧬\"'\\{}[]:,"
+
+
+def _random_hostile(seed: int) -> str:
+    rng = random.Random(seed)
+    length = rng.choice([1, 3, 17, 64, 500, 20_000])
+    return "".join(rng.choice(_ALPHABET) for _ in range(length))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_hostile_strings_never_reach_a_message_raw(seed: int) -> None:
+    """The table above, with strings drawn (seeded) from the characters that break a status line."""
+    hostile = _random_hostile(seed)
+    for body, route in _hostile_bodies(hostile):
+        try:
+            parse_request(RawRow(body, JSON, True, route), SETTINGS, LABELS)
+        except RequestError as err:
+            assert err.message.isascii() and err.message.isprintable(), ascii(err.message)[:200]
+            assert len(err.message) < 400
+            assert reason_phrase(err.code) in ("Bad Request", "Payload Too Large")
 
 
 def test_every_status_has_a_short_ascii_reason_phrase() -> None:

@@ -721,3 +721,22 @@ def test_a_long_text_is_tokenized_from_a_bounded_prefix(
     monkeypatch.setattr(type(tokenizer), "__call__", spy)
     classifier.tokenize(["energy " * 14_000])  # 98,000 characters
     assert max(seen) <= classifier.max_length * CHARS_PER_TOKEN_BOUND
+
+
+def test_free_memory_is_trimmed_after_a_large_batch_and_after_the_next(
+    bert: ClassifierService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TorchServe frees a batch only when the next arrives, so both batches schedule a trim."""
+    import scibert_pack.handlers.service as service_module
+
+    trims: list[int] = []
+    monkeypatch.setattr(service_module, "release_free_memory_soon", lambda: trims.append(1))
+    monkeypatch.setattr(service_module, "TRIM_AFTER_BYTES", 1000)
+    large = HttpRequest({"texts": ["cells divide " * 30] * 3})  # 1,170 characters
+    small = HttpRequest({"text": "cells divide"})
+    counts = []
+    for batch in ([small], [large, small], [small], [small], [small, large]):
+        call(bert, batch)
+        counts.append(len(trims))
+    assert counts == [0, 1, 2, 2, 3]
+    service_module.release_free_memory()  # and the real trim runs (a no-op off glibc)
