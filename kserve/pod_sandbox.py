@@ -332,6 +332,9 @@ class Listener:
     host: str
     port: int
 
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
 
 def listeners(pid: int) -> tuple[Listener, ...]:
     """TCP sockets listening in the network namespace of `pid` (from /proc/PID/net/tcp{,6})."""

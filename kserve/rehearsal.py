@@ -612,7 +612,11 @@ class _Rehearsal:
                         return time.monotonic() - start
                 else:
                     successes = 0
-                    if self.isolated and result.refused and self._unreachable(pod, readiness):
+                    if (
+                        self.isolated
+                        and result.refused
+                        and self._unreachable(pod, readiness.port, "the kubelet's readinessProbe")
+                    ):
                         return None
                 next_ready = now + readiness.period_s
             if liveness is not None and now >= next_live:
@@ -650,32 +654,31 @@ class _Rehearsal:
         self.probes.append(line)
         self.progress(f"kubelet: {line.strip()}")
 
-    def _unreachable(self, pod: PodProcess, probe: Probe) -> bool:
-        """A refused probe while the server listens elsewhere: Ready can never come."""
+    def _unreachable(self, pod: PodProcess, port: int | None, who: str) -> bool:
+        """A refused connection while the server listens elsewhere: it will stay refused."""
         assert pod.pid is not None
         first = listeners(pod.pid)
         if not first:
             return False  # still starting
         time.sleep(2.0)  # the server opens its ports one after another
         seen = listeners(pod.pid)
-        if seen != first or any(_reaches(item, probe.port) for item in seen):
+        if seen != first or any(_reaches(item, port) for item in seen):
             return False
-        shown = ", ".join(f"{item.host}:{item.port}" for item in seen)
-        on_port = [item for item in seen if item.port == probe.port]
+        shown = ", ".join(str(item) for item in seen)
+        on_port = [item for item in seen if item.port == port]
         if on_port:
             self._problem(
                 "listens-on-loopback",
-                f"the container listens on {on_port[0].host}:{probe.port} only ({shown}): the "
-                f"kubelet's probe to {POD_IP}:{probe.port} is refused, so the pod never "
-                "becomes Ready and the ingress could not reach it either",
+                f"the container listens on {on_port[0]} only ({shown}): "
+                f"{who} to {POD_IP}:{port} is refused, as it would be in the cluster, where "
+                "the kubelet and the ingress reach the pod at its address",
                 "rebuild the store with `scibert-pack build --profile kserve` (binds 0.0.0.0)",
             )
         else:
             self._problem(
-                "probe-port-closed",
-                f"nothing listens on port {probe.port}, which the readinessProbe checks; the "
-                f"container listens on {shown} (config.properties: inference on "
-                f"{self.info.inference_port}): the pod never becomes Ready",
+                "port-closed",
+                f"nothing listens on port {port}: {who} is refused; the container listens on "
+                f"{shown} (config.properties: inference on {self.info.inference_port})",
                 f"use port {self.info.inference_port} in containerPort and both probes",
             )
         return True
@@ -697,7 +700,7 @@ class _Rehearsal:
             if answer.ok:
                 answered = time.monotonic() - pod.started_at
                 if answered - ready_at > READY_GRACE_S:
-                    how = "waited" if answer is first else f"got {first.problem}, and the model"
+                    how = "was" if answer is first else f"got {first.problem}; the model was"
                     self._problem(
                         "ready-before-model",
                         f"the readinessProbe passed {ready_at:.1f} s after start, but the model "
@@ -711,6 +714,9 @@ class _Rehearsal:
                     )
                 return answered
             self.progress(f"ingress: request after Ready: {answer.problem}")
+            refused = answer.problem == "connection refused"
+            if refused and self.isolated and self._unreachable(pod, port, "the ingress' request"):
+                return None
             time.sleep(0.5)
         self._problem(
             "never-answered",
