@@ -69,9 +69,18 @@ def can_isolate() -> tuple[bool, str]:
     """Whether this process can build a pod sandbox, and why not."""
     if os.geteuid() != 0:
         return False, "not running as root (namespaces, mounts and the uid change need it)"
-    missing = [name for name, path in namespace_tools().items() if path is None]
+    tools = namespace_tools()
+    missing = [name for name, path in tools.items() if path is None]
     if missing:
         return False, f"{', '.join(missing)} not found on PATH (util-linux, iproute2)"
+    # Root in a container may still lack the right to make namespaces: try once.
+    probe = [tools["unshare"] or "unshare", "--mount", "--net", "--pid", "--fork", "true"]
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return False, f"unshare did not run ({err})"
+    if done.returncode != 0:
+        return False, f"unshare cannot make namespaces here ({done.stderr.strip()[:200]})"
     return True, ""
 
 

@@ -281,7 +281,7 @@ class _Rehearsal:
         stand_in = (
             f"the image {self.container.image} is stood in for by this environment "
             f"({self.settings.environment_bin}: Python {sys.version.split()[0]}, "
-            + ", ".join(f"{d} {v}" for d, v in _environment_versions().items())
+            + ", ".join(f"{d} {v}" for d, v in environment_versions().items() if d != "python")
             + ") and the host's java"
         )
         self.not_rehearsed += [
@@ -558,14 +558,7 @@ class _Rehearsal:
             options = ManifestOptions(name=self.plan.isvc_name, storage_uri=self.plan.storage_uri)
             text = dockerfile(resolve(options, self.info))
             origin = f"the Dockerfile `manifest` writes for this store ({path} not found)"
-        pins = dockerfile_pins(text)
-        have = _environment_versions()
-        have["python"] = ".".join(sys.version.split()[0].split(".")[:2])
-        differ = [
-            f"{dist} {want} (environment: {have.get(dist, 'not installed')})"
-            for dist, want in pins.items()
-            if have.get(dist) != want
-        ]
+        differ = version_differences(dockerfile_pins(text), environment_versions())
         if differ:
             self._problem(
                 "stand-in-versions",
@@ -803,12 +796,22 @@ def dockerfile_pins(text: str) -> dict[str, str]:
     return pins
 
 
-def _environment_versions() -> dict[str, str]:
-    found = {}
+def environment_versions() -> dict[str, str]:
+    """What the stand-in has of what the Dockerfile pins (local tags such as +cpu dropped)."""
+    found = {"python": ".".join(sys.version.split()[0].split(".")[:2])}
     for dist in ("torchserve", "torch", "transformers", "captum"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[dist] = metadata.version(dist).split("+", 1)[0]
     return found
+
+
+def version_differences(pins: dict[str, str], have: dict[str, str]) -> list[str]:
+    """Each pin the environment does not match, as 'dist WANT (environment: HAVE)'."""
+    return [
+        f"{dist} {want} (environment: {have.get(dist, 'not installed')})"
+        for dist, want in pins.items()
+        if have.get(dist) != want
+    ]
 
 
 def _stand_in_paths(environment_bin: Path) -> tuple[Path, ...]:

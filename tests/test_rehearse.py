@@ -35,7 +35,9 @@ from scibert_pack.kserve.rehearsal import (
     RehearsalReport,
     RehearsalSettings,
     dockerfile_pins,
+    environment_versions,
     rehearse,
+    version_differences,
 )
 from scibert_pack.kserve.store_info import read_store
 from scibert_pack.kserve.yaml_text import dump_documents
@@ -170,46 +172,59 @@ def _early(container: dict[str, Any]) -> None:
     }
 
 
+# (store profile, edit of the runtime's container, manifest options, the findings expected,
+# a pinned piece of their text or the container log, the routes answered anyway)
 BROKEN: list[Any] = [
     pytest.param(
         "local",
         None,
+        {},
         {"loopback-bind", "model-store-path", "listens-on-loopback"},
-        "127.0.0.1:8085 only",
+        "the container listens on 127.0.0.1:8085 only",
+        [],
         id="local-profile-store",
     ),
     pytest.param(
         "kserve",
         _args,
+        {},
         {"path-outside-mount", "container-exited"},
         "--model-store directory not found: /models/model-store",
+        [],
         id="model-store-outside-mnt-models",
     ),
     pytest.param(
         "kserve",
         _ports,
+        {},
         {"container-port", "probe-port", "port-closed"},
         "nothing listens on port 8080",
+        [],
         id="runtime-ports-differ-from-config",
     ),
     pytest.param(
         "kserve",
         _user,
+        {},
         {"cannot-write", "run-as-user"},
         "Could not create directory",
+        ["v2-explain", "v2-infer"],
         id="run-as-user-cannot-write",
     ),
+    # v1 here: the early probe's pod still answers, on the v1 routes.
     pytest.param(
         "kserve",
         _early,
+        {"protocol": "v1"},
         {"ready-before-model"},
         "the probe passes before the model can answer",
-        id="readiness-before-model",
+        ["v1-explain", "v1-predict"],
+        id="readiness-before-model-v1",
     ),
 ]
 
 
-@pytest.mark.parametrize(("profile", "edit", "expected", "pinned"), BROKEN)
+@pytest.mark.parametrize(("profile", "edit", "options", "expected", "pinned", "answered"), BROKEN)
 @pytest.mark.server
 @pytest.mark.slow
 @needs_pod
@@ -218,15 +233,18 @@ def test_rehearsal_catches(
     tmp_path: Path,
     profile: str,
     edit: Edit | None,
+    options: dict[str, Any],
     expected: set[str],
     pinned: str,
+    answered: list[str],
 ) -> None:
-    manifest = write_manifest(tmp_path, stores["kserve"], edit)
+    manifest = write_manifest(tmp_path, stores["kserve"], edit, **options)
     report = rehearse(RehearsalSettings(manifest=manifest, store=stores[profile], timeout_s=120))
     assert not report.ok
-    assert expected <= {f.code for f in report.problems} | codes(report), report.findings
+    assert expected <= codes(report), report.findings
     text = "\n".join(str(f) for f in report.findings) + "\n" + report.log_tail
     assert pinned in text
+    assert [a.route for a in report.answers if a.ok] == answered
     assert pod_processes() == []
 
 
@@ -302,6 +320,20 @@ def test_ctrl_c_stops_the_pod_and_cleans_up(stores: dict[str, Path], tmp_path: P
 )
 def test_dockerfile_pins(text: str, pins: dict[str, str]) -> None:
     assert dockerfile_pins(text) == pins
+
+
+def test_version_differences_name_each_pin(stores: dict[str, Path]) -> None:
+    pins = {"python": "3.11", "transformers": "4.46.3", "captum": "0.8.0"}
+    have = {"python": "3.11", "transformers": "5.24.0"}
+    assert version_differences(pins, have) == [
+        "transformers 4.46.3 (environment: 5.24.0)",
+        "captum 0.8.0 (environment: not installed)",
+    ]
+    # The Dockerfile `manifest` writes for a store built here pins this environment.
+    options = ManifestOptions(name="tiny", storage_uri="s3://m/t/")
+    written = build_manifest(options, read_store(stores["kserve"])).dockerfile
+    assert written is not None
+    assert version_differences(dockerfile_pins(written), environment_versions()) == []
 
 
 def test_pod_plan_applies_kubernetes_defaults_and_kserve_merge(
