@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,9 +24,10 @@ from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from scibert_pack.config import properties
-from scibert_pack.errors import InputError, StoreError
+from scibert_pack.errors import InputError, PortInUseError, StoreError
 from scibert_pack.kserve.dockerfile import TORCHSERVE_IMAGE_PYTHON, dockerfile
 from scibert_pack.kserve.options import ManifestOptions
 from scibert_pack.kserve.pod_calls import Answer, ProbeResult, ingress_requests, run_probe, send
@@ -402,6 +404,7 @@ class _Rehearsal:
                 value = value.replace("0.0.0.0", "127.0.0.1")
             lines.append(f"{key}={value}")
         copy.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        _check_ports_free(values)
         out = []
         for word in argv:
             if word.startswith("--ts-config="):
@@ -812,6 +815,23 @@ def version_differences(pins: dict[str, str], have: dict[str, str]) -> list[str]
         for dist, want in pins.items()
         if have.get(dist) != want
     ]
+
+
+def _check_ports_free(config: dict[str, str]) -> None:
+    """A partial rehearsal shares the host's loopback: its ports must be free there."""
+    ports = [urlsplit(v).port for k, v in config.items() if k.endswith("_address") and "://" in v]
+    ports += [int(v) for k, v in config.items() if k.endswith("_port") and v.isdigit()]
+    for port in sorted({p for p in ports if p}):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as err:
+                raise PortInUseError(
+                    f"port {port} on 127.0.0.1 is in use ({err.strerror}): a partial rehearsal "
+                    "runs the server on this machine's loopback with config.properties' ports",
+                    fix="stop what listens there (see `ss -ltnp`), or rehearse as root for a "
+                    "full rehearsal in the pod's own network namespace",
+                ) from err
 
 
 def _stand_in_paths(environment_bin: Path) -> tuple[Path, ...]:

@@ -8,6 +8,7 @@ zip-store, 2 workers), the manifest's own probes. Median of 3 rehearsals; writes
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def rehearse_once(manifest: Path, store: Path) -> tuple[float, float, int]:
 
 def main() -> None:
     model = scibert_sized_model(CACHE / "scibert-sized")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as name:
         work = Path(name)
         store, manifest = work / "store", work / "manifest.yaml"
@@ -56,6 +58,7 @@ def main() -> None:
         subprocess.run([str(BIN / "scibert-pack"), *written, "-q"], check=True)
         runs = [rehearse_once(manifest, store) for _ in range(RUNS)]
         print(runs, file=sys.stderr)
+    load_after = os.getloadavg()[0]
     ready = median([r[0] for r in runs])
     answer = median([r[1] for r in runs])
     body = (
@@ -71,6 +74,9 @@ def main() -> None:
         f"Readiness probes that failed before Ready: {', '.join(str(r[2]) for r in runs)} "
         "(per run). Up to one probe period (5 s) of the Ready time is the probe's "
         "granularity, not the model's load.\n\n"
+        f"Load average (1 min) before/after: {load_before:.1f}/{load_after:.1f} (the machine "
+        "was shared with other jobs; `scibert-pack serve`'s cold start above is from a quiet "
+        "run).\n\n"
         f"Machine: {machine()}."
     )
     write_section("bench_rehearse", body)

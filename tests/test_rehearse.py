@@ -26,6 +26,7 @@ from s3_helpers import S3Server
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
+from scibert_pack.errors import PortInUseError
 from scibert_pack.kserve.manifest import build_manifest
 from scibert_pack.kserve.options import ManifestOptions
 from scibert_pack.kserve.pod_sandbox import POD_IP, can_isolate, stand_in_masks
@@ -290,6 +291,25 @@ def test_ctrl_c_stops_the_pod_and_cleans_up(stores: dict[str, Path], tmp_path: P
     assert pod_processes() == []
     assert scratch_folders() == before
     assert host_mounts() == mounts
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_partial_rehearsal_is_marked_and_still_serves(
+    stores: dict[str, Path], tmp_path: Path
+) -> None:
+    """Without namespaces (no root): /mnt/models substituted, loopback, no uid change."""
+    manifest = write_manifest(tmp_path, stores["kserve"])
+    settings = RehearsalSettings(
+        manifest=manifest, store=stores["kserve"], isolation="none", timeout_s=180
+    )
+    try:
+        report = rehearse(settings)
+    except PortInUseError as err:
+        pytest.skip(f"config.properties' ports are taken on this machine: {err}")
+    assert report.mode == "partial" and report.ok, report.findings
+    assert report.not_rehearsed[0].startswith("PARTIAL REHEARSAL (--isolation none)")
+    assert [a.route for a in report.answers] == ["v2-explain", "v2-infer"]
 
 
 # --- the parts, without a server ------------------------------------------------------------
