@@ -29,17 +29,16 @@ from scibert_pack.cli import cli
 from scibert_pack.errors import PortInUseError
 from scibert_pack.kserve.manifest import build_manifest
 from scibert_pack.kserve.options import ManifestOptions
-from scibert_pack.kserve.pod_sandbox import POD_IP, can_isolate, stand_in_masks
-from scibert_pack.kserve.pod_spec import plan_from_documents
-from scibert_pack.kserve.rehearsal import (
+from scibert_pack.kserve.pod_checks import (
     DOCKERFILE_NAME,
-    RehearsalReport,
-    RehearsalSettings,
+    check_before_start,
     dockerfile_pins,
     environment_versions,
-    rehearse,
     version_differences,
 )
+from scibert_pack.kserve.pod_sandbox import POD_IP, can_isolate, stand_in_masks
+from scibert_pack.kserve.pod_spec import plan_from_documents, read_plan
+from scibert_pack.kserve.rehearsal import RehearsalReport, RehearsalSettings, rehearse
 from scibert_pack.kserve.store_info import read_store
 from scibert_pack.kserve.yaml_text import dump_documents
 
@@ -340,6 +339,65 @@ def test_partial_rehearsal_is_marked_and_still_serves(
 )
 def test_dockerfile_pins(text: str, pins: dict[str, str]) -> None:
     assert dockerfile_pins(text) == pins
+
+
+def _root(container: dict[str, Any]) -> None:
+    container["securityContext"]["runAsUser"] = 0
+
+
+def _no_readiness(container: dict[str, Any]) -> None:
+    del container["readinessProbe"]
+
+
+def _ts_config(container: dict[str, Any]) -> None:
+    container["args"] = [
+        "--ts-config=/mnt/models/conf/config.properties" if a.startswith("--ts-config") else a
+        for a in container["args"]
+    ]
+
+
+# Seen before the start, without a server: (store profile, edit, Dockerfile text, codes).
+BEFORE_START: list[Any] = [
+    pytest.param("kserve", None, None, set(), id="as-written"),
+    pytest.param("local", None, None, {"loopback-bind", "model-store-path"}, id="local-store"),
+    pytest.param("kserve", _args, None, {"path-outside-mount"}, id="model-store-arg"),
+    pytest.param("kserve", _ts_config, None, {"path-not-in-store"}, id="ts-config-missing"),
+    pytest.param("kserve", _ports, None, {"container-port", "probe-port"}, id="ports"),
+    pytest.param("kserve", _root, None, {"run-as-root", "run-as-user"}, id="root-non-root"),
+    pytest.param("kserve", _no_readiness, None, {"no-readiness-probe"}, id="no-readiness"),
+    pytest.param(
+        "kserve",
+        None,
+        "FROM python:3.11-slim-bookworm\nRUN pip install transformers==4.0.0\n",
+        {"stand-in-versions"},
+        id="dockerfile-pins-other-versions",
+    ),
+]
+
+
+@pytest.mark.parametrize(("profile", "edit", "docker", "expected"), BEFORE_START)
+def test_checks_before_start(
+    stores: dict[str, Path],
+    tmp_path: Path,
+    profile: str,
+    edit: Edit | None,
+    docker: str | None,
+    expected: set[str],
+) -> None:
+    manifest = write_manifest(tmp_path, stores["kserve"], edit)
+    if docker is not None:
+        (tmp_path / DOCKERFILE_NAME).write_text(docker, encoding="utf-8")
+    found = check_before_start(
+        read_plan(manifest),
+        stores[profile],
+        read_store(stores[profile]),
+        isolated=True,
+        dockerfile=tmp_path / DOCKERFILE_NAME,
+    )
+    assert {f.code for f in found} == expected, found
+    if docker is not None:
+        (finding,) = found
+        assert "transformers 4.0.0 (environment: " in finding.message
 
 
 def test_version_differences_name_each_pin(stores: dict[str, Path]) -> None:
