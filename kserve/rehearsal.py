@@ -290,6 +290,10 @@ class _Rehearsal:
             "resource requests and limits (CPU, memory, GPU), image pulls, the storage "
             "initializer's container itself, Knative's queue-proxy and activator",
         ]
+        if self.container.startup is not None:
+            self.not_rehearsed.append(
+                "the startupProbe (readiness and liveness are probed from the start instead)"
+            )
         if self.container.env_from_cluster:
             self.not_rehearsed.append(
                 "env from Secrets/ConfigMaps (unset here): "
