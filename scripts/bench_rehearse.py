@@ -85,8 +85,8 @@ def main() -> None:
         "(per run). Up to one probe period (5 s) of the Ready time is the probe's "
         "granularity, not the model's load.\n\n"
         f"Load average (1 min) before/after: {load_before:.1f}/{load_after:.1f} (the machine "
-        "was shared with other jobs; `scibert-pack serve`'s cold start above is from a quiet "
-        "run).\n\n"
+        "was shared with other jobs: absolute times are well above the quiet cold start of "
+        "the serving section; the ratio compares runs made side by side).\n\n"
         f"Machine: {machine()}."
     )
     write_section("bench_rehearse", body)
