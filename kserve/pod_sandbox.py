@@ -6,7 +6,8 @@ the image's user, the loopback interface up with the pod's address on it (the ke
 no dummy module; the address exists only in this namespace, which has no route out), and the
 container's command exec'd with only its env, as its user. Every mount lives in the private
 mount namespace, so nothing appears on the host and nothing needs unmounting: the mounts go
-when the namespace's last process does.
+when the namespace's last process does. Every mount inherited from the host turns read-only in
+there, so even a container running as root cannot change the host's files.
 
 `PodNetwork` runs HTTP calls from a thread that entered the pod's network namespace (setns), so
 probes and requests reach the pod address as the kubelet and the ingress do.
@@ -93,6 +94,11 @@ def pod_script(spec: PodProcessSpec, stage: Path) -> str:
         "set -eu",
         f"{ip} link set lo up",
         f"{ip} addr add {q(spec.pod_ip)}/32 dev lo",
+        # The host's files are not the pod's to change: every mount it inherited turns
+        # read-only (in this namespace only); the pod writes only where a container could.
+        "awk '{print $5}' /proc/self/mountinfo | sort -u | while read -r point; do "
+        f'{mount} -o remount,bind,ro "$point" 2>/dev/null || true; done',
+        f"{mount} -t tmpfs -o mode=1777,nosuid,nodev pod-shm /dev/shm",
         # The store first goes to a staging point: it may live under /mnt, hidden next.
         f"{mount} --bind {q(str(spec.store))} {q(str(stage))}",
         f"{mount} -t tmpfs -o mode=0755,size=1m pod-mnt /mnt",
@@ -107,8 +113,8 @@ def pod_script(spec: PodProcessSpec, stage: Path) -> str:
             # folder such as /root (0700): show the user only the stand-in's own folders.
             stages = [stage.parent / f"stage-stand-in-{i}-{j}" for j in range(len(inside))]
             for path, point in zip(inside, stages, strict=True):
+                point.mkdir()  # before the start: the host's filesystem is read-only inside
                 lines += [
-                    f"mkdir {q(str(point))}",
                     f"{mount} --rbind {q(str(path))} {q(str(point))}",
                 ]
             lines.append(f"{mount} -t tmpfs -o mode=0755 pod-stand-in {q(str(blocked))}")
@@ -117,11 +123,16 @@ def pod_script(spec: PodProcessSpec, stage: Path) -> str:
                     f"mkdir -p {q(str(path))}",
                     f"{mount} --rbind {q(str(point))} {q(str(path))}",
                 ]
+    # A mount of its own: writable although the host's filesystem is read-only here.
+    lines += [
+        f"{mount} --bind {q(str(spec.workdir))} {q(str(spec.workdir))}",
+        # A bind copies the read-only flag of the mount it comes from.
+        f"{mount} -o remount,bind,rw {q(str(spec.workdir))}",
+    ]
     if spec.read_only_root:
         # The working folder and /tmp are part of the image's root filesystem.
         lines += [
             f"{mount} -o remount,ro /tmp",
-            f"{mount} --bind {q(str(spec.workdir))} {q(str(spec.workdir))}",
             f"{mount} -o remount,bind,ro {q(str(spec.workdir))}",
         ]
     lines.append(f"cd {q(str(spec.workdir))}")

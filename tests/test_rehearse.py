@@ -292,6 +292,23 @@ def test_ctrl_c_stops_the_pod_and_cleans_up(stores: dict[str, Path], tmp_path: P
     assert host_mounts() == mounts
 
 
+@needs_pod
+def test_the_pod_cannot_change_the_hosts_files(stores: dict[str, Path], tmp_path: Path) -> None:
+    """Even a container that runs as root sees the host's files read-only."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as name:
+        target = Path(name) / "written-by-the-pod"
+
+        def hostile(container: dict[str, Any]) -> None:
+            container["securityContext"].update(runAsUser=0, runAsNonRoot=False)
+            container["command"], container["args"] = ["sh", "-c", f"touch {target}"], []
+
+        manifest = write_manifest(tmp_path, stores["kserve"], hostile)
+        report = rehearse(RehearsalSettings(manifest=manifest, store=stores["kserve"]))
+        assert "container-exited" in codes(report)
+        assert "Read-only file system" in report.log_tail
+        assert not target.exists()
+
+
 @pytest.mark.server
 @pytest.mark.slow
 def test_partial_rehearsal_is_marked_and_still_serves(
