@@ -53,6 +53,8 @@ class PodProcessSpec:
     read_only_root: bool
     no_new_privileges: bool
     isolated: bool
+    # What a root container keeps (setpriv names); a non-root one keeps none.
+    capabilities: tuple[str, ...] = ()
     # Folders of the stand-in environment the container's user must reach (the venv, its
     # base Python, java); an ancestor the user cannot enter gets masked inside the pod.
     stand_in: tuple[Path, ...] = ()
@@ -183,9 +185,10 @@ def setpriv_words(spec: PodProcessSpec) -> list[str]:
         f"--regid={spec.gid if spec.gid is not None else 0}",
         f"--groups={groups}" if groups else "--clear-groups",
     ]
-    if spec.uid != 0:
-        # The container runtime gives a non-root process no capabilities.
-        words += ["--inh-caps=-all", "--bounding-set=-all"]
+    # The container runtime gives a non-root process no capabilities and root its default set:
+    # none of them lets the pod remount the host's read-only files.
+    kept = "".join(f",+{c}" for c in spec.capabilities) if spec.uid == 0 else ""
+    words += [f"--inh-caps=-all{kept}", f"--bounding-set=-all{kept}"]
     if spec.no_new_privileges:
         words.append("--no-new-privs")
     return [*words, "--"]

@@ -59,6 +59,8 @@ class Security:
     run_as_non_root: bool
     read_only_root: bool
     no_new_privileges: bool
+    # Capabilities a root container keeps: the runtime's default set minus `drop`, plus `add`.
+    capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,7 @@ def _container(
             run_as_non_root=bool(security.get("runAsNonRoot", False)),
             read_only_root=bool(security.get("readOnlyRootFilesystem", False)),
             no_new_privileges=security.get("allowPrivilegeEscalation") is False,
+            capabilities=_capabilities(security.get("capabilities") or {}),
         ),
     )
 
@@ -283,6 +286,22 @@ def _probe(raw: Any, ports: dict[str, int], source: str) -> Probe | None:
         success_threshold=int(raw.get("successThreshold", 1)),
         command=tuple(str(w) for w in action.get("command") or []) if kind == "exec" else (),
     )
+
+
+# What containerd and Docker give a container's root by default (no CAP_SYS_ADMIN: no mounts).
+DEFAULT_CAPABILITIES = (
+    "audit_write", "chown", "dac_override", "fowner", "fsetid", "kill", "mknod",
+    "net_bind_service", "net_raw", "setfcap", "setgid", "setpcap", "setuid", "sys_chroot",
+)  # fmt: skip
+
+
+def _capabilities(raw: dict[str, Any]) -> tuple[str, ...]:
+    def names(key: str) -> set[str]:
+        return {str(c).lower().removeprefix("cap_") for c in raw.get(key) or []}
+
+    dropped, added = names("drop"), names("add")
+    kept = set() if "all" in dropped else set(DEFAULT_CAPABILITIES) - dropped
+    return tuple(sorted(kept | (added - {"all"})))
 
 
 def _template(word: str, isvc_name: str) -> str:

@@ -393,6 +393,7 @@ class _Rehearsal:
             groups=groups,
             read_only_root=sec.read_only_root,
             no_new_privileges=sec.no_new_privileges,
+            capabilities=sec.capabilities,
             isolated=True,
             stand_in=_stand_in_paths(self.settings.environment_bin),
         )

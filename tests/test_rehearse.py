@@ -300,12 +300,15 @@ def test_the_pod_cannot_change_the_hosts_files(stores: dict[str, Path], tmp_path
 
         def hostile(container: dict[str, Any]) -> None:
             container["securityContext"].update(runAsUser=0, runAsNonRoot=False)
-            container["command"], container["args"] = ["sh", "-c", f"touch {target}"], []
+            container["securityContext"]["capabilities"] = {"drop": ["NET_RAW"]}
+            script = f"mount -o remount,rw / || true; touch {target}"
+            container["command"], container["args"] = ["sh", "-c", script], []
 
         manifest = write_manifest(tmp_path, stores["kserve"], hostile)
         report = rehearse(RehearsalSettings(manifest=manifest, store=stores["kserve"]))
         assert "container-exited" in codes(report)
         assert "Read-only file system" in report.log_tail
+        assert "permission denied" in report.log_tail  # no CAP_SYS_ADMIN to remount
         assert not target.exists()
 
 
@@ -466,6 +469,7 @@ def test_pod_plan_applies_kubernetes_defaults_and_kserve_merge(
     assert plan.container.argv[-2:] == ("--log-config=/srv/log.xml", "--foo")
     assert plan.container.security.run_as_user == 1000
     assert plan.container.security.no_new_privileges
+    assert plan.container.security.capabilities == ()  # drop: [ALL]
 
 
 def test_stand_in_masks_hide_only_what_the_user_cannot_enter() -> None:
