@@ -277,20 +277,23 @@ class PodProcess:
             command = [*enter, "--root", "--", "/bin/sh", "-c", script]
         else:
             command = [*words, *argv]
+        process = subprocess.Popen(
+            command,
+            cwd=spec.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            done = subprocess.run(
-                command,
-                cwd=spec.workdir,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout_s,
-                check=False,
-                start_new_session=True,
-            )
+            out, _ = process.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            # The kubelet gives up on the probe; its whole process group goes.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
             return None, ""
-        output = (done.stdout + done.stderr).decode("utf-8", "replace")
-        return done.returncode, output
+        return process.returncode, out.decode("utf-8", "replace")
 
     def _namespace_init(self) -> int | None:
         """The host pid of the pod's first process (unshare's child, pid 1 inside)."""

@@ -46,7 +46,6 @@ pytest_plugins = ["s3_fixtures"]
 
 ISOLATES, WHY_NOT = can_isolate()
 needs_pod = pytest.mark.skipif(not ISOLATES, reason=f"a full rehearsal needs {WHY_NOT}")
-served = [pytest.mark.server, pytest.mark.slow, needs_pod]
 Edit = Callable[[dict[str, Any]], None]
 
 
@@ -108,17 +107,17 @@ def codes(report: RehearsalReport) -> set[str]:
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("protocol", ["v2"])
+@pytest.mark.server
+@pytest.mark.slow
+@needs_pod
 def test_kserve_store_rehearses_to_ready_and_answers(
-    stores: dict[str, Path], s3_env: S3Server, bucket: str, tmp_path: Path, protocol: str
+    stores: dict[str, Path], s3_env: S3Server, bucket: str, tmp_path: Path
 ) -> None:
     for path in sorted(stores["kserve"].rglob("*")):
         if path.is_file():
             key = f"tiny/{path.relative_to(stores['kserve']).as_posix()}"
             s3_env.client().upload_file(str(path), bucket, key)
-    manifest = write_manifest(
-        tmp_path, stores["kserve"], storage_uri=f"s3://{bucket}/tiny/", protocol=protocol
-    )
+    manifest = write_manifest(tmp_path, stores["kserve"], storage_uri=f"s3://{bucket}/tiny/")
     before, mounts = scratch_folders(), host_mounts()
     result = CliRunner().invoke(
         cli,
