@@ -498,7 +498,7 @@ class _Rehearsal:
         self._problem(
             "not-ready",
             f"the pod was not Ready {s.timeout_s:.0f} s after start (last readiness probe: "
-            f"{self.probes[-1] if self.probes else 'none ran'})",
+            f"{self.probes[-1].strip() if self.probes else 'none ran'})",
             "read the container log below; raise --timeout for a slow model",
         )
         return None
