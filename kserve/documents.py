@@ -7,6 +7,7 @@ from typing import Any
 from scibert_pack.errors import ManifestError
 from scibert_pack.kserve.options import STOCK_RUNTIME
 from scibert_pack.kserve.resolved import Resolved
+from scibert_pack.kserve.store_info import DEFAULT_PORTS
 from scibert_pack.storage.kubectl_steps import copy_pod_manifest
 
 Document = dict[str, Any]
@@ -17,8 +18,16 @@ STOCK_MODEL_FORMAT = "pytorch"
 MODEL_ROOT = "/mnt/models"
 CONTAINER_NAME = "kserve-container"
 METRICS_PATH = "/metrics"
-# TorchServe's health check: 200 once every model has its minimum workers.
+# TorchServe's health check: 200 while the front end runs. It says Healthy before the model's
+# workers have loaded, and while they fail to (seen on 0.12 with `scibert-pack rehearse`), so
+# it serves liveness only; readiness asks the management API for a READY worker.
 HEALTH_PATH = "/ping"
+_READY_CHECK = (
+    "import json, sys, urllib.request\n"
+    "url = 'http://127.0.0.1:{port}/models/{model}'\n"
+    "workers = json.load(urllib.request.urlopen(url, timeout=4))[0]['workers']\n"
+    "sys.exit(0 if any(w['status'] == 'READY' for w in workers) else 1)\n"
+)
 _MANAGED_BY = {"app.kubernetes.io/managed-by": "scibert-pack"}
 
 
@@ -123,6 +132,8 @@ def serving_runtime(r: Resolved) -> Document:
     o = r.options
     port = r.inference_port
     probe = {"httpGet": {"path": HEALTH_PATH, "port": port}, "periodSeconds": 10}
+    management = r.store.management_port if r.store else DEFAULT_PORTS["management"]
+    ready_check = _READY_CHECK.format(port=management, model=r.model_name)
     container = {
         "name": CONTAINER_NAME,
         "image": r.image,
@@ -142,7 +153,14 @@ def serving_runtime(r: Resolved) -> Document:
         # TS_SERVICE_ENVELOPE: the handler speaks v1 and v2 itself.
         "env": [{"name": "TS_OPEN_INFERENCE_PROTOCOL", "value": "oip"}],
         "ports": [{"name": "http1", "containerPort": port, "protocol": "TCP"}],
-        "readinessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 3},
+        "readinessProbe": {
+            # The image's python (no curl in it); a start of python can take a while on a busy node.
+            "exec": {"command": ["python", "-c", ready_check]},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
         # Model loading can take minutes on a cold node: liveness waits longer.
         "livenessProbe": {**probe, "initialDelaySeconds": 120, "failureThreshold": 6},
         "securityContext": {

@@ -104,7 +104,7 @@ def _check_runtime(doc: Mapping[str, Any]) -> None:
     # Knative serves one port and probes only that one.
     port = container["ports"][0]["containerPort"]
     for probe in ("readinessProbe", "livenessProbe"):
-        if container[probe]["httpGet"]["port"] != port:
+        if "httpGet" in container[probe] and container[probe]["httpGet"]["port"] != port:
             _fail(f"{probe} port differs from the container port {port}")
     if any(env["name"] == "TS_SERVICE_ENVELOPE" for env in container.get("env", [])):
         _fail("our runtime must not set TS_SERVICE_ENVELOPE: the handler speaks v1/v2 itself")

@@ -31,6 +31,7 @@ class StoreInfo:
     metrics_mode: str
     versions: dict[str, str]
     path: Path | None = None
+    management_port: int = DEFAULT_PORTS["management"]
 
 
 def read_store(out: Path) -> StoreInfo:
@@ -41,6 +42,7 @@ def read_store(out: Path) -> StoreInfo:
     ports = report.get("ports") or {}
     inference_port, inference_host = _address(props, "inference_address", ports, "inference")
     metrics_port, metrics_host = _address(props, "metrics_address", ports, "metrics")
+    management_port, _ = _address(props, "management_address", ports, "management")
     if "disable_token_authorization" in props:
         token_auth = props["disable_token_authorization"].lower() != "true"
     else:
@@ -64,6 +66,7 @@ def read_store(out: Path) -> StoreInfo:
         metrics_mode=props.get("metrics_mode", "log"),
         versions=versions,
         path=out,
+        management_port=management_port,
     )
 
 

@@ -216,7 +216,10 @@ def test_our_runtime_runs_torchserve_directly() -> None:
     ]
     assert container["env"] == [{"name": "TS_OPEN_INFERENCE_PROTOCOL", "value": "oip"}]
     assert container["ports"] == [{"name": "http1", "containerPort": 8085, "protocol": "TCP"}]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/ping", "port": 8085}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/ping", "port": 8085}
+    # /ping is Healthy before the workers load: readiness asks for a READY worker.
+    ready = container["readinessProbe"]["exec"]["command"]
+    assert ready[:2] == ["python", "-c"] and "127.0.0.1:8081/models/" in ready[2]
     model = _by_kind(result.documents, "InferenceService")["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "scibert-pack"}
     assert model["runtime"] == "scibert-pack-torchserve"

@@ -25,6 +25,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("scibert_pack.cli.manifest", "Write KServe InferenceService YAML."),
     "demo": ("scibert_pack.cli.demo", "Run the whole path end to end on a demo model."),
     "bench": ("scibert_pack.cli.bench", "Load-test a served model (throughput, latency)."),
+    "rehearse": ("scibert_pack.cli.rehearse", "Run a manifest's runtime as a pod would, locally."),
 }
 
 
