@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from scibert_pack.files import load_json
 from scibert_pack.kserve.pod_spec import Probe
 
 BLOG_TEXT = "Risk assessment implications of site-specific oral relative bioavailability."
@@ -118,7 +119,7 @@ def send(route: Route, host: str, port: int, path: str, payload: Any, timeout_s:
         return Answer(route, path, None, seconds, None, _describe(err, timeout_s))
     seconds = time.monotonic() - started
     try:
-        body: Any = json.loads(raw)
+        body: Any = load_json(raw)
     except ValueError:
         body = raw[:2000].decode("utf-8", "replace")
     problem = None if status == 200 else f"HTTP {status}"

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import requests
 
 from scibert_pack.errors import ClientError
+from scibert_pack.files import load_json
 from scibert_pack.serving.run_dir import default_run_dir
 from scibert_pack.serving.server import KEY_FILE, is_loopback, read_serving_record, read_token
 
@@ -202,7 +203,7 @@ class InferenceClient:
             message, fix = _http_failure(url, response, self.model)
             raise RequestFailed(message, fix=fix, status=response.status_code)
         try:
-            body = response.json()
+            body = load_json(response.content)
         except ValueError as err:
             raise ClientError(
                 f"{url} answered 200 with a body that is not JSON: {response.text[:200]!r}",
@@ -221,9 +222,12 @@ class InferenceClient:
 
 def _http_failure(url: str, response: requests.Response, model: str) -> tuple[str, str]:
     try:
-        detail = response.json()
-        message = detail.get("error") or detail.get("message") or str(detail)
+        detail = load_json(response.content)
     except ValueError:
+        detail = None
+    if isinstance(detail, dict):
+        message = detail.get("error") or detail.get("message") or str(detail)
+    else:
         message = response.text.strip()[:300] or response.reason
     code = response.status_code
     text = f"{url} answered {code}: {message}"

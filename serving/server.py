@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from scibert_pack.errors import InputError, PortInUseError, ServeError
+from scibert_pack.files import load_json
 from scibert_pack.serving.run_dir import (
     default_run_dir,
     open_private,
@@ -469,7 +470,7 @@ def read_serving_record(run_dir: Path) -> ServingRecord | None:
         with os.fdopen(fd, "rb") as fh:
             if os.fstat(fh.fileno()).st_uid != os.getuid():
                 return None
-            raw = json.loads(fh.read(65_536))
+            raw = load_json(fh.read(65_536))
         return ServingRecord(str(raw["host"]), int(raw["port"]), int(raw["pid"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -486,7 +487,7 @@ def _normal_host(host: str) -> str:
 def read_token(key_file: Path, api: str = "inference") -> str | None:
     """The key TorchServe wrote for `api` (inference, management), or None if absent."""
     try:
-        keys = json.loads(key_file.read_text(encoding="utf-8"))
+        keys = load_json(key_file.read_text(encoding="utf-8"))
         return str(keys[api]["key"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

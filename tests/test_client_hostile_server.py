@@ -1,0 +1,77 @@
+"""A hostile or broken server's answer is a ClientError naming it, never a Python exception.
+
+The client reads answers from whatever --url points at: deeply nested JSON (RecursionError in
+json), integers past Python's digit limit (ValueError) and JSON that is not an object must all
+end as one clear error.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from scibert_pack.errors import ClientError
+from scibert_pack.serving.client import InferenceClient, RequestFailed
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+HUGE_INT = b'{"outputs": ' + b"9" * 5_000 + b"}"
+
+
+class _Canned(ThreadingHTTPServer):
+    def __init__(self) -> None:
+        self.answer: tuple[int, bytes] = (200, b"{}")
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Canned
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status, body = self.server.answer
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[_Canned]:
+    canned = _Canned()
+    thread = threading.Thread(target=canned.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield canned
+    finally:
+        canned.shutdown()
+        canned.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "needle"),
+    [
+        (200, DEEP, ClientError, "answered 200 with a body that is not JSON"),
+        (200, HUGE_INT, ClientError, "answered 200 with a body that is not JSON"),
+        (200, b"[1, 2]", ClientError, "is not a scibert-pack v2 response"),
+        (500, DEEP, RequestFailed, "answered 500: [[[["),
+        (500, b"[1, 2]", RequestFailed, "answered 500: [1, 2]"),
+        (500, b'{"error": "boom"}', RequestFailed, "answered 500: boom"),
+    ],
+    ids=["deep-200", "huge-int-200", "list-200", "deep-500", "list-500", "error-500"],
+)
+def test_a_hostile_answer_is_one_client_error(
+    server: _Canned, status: int, body: bytes, error: type[Exception], needle: str
+) -> None:
+    server.answer = (status, body)
+    client = InferenceClient(f"http://127.0.0.1:{server.server_address[1]}", "m", timeout_s=30)
+    with pytest.raises(error) as raised:
+        client.infer(["cells divide"])
+    assert needle in str(raised.value)
