@@ -128,7 +128,9 @@ def test_kserve_store_rehearses_to_ready_and_answers(
     explain = answers["v2-explain"]["body"]
     assert explain["id"] == "d3b15cad-50a2-4eaf-80ce-8b0a428bd298"
     (item,) = explain["outputs"][0]["data"]
-    assert item["words"][0] == "[CLS]" and len(item["words"]) == len(item["importances"])
+    # The blog's sentence, explained in its own words (the default granularity).
+    assert item["words"][:2] == ["Risk", "assessment"] and item["granularity"] == "words"
+    assert len(item["words"]) == len(item["importances"])
     infer = answers["v2-infer"]["body"]
     assert {o["name"] for o in infer["outputs"]} >= {"label", "probabilities"}
     assert answers["v2-infer"]["path"] == "/v2/models/tiny/infer"
