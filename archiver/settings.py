@@ -40,8 +40,8 @@ class BuildSettings:
     batch_size: int = 8
     max_batch_delay_ms: int = 10
     # Two workers, each with its share of the CPUs (handler torch_threads 0): on CPU they keep
-    # the cores busier than one worker with all threads (BENCHMARKS.md: +25-40% throughput on 2
-    # cores, lower p99), and one keeps answering while the other restarts.
+    # the cores busier than one worker with all threads (BENCHMARKS.md, "Figures behind default
+    # settings"), and one keeps answering while the other restarts.
     min_workers: int = 2
     max_workers: int = 2
     response_timeout_s: int = 120

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from scibert_pack.config.properties import Ports
 from scibert_pack.errors import StoreError
 from scibert_pack.layout import CONFIG_FILE, REPORT_FILE, read_config, read_report, snapshot_models
 
 _FROM_STORE_FIX = "point --from-store at the OUT folder of `scibert-pack build`, or rebuild it"
-DEFAULT_PORTS = {"inference": 8085, "management": 8081, "metrics": 8082}
+DEFAULT_PORTS = Ports().as_dict()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from scibert_pack.cli._console import Console
+from scibert_pack.config.properties import Ports
 from scibert_pack.files import atomic_write_text
 from scibert_pack.kserve.manifest import build_manifest
 from scibert_pack.kserve.names import isvc_name_for
@@ -81,7 +82,9 @@ DOCKERFILE_NAME = "Dockerfile.scibert-pack"
 @click.option("--canary-traffic-percent", type=int)
 @click.option("--service-account", help="Service account with the S3 credentials.")
 @click.option("--prometheus/--no-prometheus", default=True, show_default=True)
-@click.option("--metrics-port", type=int, help="Metrics port (default: the store's, 8082).")
+@click.option(
+    "--metrics-port", type=int, help=f"Metrics port (default: the store's, {Ports.metrics})."
+)
 @click.option("--grafana", is_flag=True, help="Also write a Grafana dashboard ConfigMap.")
 @click.option(
     "--only",
