@@ -61,7 +61,7 @@ def build(
 ) -> BuildResult:
     started = time.monotonic()
     progress(f"checking model folder {model_dir}")
-    folder = inspect_model_folder(model_dir, allow_pickle=settings.allow_pickle)
+    folder = inspect_model_folder(model_dir, allow_pickle=settings.handler.allow_pickle)
     handler = _handler_settings(settings, folder)
     if output.exists() and not output.is_dir():
         raise InputError(
@@ -147,8 +147,6 @@ def _handler_settings(
             {
                 **settings.handler.to_mapping(),
                 "max_length": max_length,
-                # The worker loads pickle weights only from archives built with --allow-pickle.
-                "allow_pickle": settings.allow_pickle,
             }
         )
     except handler_settings.SettingsError as err:

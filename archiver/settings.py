@@ -51,10 +51,10 @@ class BuildSettings:
     # TorchServe's max_request_size: the front end refuses bigger bodies with 413.
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     token_auth: bool = False
-    allow_pickle: bool = False
     ports: Ports = field(default_factory=Ports)
     # None: the handler's default capped at the model's own maximum.
     max_length: int | None = None
+    # handler.allow_pickle (`build --allow-pickle`) also lets build read pickle weights.
     handler: HandlerSettings = field(default_factory=HandlerSettings)
 
     def __post_init__(self) -> None:

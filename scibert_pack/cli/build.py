@@ -30,6 +30,7 @@ _HANDLER_OPTIONS = (
     "max_batch_tokens",
     "torch_threads",
     "device",
+    "allow_pickle",
 )
 _DEFAULTS = HandlerSettings()
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
@@ -245,7 +246,6 @@ def _settings(options: dict[str, Any]) -> BuildSettings:
         job_queue_size=options.pop("job_queue_size"),
         max_request_bytes=options.pop("max_request_size"),
         token_auth=options.pop("token_auth"),
-        allow_pickle=options.pop("allow_pickle"),
         max_length=options.pop("max_length"),
         ports=ports,
         handler=handler,
