@@ -57,11 +57,12 @@ class ServerConfig:
     profile: Profile
     model: ModelEntry
     model_store: str
-    ports: Ports = Ports()
-    token_auth: bool = False
-    netty_threads: int = 4
-    job_queue_size: int = 1000
-    max_request_bytes: int = 10 * 1024 * 1024
+    # No defaults: BuildSettings holds them, and build passes every value.
+    ports: Ports
+    token_auth: bool
+    netty_threads: int
+    job_queue_size: int
+    max_request_bytes: int
     max_response_bytes: int = 64 * 1024 * 1024
 
     @property

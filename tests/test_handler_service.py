@@ -482,13 +482,13 @@ BAD = [
 ]
 
 
+# limit_name, limit and value of an error body, for a request over a handler setting.
+Fields = dict[str, object] | None
+
+
 @pytest.mark.parametrize(("request_", "code", "message", "limit"), BAD)
 def test_bad_request_alone(
-    bert: ClassifierService,
-    request_: HttpRequest,
-    code: int,
-    message: str,
-    limit: dict[str, object] | None,
+    bert: ClassifierService, request_: HttpRequest, code: int, message: str, limit: Fields
 ) -> None:
     """The error body: KServe's "error", the code, and the limit a request went over, if any."""
     (response,) = call(bert, [request_])
@@ -498,11 +498,7 @@ def test_bad_request_alone(
 
 @pytest.mark.parametrize(("request_", "code", "message", "limit"), BAD)
 def test_bad_request_in_a_batch_fails_alone(
-    bert: ClassifierService,
-    request_: HttpRequest,
-    code: int,
-    message: str,
-    limit: dict[str, object] | None,
+    bert: ClassifierService, request_: HttpRequest, code: int, message: str, limit: Fields
 ) -> None:
     good = [HttpRequest(BLOG, route="v2"), HttpRequest({"texts": TEXTS[:2]}, explain=True)]
     first, bad, second = call(bert, [good[0], request_, good[1]])
