@@ -35,22 +35,6 @@ from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
 Progress = Callable[[str], None]
 # EFBIG: a file-size limit (ulimit -f, quotas) stops the write the same way a full disk does.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-# Encoders whose position table has two extra rows (the padding offset of RoBERTa-style models).
-_POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer"}
-# The ranges HandlerSettings enforces, so that messages can name the `build` option and a value
-# that works (a test checks they agree with HandlerSettings). --explain-steps runs from 1 to
-# --max-explain-steps, --max-length from 8 to the smaller of 8192 and the model's maximum.
-HANDLER_OPTION_RANGES: dict[str, tuple[int, int]] = {
-    "max_explain_steps": (1, 10_000),
-    "internal_batch_size": (1, 4096),
-    "max_texts_per_request": (1, 100_000),
-    "max_text_chars": (1, 10_000_000),
-    "max_explain_texts": (1, 100_000),
-    "max_explain_work": (1, 10_000_000),
-    "max_batch_tokens": (64, 100_000_000),
-    "torch_threads": (0, 1024),
-}
-MAX_LENGTH_RANGE = (8, 8192)
 # Publishing is a few renames (plus removing a replaced no-archive folder): a build that waits
 # longer than this for another one's lock on the output folder gives up with a clear error.
 PUBLISH_LOCK_TIMEOUT_S = 600.0
@@ -77,7 +61,7 @@ def build(
 ) -> BuildResult:
     started = time.monotonic()
     progress(f"checking model folder {model_dir}")
-    folder = inspect_model_folder(model_dir, allow_pickle=settings.allow_pickle)
+    folder = inspect_model_folder(model_dir, allow_pickle=settings.handler.allow_pickle)
     handler = _handler_settings(settings, folder)
     if output.exists() and not output.is_dir():
         raise InputError(
@@ -134,10 +118,8 @@ def _remove_empty(folders: list[Path]) -> None:
 def _handler_settings(
     settings: BuildSettings, folder: ModelFolder
 ) -> handler_settings.HandlerSettings:
-    low, high = MAX_LENGTH_RANGE
+    low, high = handler_settings.RANGES["max_length"]
     model_max = folder.max_positions
-    if model_max is not None and folder.model_type in _POSITION_OFFSET_TYPES:
-        model_max -= 2
     if model_max is not None and model_max < low:
         raise ModelFolderError(
             f"config.json of {folder.path} says the model reads {model_max} tokens "
@@ -165,8 +147,6 @@ def _handler_settings(
             {
                 **settings.handler.to_mapping(),
                 "max_length": max_length,
-                # The worker loads pickle weights only from archives built with --allow-pickle.
-                "allow_pickle": settings.allow_pickle,
             }
         )
     except handler_settings.SettingsError as err:
@@ -182,7 +162,7 @@ def handler_settings_from_options(
     key) and a value that works. `defaulted` names the options left at their default, so that a
     conflict between two options blames the one the user gave.
     """
-    for key, (low, high) in HANDLER_OPTION_RANGES.items():
+    for key, (low, high) in handler_settings.RANGES.items():
         if key in options:
             _check_option(key, options[key], low, high)
     defaults = handler_settings.HandlerSettings()
@@ -218,7 +198,7 @@ def _check_option(key: str, value: object, low: int, high: int) -> None:
 
 def _steps_over_cap(steps: int, cap: int, defaulted: Collection[str]) -> InputError:
     """--explain-steps above --max-explain-steps: blame the option the user gave."""
-    top = HANDLER_OPTION_RANGES["max_explain_steps"][1]
+    top = handler_settings.RANGES["max_explain_steps"][1]
     raise_cap = f"--max-explain-steps {steps} or more" if steps <= top else ""
     lower_steps = f"--explain-steps between 1 and {cap}"
     if "explain_steps" in defaulted and "max_explain_steps" not in defaulted:

@@ -14,6 +14,7 @@ from typing import Any
 
 from scibert_pack.errors import ModelFolderError
 from scibert_pack.files import load_json
+from scibert_pack.handlers.settings import usable_positions
 from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
 
 # Tokenizer files a BERT-family tokenizer can be loaded from, in the order we look for them.
@@ -60,6 +61,7 @@ class ModelFolder:
     architecture: str
     model_type: str
     labels: tuple[str, ...]
+    # Tokens the model reads (max_position_embeddings less RoBERTa's offset), if config.json says.
     max_positions: int | None
     weight_files: tuple[str, ...]
     tokenizer_files: tuple[str, ...]
@@ -241,8 +243,14 @@ def _labels(config: dict[str, Any], shown: str) -> tuple[str, ...]:
 
 
 def _max_positions(config: dict[str, Any]) -> int | None:
+    """Tokens the model reads, computed as the handler does (RoBERTa offsets subtracted)."""
     value = config.get("max_position_embeddings")
-    return value if isinstance(value, int) and value > 0 else None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    # transformers' RoBERTa default when the key is missing; the handler reads None as 0.
+    pad = config.get("pad_token_id", 1)
+    pad = pad if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 0
+    return usable_positions(str(config.get("model_type", "")), value, pad)
 
 
 def _weight_files(path: Path, shown: str, *, allow_pickle: bool) -> tuple[tuple[str, ...], bool]:

@@ -40,8 +40,8 @@ class BuildSettings:
     batch_size: int = 8
     max_batch_delay_ms: int = 10
     # Two workers, each with its share of the CPUs (handler torch_threads 0): on CPU they keep
-    # the cores busier than one worker with all threads (BENCHMARKS.md: +25-40% throughput on 2
-    # cores, lower p99), and one keeps answering while the other restarts.
+    # the cores busier than one worker with all threads (BENCHMARKS.md, "Figures behind default
+    # settings"), and one keeps answering while the other restarts.
     min_workers: int = 2
     max_workers: int = 2
     response_timeout_s: int = 120
@@ -51,10 +51,10 @@ class BuildSettings:
     # TorchServe's max_request_size: the front end refuses bigger bodies with 413.
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     token_auth: bool = False
-    allow_pickle: bool = False
     ports: Ports = field(default_factory=Ports)
     # None: the handler's default capped at the model's own maximum.
     max_length: int | None = None
+    # handler.allow_pickle (`build --allow-pickle`) also lets build read pickle weights.
     handler: HandlerSettings = field(default_factory=HandlerSettings)
 
     def __post_init__(self) -> None:

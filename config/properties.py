@@ -33,6 +33,10 @@ class Ports:
         }
 
 
+# Where clients look for a server started with `scibert-pack serve` and its default ports.
+LOCAL_INFERENCE_URL = f"http://127.0.0.1:{Ports.inference}"
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One model version in `model_snapshot`; the name is the one request URLs use."""
@@ -53,11 +57,12 @@ class ServerConfig:
     profile: Profile
     model: ModelEntry
     model_store: str
-    ports: Ports = Ports()
-    token_auth: bool = False
-    netty_threads: int = 4
-    job_queue_size: int = 1000
-    max_request_bytes: int = 10 * 1024 * 1024
+    # No defaults: BuildSettings holds them, and build passes every value.
+    ports: Ports
+    token_auth: bool
+    netty_threads: int
+    job_queue_size: int
+    max_request_bytes: int
     max_response_bytes: int = 64 * 1024 * 1024
 
     @property
@@ -80,19 +85,27 @@ class ServerConfig:
         return {"name": "startup.cfg", "modelCount": 1, "models": {m.name: {m.version: version}}}
 
 
+def addresses(host: str, ports: Ports) -> dict[str, str]:
+    """The config.properties keys that say where TorchServe listens, in the order it logs them."""
+    url_host = f"[{host}]" if ":" in host else host
+    return {
+        "inference_address": f"http://{url_host}:{ports.inference}",
+        "management_address": f"http://{url_host}:{ports.management}",
+        "metrics_address": f"http://{url_host}:{ports.metrics}",
+        "grpc_inference_address": host,
+        "grpc_inference_port": str(ports.grpc_inference),
+        "grpc_management_address": host,
+        "grpc_management_port": str(ports.grpc_management),
+    }
+
+
 def render(config: ServerConfig, *, generator: str) -> str:
     """The config.properties text, keys in a fixed order, with comments that say why."""
     host, ports = config.host, config.ports
     allowed = f"file://{config.model_store.rstrip('/')}/.*"
     lines = [
         f"# Written by {generator} (profile: {config.profile}) for TorchServe 0.12.",
-        f"inference_address=http://{host}:{ports.inference}",
-        f"management_address=http://{host}:{ports.management}",
-        f"metrics_address=http://{host}:{ports.metrics}",
-        f"grpc_inference_address={host}",
-        f"grpc_inference_port={ports.grpc_inference}",
-        f"grpc_management_address={host}",
-        f"grpc_management_port={ports.grpc_management}",
+        *(f"{key}={value}" for key, value in addresses(host, ports).items()),
         "enable_metrics_api=true",
         "metrics_mode=prometheus",
         "model_metrics_auto_detect=true",

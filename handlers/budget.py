@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# An integrated-gradients row costs a forward and a backward pass (no weight gradients): 1.8x a
-# forward pass measured on MiniLM-L6. The forward pass it scales was run on the same texts, so
-# their length is already in it.
+# An integrated-gradients row costs a forward and a backward pass (no weight gradients): about
+# twice a forward pass (BENCHMARKS.md, "Figures behind default settings"). The forward pass it
+# scales was run on the same texts, so their length is already in it.
 EXPLAIN_COST_FACTOR = 2.0
 # Of the response timeout, the share explanations may take: the rest covers the forward pass,
 # a rate that was measured on shorter texts, and the front end's own time.

@@ -11,14 +11,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from .settings import HandlerSettings
+from .settings import OFFSET_POSITION_TYPES, HandlerSettings, usable_positions
 
 # Tokenizer outputs that are for the handler, never for model.forward.
 _NOT_MODEL_INPUTS = frozenset({"offset_mapping", "overflowing_tokens", "length"})
 # Past this, tokenizer.model_max_length is transformers' "no limit" sentinel.
 _UNSET_MAX_LENGTH = 1_000_000
-# These families count positions from pad_token_id + 1 (see RobertaEmbeddings).
-_OFFSET_POSITION_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
 # A generous bound on characters per token: BERT-family WordPiece/BPE vocabularies average 3 to 6
 # characters per token on English and scientific text, and about one on CJK. Each text is cut to
 # max_length x this before it is tokenized, so a 100,000-character text costs the tokenizer what
@@ -192,7 +190,7 @@ def position_ids(classifier: Classifier, attention_mask: torch.Tensor) -> torch.
     them the same. Models with plain 0..n positions need nothing (None).
     """
     config = classifier.model.config
-    if getattr(config, "model_type", "") not in _OFFSET_POSITION_TYPES:
+    if getattr(config, "model_type", "") not in OFFSET_POSITION_TYPES:
         return None
     if "position_ids" not in classifier.model_input_names:
         return None
@@ -211,10 +209,11 @@ def model_max_tokens(model: Any, tokenizer: Any) -> int:
     if isinstance(limit, int) and 0 < limit < _UNSET_MAX_LENGTH:
         return limit
     config = model.config
-    positions = int(getattr(config, "max_position_embeddings", 512))
-    if getattr(config, "model_type", "") in _OFFSET_POSITION_TYPES:
-        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
-    return positions
+    return usable_positions(
+        str(getattr(config, "model_type", "")),
+        int(getattr(config, "max_position_embeddings", 512)),
+        int(getattr(config, "pad_token_id", 1) or 0),
+    )
 
 
 def choose_device(settings: HandlerSettings, gpu_id: object) -> torch.device:

@@ -40,17 +40,29 @@ GZIP_MAGIC = b"\x1f\x8b"
 TEXT_FORM_KEYS = frozenset({"text", "target"})
 
 
+@dataclass(frozen=True)
+class Limit:
+    """A handler setting a request went over: its name, its value, and the request's value."""
+
+    name: str
+    limit: int
+    value: int
+
+
 class RequestError(Exception):
     """A request the handler refuses: the client gets `code` and `message` as JSON.
 
     The message goes into the JSON body only, never into the HTTP status line (see
-    render.reason_phrase): it may quote request content, always through `shown`.
+    render.reason_phrase): it may quote request content, always through `shown`. A request over
+    a handler setting's limit also names the setting, its limit and the request's value, so that
+    clients read them from the body instead of parsing the message.
     """
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, *, limit: Limit | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.limit = limit
 
 
 def bad_request(message: str) -> RequestError:
@@ -566,6 +578,7 @@ def _check_texts(
             413,
             f"request holds {len(texts)} texts, more than the limit of {limit} "
             "(max_texts_per_request); split it",
+            limit=Limit("max_texts_per_request", limit, len(texts)),
         )
     if action == "explain" and len(texts) > settings.max_explain_texts:
         raise RequestError(
@@ -573,6 +586,7 @@ def _check_texts(
             f"explain request holds {len(texts)} texts, more than the limit of "
             f"{settings.max_explain_texts} (max_explain_texts); split it, or ask the infer route "
             "for predictions only",
+            limit=Limit("max_explain_texts", settings.max_explain_texts, len(texts)),
         )
     for i, text in enumerate(texts):
         if not isinstance(text, str):  # pragma: no cover - _text_item guarantees str
@@ -584,6 +598,7 @@ def _check_texts(
                 413,
                 f"text {i} has {len(text)} characters, more than the limit of "
                 f"{settings.max_text_chars} (max_text_chars); shorten it",
+                limit=Limit("max_text_chars", settings.max_text_chars, len(text)),
             )
         _check_characters(i, text)
     return tuple(str(t) for t in texts)
@@ -598,6 +613,7 @@ def _check_explain_work(texts: int, n_steps: int, settings: HandlerSettings) -> 
             f"explain request asks for {texts} text(s) x {n_steps} steps = {work} text-steps, "
             f"more than the limit of {limit} (max_explain_work); send fewer texts per request "
             "or fewer steps (parameters.n_steps)",
+            limit=Limit("max_explain_work", limit, work),
         )
 
 

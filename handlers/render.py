@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .explain import Explanation
-from .protocol import Request
+from .protocol import Limit, Request
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,12 @@ def reason_phrase(status: int) -> str:
     return REASON_PHRASES.get(status, "Error" if status >= 400 else "OK")
 
 
-def render_error(code: int, message: str) -> dict[str, Any]:
-    return {"error": message, "code": code}
+def render_error(code: int, message: str, limit: Limit | None = None) -> dict[str, Any]:
+    """KServe's {"error": message} plus the code, and the limit a request went over, if any."""
+    body: dict[str, Any] = {"error": message, "code": code}
+    if limit is not None:
+        body.update(limit_name=limit.name, limit=limit.limit, value=limit.value)
+    return body
 
 
 def render_predictions(

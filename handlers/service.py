@@ -379,7 +379,7 @@ class ClassifierService:
 
 
 def _error_reply(exc: RequestError) -> Reply:
-    return Reply(exc.code, render_error(exc.code, exc.message))
+    return Reply(exc.code, render_error(exc.code, exc.message, exc.limit))
 
 
 def _unreadable(exc: Exception) -> RequestError:

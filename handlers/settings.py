@@ -14,9 +14,25 @@ from typing import Any, Literal
 
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
-# Peak memory per token of a pass with gradients (explanations) over one without: 3.5 to 4 on
-# MiniLM-L6 at 64 and 512 tokens (ru_maxrss of forward + backward vs an inference_mode forward).
+# Peak memory per token of a pass with gradients (explanations) over one without, rounded up
+# (BENCHMARKS.md, "Figures behind default settings").
 EXPLAIN_MEMORY_FACTOR = 4
+# Every integer setting's range, inclusive: the one declaration HandlerSettings checks and
+# `scibert-pack build` quotes in its messages. explain_steps runs from 1 to max_explain_steps;
+# build also caps max_length at the model's own maximum.
+RANGES: dict[str, tuple[int, int]] = {
+    "max_length": (8, 8192),
+    "max_explain_steps": (1, 10_000),
+    "internal_batch_size": (1, 4096),
+    "max_texts_per_request": (1, 100_000),
+    "max_text_chars": (1, 10_000_000),
+    "max_explain_texts": (1, 100_000),
+    "max_explain_work": (1, 10_000_000),
+    "max_batch_tokens": (64, 100_000_000),
+    "torch_threads": (0, 1024),
+}
+# These families count positions from pad_token_id + 1 (see RobertaEmbeddings).
+OFFSET_POSITION_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
 
 
 class SettingsError(ValueError):
@@ -40,21 +56,20 @@ class HandlerSettings:
     max_texts_per_request: int = 256
     max_text_chars: int = 100_000
     # Explaining costs n_steps forward passes per text: a tighter cap keeps one explain request
-    # well inside the response timeout (16 texts x 500 steps on a SciBERT-sized model is minutes).
+    # well inside the response timeout (BENCHMARKS.md, "Figures behind default settings").
     max_explain_texts: int = 16
     # Work of one explain request: texts x n_steps (every step of every text is one row through
     # the model, forward and backward). 1000 lets the default 16 texts x 50 steps through and
-    # refuses 16 texts x 500 steps, which on a SciBERT-sized model on 2 CPU cores takes many
-    # minutes: TorchServe would kill the worker at the response timeout, failing its whole batch.
+    # refuses 16 texts x 500 steps, which on a SciBERT-sized model on a small CPU outlasts the
+    # response timeout: TorchServe would kill the worker, failing its whole batch.
     # The cost also grows with the texts' length, which this count does not see.
     max_explain_work: int = 1000
     # Padded tokens (texts x longest text) per forward pass; a batch over it runs as several
     # passes, so memory stays bounded whatever batchSize x max_texts_per_request x max_length
-    # allows (8 x 256 texts x 512 tokens = 1M padded tokens: an inference pass peaks at ~45 KB
-    # per padded token on MiniLM-L6, so tens of GB in one pass). 16384 (32 texts of 512 tokens,
-    # 256 of 64) is ~0.7 GB on MiniLM-L6 by the same measure, roughly twice that on a BERT-base,
-    # and keeps ordinary batches in one pass. A text longer than the budget runs alone.
-    # Explanation passes get a quarter of it (EXPLAIN_MEMORY_FACTOR).
+    # allows (8 x 256 texts x 512 tokens = 1M padded tokens in one pass). 16384 (32 texts of 512
+    # tokens, 256 of 64) keeps ordinary batches in one pass at a modest peak (memory per padded
+    # token: BENCHMARKS.md, "Figures behind default settings"). A text longer than the budget
+    # runs alone. Explanation passes get a quarter of it (EXPLAIN_MEMORY_FACTOR).
     max_batch_tokens: int = 16384
     # Load pickle weights (pytorch_model.bin) when no safetensors exist: `build --allow-pickle`.
     allow_pickle: bool = False
@@ -64,16 +79,9 @@ class HandlerSettings:
     device: Device = "auto"
 
     def __post_init__(self) -> None:
-        _check_range("max_length", self.max_length, 8, 8192)
+        for name, (low, high) in RANGES.items():
+            _check_range(name, getattr(self, name), low, high)
         _check_range("explain_steps", self.explain_steps, 1, self.max_explain_steps)
-        _check_range("max_explain_steps", self.max_explain_steps, 1, 10_000)
-        _check_range("internal_batch_size", self.internal_batch_size, 1, 4096)
-        _check_range("max_texts_per_request", self.max_texts_per_request, 1, 100_000)
-        _check_range("max_text_chars", self.max_text_chars, 1, 10_000_000)
-        _check_range("max_explain_texts", self.max_explain_texts, 1, 100_000)
-        _check_range("max_explain_work", self.max_explain_work, 1, 10_000_000)
-        _check_range("max_batch_tokens", self.max_batch_tokens, 64, 100_000_000)
-        _check_range("torch_threads", self.torch_threads, 0, 1024)
         if not isinstance(self.allow_pickle, bool):
             raise SettingsError(f"allow_pickle must be true or false, got {self.allow_pickle!r}")
         if not isinstance(self.merge_subwords, bool):
@@ -102,6 +110,13 @@ class HandlerSettings:
     def max_explain_tokens(self) -> int:
         """Padded tokens per explanation pass (forward and backward): a quarter of a plain pass."""
         return max(1, self.max_batch_tokens // EXPLAIN_MEMORY_FACTOR)
+
+
+def usable_positions(model_type: str, max_position_embeddings: int, pad_token_id: int) -> int:
+    """Tokens a model reads: RoBERTa-style position tables keep pad_token_id + 1 rows unused."""
+    if model_type in OFFSET_POSITION_TYPES:
+        return max_position_embeddings - (pad_token_id + 1)
+    return max_position_embeddings
 
 
 def _check_range(name: str, value: object, low: int, high: int) -> None:

@@ -18,18 +18,10 @@ from scibert_pack.kserve.names import (
     check_object_name,
     check_quantity,
 )
+from scibert_pack.kserve.options import BATCHER_RANGES, PREDICTOR_RANGES
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_PREDICTOR_KEYS = {
-    "minReplicas": (0, 1000),
-    "maxReplicas": (1, 1000),
-    "containerConcurrency": (0, 1000),
-    "timeout": (1, 86_400),
-    "canaryTrafficPercent": (0, 100),
-    "scaleTarget": (1, 100_000),
-}
 _PREDICTOR_OTHER = {"serviceAccountName", "scaleMetric", "batcher", "model"}
-_BATCHER_KEYS = {"maxBatchSize", "maxLatency", "timeout"}
 _MODEL_KEYS = {
     "modelFormat",
     "runtime",
@@ -75,17 +67,19 @@ def _check_isvc(doc: Mapping[str, Any]) -> None:
     if set(doc) != {"apiVersion", "kind", "metadata", "spec"} or set(doc["spec"]) != {"predictor"}:
         _fail("InferenceService must hold apiVersion, kind, metadata and spec.predictor only")
     predictor = doc["spec"]["predictor"]
-    unknown = set(predictor) - set(_PREDICTOR_KEYS) - _PREDICTOR_OTHER
+    unknown = set(predictor) - set(PREDICTOR_RANGES) - _PREDICTOR_OTHER
     if unknown:
         _fail(f"spec.predictor has unknown keys {sorted(unknown)}")
-    for key, (low, high) in _PREDICTOR_KEYS.items():
+    for key, (low, high) in PREDICTOR_RANGES.items():
         if key in predictor:
             _int_in(f"spec.predictor.{key}", predictor[key], low, high)
     batcher = predictor.get("batcher", {})
-    if set(batcher) - _BATCHER_KEYS:
-        _fail(f"spec.predictor.batcher has unknown keys {sorted(set(batcher) - _BATCHER_KEYS)}")
+    if set(batcher) - set(BATCHER_RANGES):
+        _fail(
+            f"spec.predictor.batcher has unknown keys {sorted(set(batcher) - set(BATCHER_RANGES))}"
+        )
     for key, value in batcher.items():
-        _int_in(f"spec.predictor.batcher.{key}", value, 1, 600_000)
+        _int_in(f"spec.predictor.batcher.{key}", value, *BATCHER_RANGES[key])
     model = predictor.get("model")
     if not isinstance(model, Mapping) or set(model) - _MODEL_KEYS:
         _fail(f"spec.predictor.model must be a mapping of {sorted(_MODEL_KEYS)}")

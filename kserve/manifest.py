@@ -79,12 +79,12 @@ def fill_pvc_commands(r: Resolved) -> tuple[Step, ...]:
     every sha256 checked on the claim, one rename into place, the completion record last).
     Empty without a store folder: the steps carry every file's sha256."""
     pvc = r.options.pvc
-    if pvc is None or r.store is None or r.store.path is None:
+    if pvc is None or r.store is None:
         return ()
     claim, path = pvc
     kubectl = "kubectl" + (f" -n {r.options.namespace}" if r.options.namespace else "")
     copy = pvc_copy(
-        local_store.read_store(r.store.path),
+        local_store.read_store(r.store.root),
         claim,
         path,
         pod=docs.copy_pod_name(claim),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from scibert_pack.archiver.settings import MAX_NAME_LENGTH, NAME_PATTERN
 from scibert_pack.errors import InputError
 
 # DNS-1035 label: what KServe requires of an InferenceService name (it becomes a Service name).
@@ -14,8 +15,6 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
-# TorchServe model names end up in URL paths: /v2/models/NAME/infer.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Kubernetes resource.Quantity, as the CRD's own pattern spells it.
 _QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -69,7 +68,8 @@ def check_object_name(name: str, what: str) -> str:
 
 
 def check_model_name(name: str) -> str:
-    if len(name) > 200 or not _MODEL_NAME.fullmatch(name):
+    # The rule `build` names models by: they end up in URL paths, /v2/models/NAME/infer.
+    if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(name):
         raise InputError(
             f"model name {name!r} cannot be used in request URLs",
             fix="use letters, digits, '_', '.' and '-', starting with a letter or digit",

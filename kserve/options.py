@@ -15,6 +15,22 @@ from scibert_pack.kserve.names import (
 )
 from scibert_pack.storage.targets import check_storage_uri, redact_uri
 
+# The ranges of the numeric options, keyed by the InferenceService field each one becomes: the
+# options are checked against them, and kserve/invariants.py checks the written YAML.
+PREDICTOR_RANGES: dict[str, tuple[int, int]] = {
+    "minReplicas": (0, 1000),
+    "maxReplicas": (1, 1000),
+    "containerConcurrency": (0, 1000),
+    "timeout": (1, 86_400),
+    "canaryTrafficPercent": (0, 100),
+    "scaleTarget": (1, 100_000),
+}
+BATCHER_RANGES: dict[str, tuple[int, int]] = {
+    "maxBatchSize": (1, 4096),
+    "maxLatency": (1, 600_000),
+    "timeout": (1, 86_400),
+}
+
 Protocol = Literal["v1", "v2"]
 Runtime = Literal["scibert-pack", "kserve-torchserve"]
 Autoscaler = Literal["kpa", "hpa"]
@@ -69,7 +85,7 @@ class ManifestOptions:
     canary_traffic_percent: int | None = None
     service_account: str | None = None
     prometheus: bool = True
-    # None: the store's metrics port (8082 without a store).
+    # None: the store's metrics port (Ports.metrics without a store).
     metrics_port: int | None = None
     grafana: bool = False
     only: Only = "all"
@@ -97,16 +113,17 @@ class ManifestOptions:
         check_quantity(self.cpu, "--cpu", "'2' or '500m'")
         check_quantity(self.memory, "--memory", "'4Gi'")
         check_quantity(self.pvc_size, "--pvc-size", "'5Gi'")
-        _range("--timeout", self.timeout, 1, 86_400)
-        _range("--batcher-max-batch-size", self.batcher_max_batch_size, 1, 4096)
-        _range("--batcher-max-latency", self.batcher_max_latency, 1, 600_000)
-        _range("--batcher-timeout", self.batcher_timeout, 1, 86_400)
-        _range("--min-replicas", self.min_replicas, 0, 1000)
-        _range("--max-replicas", self.max_replicas, 1, 1000)
-        _range("--container-concurrency", self.container_concurrency, 0, 1000)
-        _range("--autoscaling-target", self.autoscaling_target, 1, 100_000)
+        p, b = PREDICTOR_RANGES, BATCHER_RANGES
+        _range("--timeout", self.timeout, *p["timeout"])
+        _range("--batcher-max-batch-size", self.batcher_max_batch_size, *b["maxBatchSize"])
+        _range("--batcher-max-latency", self.batcher_max_latency, *b["maxLatency"])
+        _range("--batcher-timeout", self.batcher_timeout, *b["timeout"])
+        _range("--min-replicas", self.min_replicas, *p["minReplicas"])
+        _range("--max-replicas", self.max_replicas, *p["maxReplicas"])
+        _range("--container-concurrency", self.container_concurrency, *p["containerConcurrency"])
+        _range("--autoscaling-target", self.autoscaling_target, *p["scaleTarget"])
         _range("--gpu", self.gpu, 0, 16)
-        _range("--canary-traffic-percent", self.canary_traffic_percent, 0, 100)
+        _range("--canary-traffic-percent", self.canary_traffic_percent, *p["canaryTrafficPercent"])
         _range("--metrics-port", self.metrics_port, 1, 65_535)
         if self.runtime == STOCK_RUNTIME and (self.image is not None or self.cluster_runtime):
             raise InputError(

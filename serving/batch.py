@@ -21,7 +21,6 @@ in flight (their answers are dropped; a resumed run asks again).
 from __future__ import annotations
 
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +31,13 @@ from typing import Any, Generic, TypeVar
 from scibert_pack.errors import ClientError, InputError
 from scibert_pack.serving.batch_input import InputRow
 from scibert_pack.serving.batch_output import ResultSink, is_final, row_fields
-from scibert_pack.serving.client import Explanation, InferenceClient, Prediction, RequestFailed
+from scibert_pack.serving.client import (
+    Explanation,
+    InferenceClient,
+    Prediction,
+    RequestFailed,
+    ServerLimit,
+)
 
 # Rows failing alone with a 5xx, nothing answered in between, before a run stops (server down).
 SERVER_DOWN_AFTER = 3
@@ -43,7 +48,8 @@ _Out = TypeVar("_Out")
 @dataclass(frozen=True)
 class BatchSettings:
     concurrency: int = 8
-    texts_per_request: int = 16  # measured: 16 beat 1, 4 and 8 on MiniLM at concurrency 8
+    # The fastest of the sizes tried (BENCHMARKS.md, "Figures behind default settings").
+    texts_per_request: int = 16
     retries: int = 3
     backoff_s: float = 0.5  # first retry waits this long, then doubles
 
@@ -417,7 +423,7 @@ def _too_large(err: RequestFailed, texts: int) -> RequestFailed:
     message = (
         f"the server refused an explain request of {texts} {noun} as too large ({err.message})"
     )
-    fitting = _texts_that_fit(err.message)
+    fitting = _texts_that_fit(err.limit, texts)
     if texts > 1 and fitting is not None and fitting >= 1:
         fix = f"pass --batch-texts {fitting} (or fewer) to stay within that limit"
     elif texts > 1 and fitting is None:
@@ -433,17 +439,15 @@ def _too_large(err: RequestFailed, texts: int) -> RequestFailed:
     return RequestFailed(message, fix=fix, status=413)
 
 
-def _texts_that_fit(server_message: str) -> int | None:
-    """The texts per request the server's 413 message allows, when it says (best effort: the
-    handler names its limit as `limit of N (max_explain_texts)` or, for texts x steps, as
-    `T text(s) x S steps = W text-steps, more than the limit of N (max_explain_work)`)."""
-    found = re.search(r"limit of (\d+) \((max_explain_\w+)\)", server_message)
-    if found is None:
+def _texts_that_fit(limit: ServerLimit | None, texts: int) -> int | None:
+    """The texts per request the server's limit allows, when its 413 body names one: the limit
+    of max_explain_texts, or for max_explain_work (value = texts x steps) the limit over the
+    steps each of the `texts` asked for."""
+    if limit is None:
         return None
-    limit, name = int(found.group(1)), found.group(2)
-    if name == "max_explain_texts":
-        return limit
-    steps = re.search(r"x (\d+) steps", server_message)
-    if name == "max_explain_work" and steps is not None and int(steps.group(1)) > 0:
-        return limit // int(steps.group(1))
+    if limit.name == "max_explain_texts":
+        return limit.limit
+    steps = limit.value // texts if texts > 0 else 0
+    if limit.name == "max_explain_work" and steps > 0:
+        return limit.limit // steps
     return None

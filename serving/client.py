@@ -26,12 +26,24 @@ TOKEN_ENV = "SCIBERT_PACK_TOKEN"
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504, 507})
 
 
+@dataclass(frozen=True)
+class ServerLimit:
+    """The handler setting a request went over, from the error body (limit_name, limit, value)."""
+
+    name: str
+    limit: int
+    value: int
+
+
 class RequestFailed(ClientError):
     """A request that got no 200: `status` is the HTTP code, None when no answer came at all."""
 
-    def __init__(self, message: str, *, fix: str, status: int | None) -> None:
+    def __init__(
+        self, message: str, *, fix: str, status: int | None, limit: ServerLimit | None = None
+    ) -> None:
         super().__init__(message, fix=fix)
         self.status = status
+        self.limit = limit
 
     @property
     def retryable(self) -> bool:
@@ -201,7 +213,8 @@ class InferenceClient:
             ) from err
         if response.status_code != 200:
             message, fix = _http_failure(url, response, self.model)
-            raise RequestFailed(message, fix=fix, status=response.status_code)
+            limit = _server_limit(response)
+            raise RequestFailed(message, fix=fix, status=response.status_code, limit=limit)
         try:
             body = load_json(response.content)
         except ValueError as err:
@@ -218,6 +231,21 @@ class InferenceClient:
             f"the server's answer is not a scibert-pack v2 response ({err}): {str(body)[:300]}",
             fix="check that the model was built with scibert-pack build",
         )
+
+
+def _server_limit(response: requests.Response) -> ServerLimit | None:
+    """The limit_name, limit and value fields of a handler's error body, when it has them."""
+    try:
+        detail = response.json()
+    except ValueError:
+        return None
+    if not isinstance(detail, dict):
+        return None
+    name, limit, value = detail.get("limit_name"), detail.get("limit"), detail.get("value")
+    numbers = [n for n in (limit, value) if isinstance(n, int) and not isinstance(n, bool)]
+    if not isinstance(name, str) or len(numbers) != 2:
+        return None
+    return ServerLimit(name, *numbers)
 
 
 def _http_failure(url: str, response: requests.Response, model: str) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from scibert_pack.config.properties import LOCAL_INFERENCE_URL
 from scibert_pack.errors import InputError
 from scibert_pack.files import load_json
 
@@ -124,7 +125,7 @@ def connect(url: str, timeout_s: float) -> http.client.HTTPConnection:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(
-            f"--url {url!r} is not an http(s) URL", fix="pass e.g. --url http://127.0.0.1:8085"
+            f"--url {url!r} is not an http(s) URL", fix=f"pass e.g. --url {LOCAL_INFERENCE_URL}"
         )
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     return kind(parts.hostname, parts.port, timeout=timeout_s)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from scibert_pack.config import properties
+from scibert_pack.config.properties import Ports
 from scibert_pack.errors import InputError, PortInUseError, ServeError
 from scibert_pack.files import load_json
 from scibert_pack.serving.run_dir import (
@@ -56,10 +58,10 @@ _PORT_OPTIONS = {
 @dataclass(frozen=True)
 class ServeSettings:
     host: str = "127.0.0.1"
-    port: int = 8085
-    management_port: int = 8081
-    metrics_port: int = 8082
-    grpc_port: int = 7070  # gRPC management listens on the next port
+    port: int = Ports.inference
+    management_port: int = Ports.management
+    metrics_port: int = Ports.metrics
+    grpc_port: int = Ports.grpc_inference  # gRPC management listens on the next port
     run_dir: Path | None = None  # default: default_run_dir(port)
     ready_timeout_s: float | None = None  # default: the model's startupTimeout + 60 s
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -380,16 +382,10 @@ class TorchServeProcess:
     def _runtime_config(self) -> str:
         """The store's config.properties with this machine's addresses, ports and store path."""
         s = self.settings
-        host = f"[{s.host}]" if ":" in s.host else s.host
         store = str(self.store.model_store.resolve())
+        ports = Ports(s.port, s.management_port, s.metrics_port, s.grpc_port, s.grpc_port + 1)
         overrides = {
-            "inference_address": f"http://{host}:{s.port}",
-            "management_address": f"http://{host}:{s.management_port}",
-            "metrics_address": f"http://{host}:{s.metrics_port}",
-            "grpc_inference_address": s.host,
-            "grpc_inference_port": str(s.grpc_port),
-            "grpc_management_address": s.host,
-            "grpc_management_port": str(s.grpc_port + 1),
+            **properties.addresses(s.host, ports),
             "model_store": store,
             "allowed_urls": f"file://{store}/.*",
         }

@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from scibert_pack.archiver.model_folder import PICKLE, PICKLE_INDEX, SAFETENSORS, SAFETENSORS_INDEX
 from scibert_pack.errors import StoreError
-from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, read_config, snapshot_models
+from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, StoreFacts, read_store
 
 # What save_pretrained writes for the weights, sharded or not, safetensors or pickle.
 _WEIGHTS = (SAFETENSORS, SAFETENSORS_INDEX, PICKLE, PICKLE_INDEX)
 
 
-@dataclass(frozen=True)
-class ModelStore:
-    root: Path
-    config: dict[str, str]
-    model_name: str
-    model_version: str
-    archive: Path
-    batch_size: int
-    startup_timeout_s: int
-    response_timeout_s: int
-    min_workers: int
-
-    @property
-    def token_auth(self) -> bool:
-        return self.config.get("disable_token_authorization", "false") != "true"
-
-    @property
-    def model_store(self) -> Path:
-        return self.root / MODEL_STORE_DIR
+# What `serve` reads of a store: scibert_pack.layout's one reader.
+ModelStore = StoreFacts
 
 
 def is_model_folder(path: Path) -> bool:
@@ -66,36 +48,20 @@ def open_store(root: Path) -> ModelStore:
             fix=f"build it first: scibert-pack build {model} --name NAME -o {store}, then "
             f"scibert-pack serve {store}",
         )
-    config = read_config(root, fix=fix)
-    models = snapshot_models(config, root)
-    if len(models) != 1:
+    facts = read_store(root, fix=fix)
+    if len(facts.served_models) != 1:
         raise StoreError(
             f"{CONFIG_FILE} in {root} must serve exactly one model in model_snapshot, "
-            f"found {len(models)}",
+            f"found {len(facts.served_models)}",
             fix=fix,
         )
-    ((name, versions),) = models.items()
-    defaults = [v for v, e in versions.items() if e.get("defaultVersion")]
-    version = defaults[0] if defaults else next(iter(versions), "")
-    entry = versions.get(version, {})
-    if "marName" not in entry:
+    if "marName" not in facts.snapshot_entry:
         raise StoreError(f"model_snapshot in {root / CONFIG_FILE} has no marName", fix=fix)
-    mar_name = str(entry["marName"])
-    archive = root / MODEL_STORE_DIR / mar_name
-    if not archive.exists():
+    mar_name = str(facts.snapshot_entry["marName"])
+    if not (facts.model_store / mar_name).exists():
         raise StoreError(
             f"model store {root} has no {MODEL_STORE_DIR}/{mar_name}, which "
             "config.properties serves",
             fix=fix,
         )
-    return ModelStore(
-        root=root,
-        config=config,
-        model_name=name,
-        model_version=version,
-        archive=archive,
-        batch_size=int(entry.get("batchSize", 1)),
-        startup_timeout_s=int(entry.get("startupTimeout", 120)),
-        response_timeout_s=int(entry.get("responseTimeout", 120)),
-        min_workers=int(entry.get("minWorkers", 1)),
-    )
+    return facts

@@ -6,13 +6,15 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scibert_pack.errors import StoreError
 from scibert_pack.files import sha256_file
-from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE, read_report
+from scibert_pack.layout import MODEL_STORE_DIR, REPORT_FILE
+from scibert_pack.layout import read_store as read_store_facts
 
 # What makes a folder in model-store/ a model (torch-model-archiver --archive-format no-archive).
 MODEL_FOLDER_MARKERS = ("MAR-INF/MANIFEST.json", "model-config.yaml")
@@ -52,8 +54,7 @@ def read_store(root: Path) -> LocalStore:
     """Check and hash the store at `root`; StoreError naming what is missing and how to fix it."""
     if not root.is_dir():
         raise StoreError(f"model store {root} is not a folder", fix=_BUILD_FIX)
-    if not (root / CONFIG_FILE).is_file():
-        raise StoreError(f"model store {root} has no {CONFIG_FILE}", fix=_BUILD_FIX)
+    facts = read_store_facts(root, fix=_BUILD_FIX)
     archives, not_models = _archives(root / MODEL_STORE_DIR)
     if not archives:
         looked = "looked for *.mar, *.tar.gz or a model folder holding " + " or ".join(
@@ -69,13 +70,11 @@ def read_store(root: Path) -> LocalStore:
     files = tuple(
         LocalFile(rel, path, path.stat().st_size, sha256_file(path)) for rel, path in _walk(root)
     )
-    report = read_report(root, required=False, fix=_BUILD_FIX)
-    if report is not None:
-        _check_artifacts(root, report, {f.path: f for f in files})
+    _check_artifacts(root, facts.artifacts, {f.path: f for f in files})
     lines = "".join(f"{f.sha256} {f.size} {f.path}\n" for f in files)
     tree = hashlib.sha256(lines.encode("utf-8")).hexdigest()
-    model_version = str(report["model_version"]) if report and "model_version" in report else None
-    model_name = str(report["model_name"]) if report and "model_name" in report else None
+    model_version = facts.model_version
+    model_name = facts.model_name or None
     version = tree[:12]
     if model_version:
         version = f"{re.sub(r'[^A-Za-z0-9._-]+', '-', model_version).strip('.-')}-{version}"
@@ -145,10 +144,12 @@ def _kind(mode: int) -> str:
     return "a special file"
 
 
-def _check_artifacts(root: Path, report: dict[str, Any], files: dict[str, LocalFile]) -> None:
+def _check_artifacts(
+    root: Path, artifacts: Sequence[Mapping[str, Any]], files: dict[str, LocalFile]
+) -> None:
     """A store edited after its build would be served under the build's version name."""
     changed: list[str] = []
-    for artifact in report.get("artifacts") or []:
+    for artifact in artifacts:
         rel = str(artifact.get("path", ""))
         have = files.get(rel)
         if have is None:

@@ -27,10 +27,15 @@ from tiny_models import CORPUS, LABELS
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
 from scibert_pack.errors import ClientError, InputError
-from scibert_pack.serving.batch import BatchPredictor, BatchProgress, BatchSettings
+from scibert_pack.serving.batch import (
+    BatchPredictor,
+    BatchProgress,
+    BatchSettings,
+    _texts_that_fit,
+)
 from scibert_pack.serving.batch_input import InputRow, input_format, read_input, rows_of
 from scibert_pack.serving.batch_output import ResumableOutput
-from scibert_pack.serving.client import InferenceClient
+from scibert_pack.serving.client import InferenceClient, ServerLimit, _server_limit
 from scibert_pack.serving.server import TorchServeProcess
 
 TEXTS = [line.rstrip(" .") for line in CORPUS] * 3  # 30 rows
@@ -851,3 +856,50 @@ def test_resume_keeps_finished_rows_only(
     resumed.close()
     assert (resumed.finished, resumed.retried) == (frozenset(finished), frozenset(retried))
     assert [r["row"] for r in _records(out)] == kept
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            {
+                "error": "...",
+                "code": 413,
+                "limit_name": "max_explain_texts",
+                "limit": 3,
+                "value": 7,
+            },
+            ServerLimit("max_explain_texts", 3, 7),
+        ),
+        ({"error": "request holds 9 texts, more than the limit of 8", "code": 413}, None),
+        ({"error": "x", "limit_name": "max_text_chars", "limit": "8", "value": 9}, None),
+        ({"error": "x", "limit_name": "max_text_chars", "limit": True, "value": 9}, None),
+        ({"error": "x", "limit_name": 5, "limit": 8, "value": 9}, None),
+        (["limit_name", "limit", "value"], None),
+        ("not json", None),
+    ],
+    ids=["fields", "message-only", "limit-text", "limit-bool", "name-number", "list", "text"],
+)
+def test_client_reads_the_limit_from_the_error_body(body: object, expected: object) -> None:
+    """The limit comes from the body's fields, never from the wording of the message."""
+    response = requests.Response()
+    response.status_code = 413
+    response._content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    assert _server_limit(response) == expected
+
+
+@pytest.mark.parametrize(
+    ("limit", "texts", "fits"),
+    [
+        (ServerLimit("max_explain_texts", 3, 7), 7, 3),
+        (ServerLimit("max_explain_work", 1000, 1200), 3, 2),  # 3 texts x 400 steps
+        (ServerLimit("max_explain_work", 100, 400), 1, 0),  # one text alone is over
+        (ServerLimit("max_texts_per_request", 8, 9), 9, None),
+        (None, 4, None),
+    ],
+    ids=["explain-texts", "explain-work", "one-text-over", "other-limit", "no-limit"],
+)
+def test_texts_that_fit_the_servers_limit(
+    limit: ServerLimit | None, texts: int, fits: int | None
+) -> None:
+    assert _texts_that_fit(limit, texts) == fits

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from scibert_pack.archiver.model_folder import _max_positions
 from scibert_pack.cli import cli
 
 Breaker = Callable[[Path], None]
@@ -262,3 +263,23 @@ def test_extra_files_are_not_packed(model_copy: Callable[..., Path], tmp_path: P
     assert result.exit_code == 0, result.output
     names = zipfile.ZipFile(tmp_path / "o" / "model-store" / "m.mar").namelist()
     assert not {"training_args.bin", "optimizer.pt", "pytorch_model.bin"} & set(names)
+
+
+@pytest.mark.parametrize(
+    ("config", "tokens"),
+    [
+        ({"model_type": "bert", "max_position_embeddings": 512, "pad_token_id": 0}, 512),
+        ({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}, 512),
+        ({"model_type": "xlm-roberta", "max_position_embeddings": 514}, 512),
+        ({"model_type": "camembert", "max_position_embeddings": 514, "pad_token_id": None}, 513),
+        ({"model_type": "bert", "max_position_embeddings": True}, None),
+        ({"model_type": "bert"}, None),
+    ],
+    ids=["bert", "roberta", "xlm-roberta-default-pad", "camembert-no-pad", "bool", "missing"],
+)
+def test_tokens_the_model_reads_as_the_handler_counts_them(
+    config: dict[str, object], tokens: int | None
+) -> None:
+    """Build caps --max-length with the handler's own rule: RoBERTa-style tables keep
+    pad_token_id + 1 rows (transformers' default pad 1 when absent, 0 when null)."""
+    assert _max_positions(config) == tokens

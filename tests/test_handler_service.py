@@ -354,12 +354,14 @@ BAD = [
         400,
         "request body is not valid JSON (Expecting value at line 1 column 6); "
         "fix the JSON or send text/plain",
+        None,
         id="bad-json",
     ),
     pytest.param(
         HttpRequest(b"\xff abc", content_type="text/plain"),
         400,
         "request body is not valid UTF-8 (invalid start byte at byte 0); send UTF-8 encoded text",
+        None,
         id="bad-utf8",
     ),
     pytest.param(
@@ -368,36 +370,42 @@ BAD = [
         ),
         400,
         "input 'x' has datatype 'FP32'; this model takes text: send datatype 'BYTES'",
+        None,
         id="v2-fp32",
     ),
     pytest.param(
         HttpRequest({"texts": ["a"] * 9}),
         413,
         "request holds 9 texts, more than the limit of 8 (max_texts_per_request); split it",
+        {"limit_name": "max_texts_per_request", "limit": 8, "value": 9},
         id="too-many-texts",
     ),
     pytest.param(
         HttpRequest({"text": "word " * 101}),
         413,
         "text 0 has 505 characters, more than the limit of 500 (max_text_chars); shorten it",
+        {"limit_name": "max_text_chars", "limit": 500, "value": 505},
         id="text-too-long",
     ),
     pytest.param(
         HttpRequest({"texts": ["a"], "parameters": {"target": "maths"}}, explain=True),
         400,
         "unknown target label 'maths'; labels: biology, chemistry, physics",
+        None,
         id="unknown-target",
     ),
     pytest.param(
         HttpRequest({"instances": ["a"], "parameters": {"n_steps": 0}}, explain=True),
         400,
         "n_steps must be between 1 and 100, got 0",
+        None,
         id="n-steps-zero",
     ),
     pytest.param(
         HttpRequest("   ", content_type="text/plain"),
         400,
         "text 0 is empty or whitespace; send some words",
+        None,
         id="whitespace",
     ),
     pytest.param(
@@ -405,6 +413,7 @@ BAD = [
         400,
         "request body is not valid JSON (Expecting value at line 1 column 15); send a JSON "
         f"object, {KSERVE_SHAPE}",
+        None,
         id="v2-invalid-json-text-plain",
     ),
     pytest.param(
@@ -412,24 +421,28 @@ BAD = [
         400,
         "request body is not valid JSON (Expecting value at line 1 column 18); send a JSON "
         f"object, {KSERVE_SHAPE}",
+        None,
         id="v1-invalid-json-no-content-type",
     ),
     pytest.param(
         HttpRequest(["a", "b"], route="v2"),
         400,
         f"request body is a JSON array, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        None,
         id="v2-json-list",
     ),
     pytest.param(
         HttpRequest("a b", route="v1"),
         400,
         f"request body is a JSON string, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        None,
         id="v1-json-string",
     ),
     pytest.param(
         HttpRequest(None, route="v2", explain=True),
         400,
         f"request body is JSON null, not a JSON object; send a JSON object, {KSERVE_SHAPE}",
+        None,
         id="v2-json-null",
     ),
     pytest.param(
@@ -437,6 +450,7 @@ BAD = [
         400,
         "JSON object has neither inputs (KServe v2) nor instances (KServe v1) (got keys: text); "
         f'send {KSERVE_SHAPE}, or send {{"text": "..."}} to /predictions/NAME',
+        None,
         id="v2-native-object",
     ),
     pytest.param(
@@ -444,6 +458,7 @@ BAD = [
         400,
         "request has no body (TorchServe read it as form fields: text); send a JSON object, "
         f"{KSERVE_SHAPE}, {JSON_HINT}",
+        None,
         id="v2-form",
     ),
     pytest.param(
@@ -451,6 +466,7 @@ BAD = [
         400,
         'JSON body must be an object or a list, got JSON null; send {"text": "..."} or a '
         "KServe v1/v2 request",
+        None,
         id="native-json-null",
     ),
     pytest.param(
@@ -460,27 +476,33 @@ BAD = [
         413,
         "explain request asks for 3 text(s) x 100 steps = 300 text-steps, more than the limit of "
         "200 (max_explain_work); send fewer texts per request or fewer steps (parameters.n_steps)",
+        {"limit_name": "max_explain_work", "limit": 200, "value": 300},
         id="explain-work-over-cap",
     ),
 ]
 
 
-@pytest.mark.parametrize(("request_", "code", "message"), BAD)
+# limit_name, limit and value of an error body, for a request over a handler setting.
+Fields = dict[str, object] | None
+
+
+@pytest.mark.parametrize(("request_", "code", "message", "limit"), BAD)
 def test_bad_request_alone(
-    bert: ClassifierService, request_: HttpRequest, code: int, message: str
+    bert: ClassifierService, request_: HttpRequest, code: int, message: str, limit: Fields
 ) -> None:
+    """The error body: KServe's "error", the code, and the limit a request went over, if any."""
     (response,) = call(bert, [request_])
-    body = {"error": message, "code": code}
+    body = {"error": message, "code": code, **(limit or {})}
     assert response == Response(code, reason_phrase(code), body, "application/json")
 
 
-@pytest.mark.parametrize(("request_", "code", "message"), BAD)
+@pytest.mark.parametrize(("request_", "code", "message", "limit"), BAD)
 def test_bad_request_in_a_batch_fails_alone(
-    bert: ClassifierService, request_: HttpRequest, code: int, message: str
+    bert: ClassifierService, request_: HttpRequest, code: int, message: str, limit: Fields
 ) -> None:
     good = [HttpRequest(BLOG, route="v2"), HttpRequest({"texts": TEXTS[:2]}, explain=True)]
     first, bad, second = call(bert, [good[0], request_, good[1]])
-    assert (bad.status, bad.body) == (code, {"error": message, "code": code})
+    assert (bad.status, bad.body) == (code, {"error": message, "code": code, **(limit or {})})
     for response, request in ((first, good[0]), (second, good[1])):
         (alone,) = call(bert, [request])
         assert response.status == 200

@@ -41,6 +41,7 @@ from scibert_pack.config.properties import parse as parse_properties
 from scibert_pack.errors import ModelFolderError
 from scibert_pack.handlers.model import ModelLoadError
 from scibert_pack.handlers.service import ClassifierService
+from scibert_pack.handlers.settings import HandlerSettings
 from scibert_pack.serving.server import ServeSettings, TorchServeProcess
 
 pytest_plugins = ["s3_fixtures"]
@@ -427,7 +428,7 @@ def test_build_records_the_pickle_opt_in_for_the_worker(
     shutil.copy(folder / "model.safetensors", folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
     for allow in (False, True):
-        settings = BuildSettings(name="m", allow_pickle=allow)
+        settings = BuildSettings(name="m", handler=HandlerSettings(allow_pickle=allow))
         if not allow:
             with pytest.raises(ModelFolderError, match="holds only pickle weights"):
                 build(folder, settings, tmp_path / "refused")

@@ -11,7 +11,6 @@ from click.core import ParameterSource
 
 from scibert_pack.archiver.settings import (
     ARCHIVE_FORMATS,
-    DEFAULT_MAX_REQUEST_BYTES,
     NAME_RULE,
     BuildSettings,
 )
@@ -31,6 +30,7 @@ _HANDLER_OPTIONS = (
     "max_batch_tokens",
     "torch_threads",
     "device",
+    "allow_pickle",
 )
 _DEFAULTS = HandlerSettings()
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
@@ -69,7 +69,7 @@ def _shown(value: object) -> str:
     required=True,
     help=f"Model name: the key in request URLs and the archive's file name ({NAME_RULE}).",
 )
-@click.option("--version", "model_version", default="1.0", show_default=True)
+@click.option("--version", "model_version", default=BuildSettings.version, show_default=True)
 @click.option(
     "-o",
     "--output",
@@ -79,19 +79,29 @@ def _shown(value: object) -> str:
 @click.option(
     "--profile",
     type=click.Choice(PROFILES),
-    default="kserve",
+    default=BuildSettings.profile,
     show_default=True,
     help="kserve: listen on 0.0.0.0, store at /mnt/models/model-store. local: loopback only.",
 )
 @click.option(
     "--archive-format",
     type=click.Choice(ARCHIVE_FORMATS),
-    default="zip-store",
+    default=BuildSettings.archive_format,
     show_default=True,
     help="zip-store does not compress: weights do not compress, and it loads faster.",
 )
-@click.option("--batch-size", default=8, show_default=True, help="TorchServe batchSize.")
-@click.option("--max-batch-delay", default=10, show_default=True, help="Milliseconds.")
+@click.option(
+    "--batch-size",
+    default=BuildSettings.batch_size,
+    show_default=True,
+    help="TorchServe batchSize.",
+)
+@click.option(
+    "--max-batch-delay",
+    default=BuildSettings.max_batch_delay_ms,
+    show_default=True,
+    help="Milliseconds.",
+)
 @click.option(
     "--min-workers",
     default=BuildSettings.min_workers,
@@ -99,14 +109,21 @@ def _shown(value: object) -> str:
     help="Python workers started per model; each gets its share of the CPUs (--torch-threads 0).",
 )
 @click.option("--max-workers", default=BuildSettings.max_workers, show_default=True)
-@click.option("--response-timeout", default=120, show_default=True, help="Seconds.")
-@click.option("--startup-timeout", default=120, show_default=True, help="Seconds.")
-@click.option("--netty-threads", default=4, show_default=True)
-@click.option("--job-queue-size", default=1000, show_default=True)
+@click.option(
+    "--response-timeout",
+    default=BuildSettings.response_timeout_s,
+    show_default=True,
+    help="Seconds.",
+)
+@click.option(
+    "--startup-timeout", default=BuildSettings.startup_timeout_s, show_default=True, help="Seconds."
+)
+@click.option("--netty-threads", default=BuildSettings.netty_threads, show_default=True)
+@click.option("--job-queue-size", default=BuildSettings.job_queue_size, show_default=True)
 @click.option(
     "--max-request-size",
     type=ByteSize(),
-    default=DEFAULT_MAX_REQUEST_BYTES,
+    default=BuildSettings.max_request_bytes,
     show_default=True,
     help="Largest request body TorchServe accepts (bytes, or e.g. 10MiB); bigger ones get 413.",
 )
@@ -229,7 +246,6 @@ def _settings(options: dict[str, Any]) -> BuildSettings:
         job_queue_size=options.pop("job_queue_size"),
         max_request_bytes=options.pop("max_request_size"),
         token_auth=options.pop("token_auth"),
-        allow_pickle=options.pop("allow_pickle"),
         max_length=options.pop("max_length"),
         ports=ports,
         handler=handler,

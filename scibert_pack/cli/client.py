@@ -10,6 +10,7 @@ import click
 
 from scibert_pack.cli._console import Console
 from scibert_pack.cli._options import RenamedOption
+from scibert_pack.config.properties import LOCAL_INFERENCE_URL
 
 # Labels shown per text unless --all-labels: a 100-class model would bury the answer.
 _LABELS_SHOWN = 10
@@ -18,7 +19,7 @@ _LABELS_SHOWN = 10
 def _client_options(func: Callable[..., Any], *, texts_required: bool = True) -> Callable[..., Any]:
     options = [
         click.argument("texts", nargs=-1, required=texts_required),
-        click.option("--url", default="http://127.0.0.1:8085", show_default=True),
+        click.option("--url", default=LOCAL_INFERENCE_URL, show_default=True),
         click.option("--model", required=True, help="Model name (the URL key)."),
         click.option(
             "--token",

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from scibert_pack.cli._console import Console
+from scibert_pack.config.properties import Ports
 from scibert_pack.files import atomic_write_text
 from scibert_pack.kserve.manifest import build_manifest
 from scibert_pack.kserve.names import isvc_name_for
@@ -44,11 +45,16 @@ DOCKERFILE_NAME = "Dockerfile.scibert-pack"
 )
 @click.option("--namespace", help="Namespace of every namespaced object.")
 @click.option("--model-name", help="Model name in request URLs (default: the store's).")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default="v2", show_default=True)
+@click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    default=ManifestOptions.protocol,
+    show_default=True,
+)
 @click.option(
     "--runtime",
     type=click.Choice(RUNTIMES),
-    default="scibert-pack",
+    default=ManifestOptions.runtime,
     show_default=True,
     help="scibert-pack: our ServingRuntime (TorchServe directly, v2 explain works); "
     "kserve-torchserve: KServe's stock runtime and wrapper.",
@@ -69,29 +75,44 @@ DOCKERFILE_NAME = "Dockerfile.scibert-pack"
 @click.option("--max-replicas", type=int)
 @click.option("--container-concurrency", type=int, help="Hard limit of requests per pod.")
 @click.option("--autoscaling-target", type=int, help="Soft limit the autoscaler aims at per pod.")
-@click.option("--autoscaler", type=click.Choice(AUTOSCALERS), default="kpa", show_default=True)
+@click.option(
+    "--autoscaler",
+    type=click.Choice(AUTOSCALERS),
+    default=ManifestOptions.autoscaler,
+    show_default=True,
+)
 @click.option(
     "--autoscaling-metric",
     type=click.Choice(METRICS),
     help="kpa: concurrency (default) or rps; hpa: cpu (default) or memory.",
 )
-@click.option("--cpu", default="2", show_default=True, help="CPU request and limit.")
-@click.option("--memory", default="4Gi", show_default=True, help="Memory request and limit.")
-@click.option("--gpu", type=int, default=0, show_default=True, help="nvidia.com/gpu count.")
+@click.option(
+    "--cpu", default=ManifestOptions.cpu, show_default=True, help="CPU request and limit."
+)
+@click.option(
+    "--memory", default=ManifestOptions.memory, show_default=True, help="Memory request and limit."
+)
+@click.option(
+    "--gpu", type=int, default=ManifestOptions.gpu, show_default=True, help="nvidia.com/gpu count."
+)
 @click.option("--canary-traffic-percent", type=int)
 @click.option("--service-account", help="Service account with the S3 credentials.")
-@click.option("--prometheus/--no-prometheus", default=True, show_default=True)
-@click.option("--metrics-port", type=int, help="Metrics port (default: the store's, 8082).")
+@click.option("--prometheus/--no-prometheus", default=ManifestOptions.prometheus, show_default=True)
+@click.option(
+    "--metrics-port", type=int, help=f"Metrics port (default: the store's, {Ports.metrics})."
+)
 @click.option("--grafana", is_flag=True, help="Also write a Grafana dashboard ConfigMap.")
 @click.option(
     "--only",
     type=click.Choice(ONLY),
-    default="all",
+    default=ManifestOptions.only,
     show_default=True,
     help="storage: the PVC and its copy pod; serving: runtime and InferenceService.",
 )
-@click.option("--pvc-size", default="5Gi", show_default=True)
-@click.option("--pvc-access-mode", type=click.Choice(ACCESS_MODES), default="ReadWriteOnce")
+@click.option("--pvc-size", default=ManifestOptions.pvc_size, show_default=True)
+@click.option(
+    "--pvc-access-mode", type=click.Choice(ACCESS_MODES), default=ManifestOptions.pvc_access_mode
+)
 @click.option("--storage-class")
 @click.option(
     "--dockerfile",

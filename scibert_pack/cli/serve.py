@@ -11,6 +11,7 @@ import click
 
 from scibert_pack.cli._console import Console
 from scibert_pack.cli._options import RenamedOption
+from scibert_pack.config.properties import Ports
 from scibert_pack.errors import ServeError
 
 
@@ -23,15 +24,17 @@ from scibert_pack.errors import ServeError
     "inference_port",
     cls=RenamedOption,
     old=["--port"],
-    default=8085,
+    default=Ports.inference,
     show_default=True,
     help="Inference API port (KServe v1/v2 and TorchServe's own routes; 0: a free one, printed).",
 )
-@click.option("--management-port", default=8081, show_default=True, help="0: a free one.")
-@click.option("--metrics-port", default=8082, show_default=True, help="0: a free one.")
+@click.option(
+    "--management-port", default=Ports.management, show_default=True, help="0: a free one."
+)
+@click.option("--metrics-port", default=Ports.metrics, show_default=True, help="0: a free one.")
 @click.option(
     "--grpc-port",
-    default=7070,
+    default=Ports.grpc_inference,
     show_default=True,
     help="gRPC inference; management is the next (0: a free pair).",
 )
