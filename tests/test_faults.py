@@ -43,8 +43,16 @@ def test_killed_worker_is_restarted_and_in_flight_requests_fail_cleanly(
     outcomes = report.load.outcomes
 
     assert report.new_pid != report.old_pid
-    # No request hangs: each one ends within the response timeout (plus scheduling slack).
-    assert report.load.max_seconds() < KILL_RESPONSE_TIMEOUT_S + 5, report.load.max_seconds()
+    # No request hangs: each one ends within the response timeout (plus scheduling slack) of
+    # the moment a worker could take it. With one worker, a request that arrives while it
+    # restarts waits in TorchServe's queue until the new one is READY; that wait is the
+    # restart's (seconds on a loaded machine), not a hang.
+    late = [
+        o
+        for o in outcomes
+        if o.started + o.seconds > max(o.started, report.recovered_at) + KILL_RESPONSE_TIMEOUT_S + 5
+    ]
+    assert late == [], (report.killed_at, report.recovered_at, late[:3])
     # The failures are the requests caught by the kill: all begun before the new worker was
     # ready, each a clean HTTP error or a closed connection, never a wrong answer.
     failed = [o for o in outcomes if o.status != "200" or not o.correct]
