@@ -236,7 +236,7 @@ class InferenceClient:
 def _server_limit(response: requests.Response) -> ServerLimit | None:
     """The limit_name, limit and value fields of a handler's error body, when it has them."""
     try:
-        detail = response.json()
+        detail = load_json(response.content)
     except ValueError:
         return None
     if not isinstance(detail, dict):
