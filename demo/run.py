@@ -134,8 +134,8 @@ class _Steps:
 def run_demo(settings: DemoSettings, *, progress: Progress = _silent) -> DemoResult:
     from scibert_pack.archiver.build import build
     from scibert_pack.archiver.settings import BuildSettings
-    from scibert_pack.demo.report_html import write_report
     from scibert_pack.handlers.settings import HandlerSettings
+    from scibert_pack.serving.report_html import write_report
 
     work = settings.workdir.absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -220,20 +220,11 @@ def run_demo(settings: DemoSettings, *, progress: Progress = _silent) -> DemoRes
 def _serve_and_ask(
     settings: DemoSettings, store: Path, run_dir: Path, steps: _Steps, progress: Progress
 ) -> tuple[str, list[Prediction], list[Explanation]]:
-    from scibert_pack.demo.local_services import free_ports
     from scibert_pack.serving.batch import explain_texts
     from scibert_pack.serving.client import InferenceClient
     from scibert_pack.serving.server import ServeSettings, TorchServeProcess
 
-    inference, management, metrics, grpc = free_ports(4)
-    serve = ServeSettings(
-        port=inference,
-        management_port=management,
-        metrics_port=metrics,
-        grpc_port=grpc,
-        run_dir=run_dir,
-        ready_timeout_s=settings.ready_timeout_s,
-    )
+    serve = ServeSettings.on_free_ports(run_dir=run_dir, ready_timeout_s=settings.ready_timeout_s)
     server = TorchServeProcess(store, serve, progress=progress)
     with ExitStack() as running:
         with steps.step("serve: start TorchServe"):

@@ -20,6 +20,9 @@ for _key, _value in {
 
 from tiny_models import Family, make_tiny_classifier  # noqa: E402
 
+# Servers shared across modules, one per configuration (started on first use).
+pytest_plugins = ["shared_servers"]
+
 FAMILIES: tuple[Family, ...] = ("bert", "roberta", "distilbert")
 
 
