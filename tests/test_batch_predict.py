@@ -21,7 +21,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 from requests.adapters import HTTPAdapter
-from tiny_models import CORPUS, LABELS
+from support.tiny_models import CORPUS, LABELS
 
 from scibert_pack.cli import cli
 from scibert_pack.errors import ClientError, InputError
@@ -36,7 +36,7 @@ ROWS = rows_of(TEXTS)
 SCIBERT_PACK = str(Path(sys.executable).parent / "scibert-pack")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(tiny_server: TorchServeProcess) -> TorchServeProcess:
     return tiny_server  # shared with other modules: send requests only
 

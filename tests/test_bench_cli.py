@@ -17,7 +17,7 @@ from scibert_pack.serving.load import LoadSettings, percentile
 from scibert_pack.serving.server import TorchServeProcess
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(tiny_server: TorchServeProcess) -> TorchServeProcess:
     return tiny_server  # shared with other modules: send requests only
 

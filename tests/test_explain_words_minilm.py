@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import torch
-from fake_context import HttpRequest
-from handler_support import TEST_SETTINGS, call, target_probability
-from tiny_models import CORPUS
+from support.fake_context import HttpRequest
+from support.in_process_service import TEST_SETTINGS, call, target_probability
+from support.tiny_models import CORPUS
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from scibert_pack.handlers.explain import SLOW_TOKENIZER_NOTE

@@ -29,9 +29,9 @@ import pytest
 import requests
 import torch
 from click.testing import CliRunner
-from fake_context import FakeContext
-from s3_helpers import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, s3_environ
-from shared_servers import Secured
+from support.fake_context import FakeContext
+from support.s3_stores_and_proxies import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, s3_environ
+from support.shared_servers import Secured
 
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import ARCHIVE_FORMATS, ArchiveFormat, BuildSettings
@@ -41,7 +41,7 @@ from scibert_pack.errors import ModelFolderError
 from scibert_pack.handlers.model import ModelLoadError
 from scibert_pack.handlers.service import ClassifierService
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 SCIBERT_PACK = str(Path(sys.executable).parent / "scibert-pack")
 
 

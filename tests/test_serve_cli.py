@@ -16,7 +16,7 @@ from typing import IO
 import pytest
 import requests
 from click.testing import CliRunner
-from shared_servers import Secured
+from support.shared_servers import Secured
 
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings

@@ -13,19 +13,22 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from served import serving
 
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
 from scibert_pack.serving.server import ServeSettings, TorchServeProcess
+from support.build_and_serve import serving
 
 
 @pytest.fixture(scope="session")
 def tiny_server(
     tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TorchServeProcess]:
-    """The tiny BERT as model "tiny": batches of 8 within 5 ms, the local profile."""
-    settings = BuildSettings(name="tiny", batch_size=8, max_batch_delay_ms=5, profile="local")
+    """The tiny BERT as model "tiny": batches of 8 within 30 ms, 60 s response timeout, the
+    local profile."""
+    settings = BuildSettings(
+        name="tiny", profile="local", batch_size=8, max_batch_delay_ms=30, response_timeout_s=60
+    )
     with serving(tiny_bert, tmp_path_factory.mktemp("tiny-server"), settings) as running:
         yield running
 

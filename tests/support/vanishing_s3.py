@@ -8,9 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from s3_helpers import S3Server, StallingProxy
-
 from scibert_pack.demo.local_services import LocalS3Server
+from support.s3_stores_and_proxies import S3Server, StallingProxy
 
 CLI = [str(Path(sys.executable).parent / "scibert-pack")]
 

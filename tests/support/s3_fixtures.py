@@ -1,6 +1,6 @@
 """Storage test fixtures: moto's standalone S3 server on 127.0.0.1 (once per session), a fresh
 bucket per test, and fake model stores. Test modules load them with
-`pytest_plugins = ["s3_fixtures"]`."""
+`pytest_plugins = ["support.s3_fixtures"]`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_helpers import S3Server, s3_environ, write_store
 
 from scibert_pack.demo.local_services import LocalS3Server
+from support.s3_stores_and_proxies import S3Server, s3_environ, write_store
 
 
 @pytest.fixture(scope="session")
