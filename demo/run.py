@@ -306,8 +306,7 @@ def _upload(
 def _write_manifest(
     store: Path, storage_uri: str, manifest: Path, dockerfile: Path
 ) -> tuple[str, ...]:
-    from scibert_pack.files import atomic_write_text
-    from scibert_pack.kserve.manifest import build_manifest
+    from scibert_pack.kserve.manifest import build_manifest, write_manifest
     from scibert_pack.kserve.names import isvc_name_for
     from scibert_pack.kserve.options import ManifestOptions
     from scibert_pack.kserve.store_info import read_store
@@ -315,9 +314,7 @@ def _write_manifest(
     info = read_store(store)
     options = ManifestOptions(name=isvc_name_for(info.model_name), storage_uri=storage_uri)
     result = build_manifest(options, info, dockerfile_name=dockerfile.name)
-    atomic_write_text(manifest, result.yaml)
-    if result.dockerfile is not None:
-        atomic_write_text(dockerfile, result.dockerfile)
+    write_manifest(result, manifest, dockerfile)
     return tuple(f"[{w.code}] {w.message}" for w in result.warnings)
 
 
