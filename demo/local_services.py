@@ -1,4 +1,4 @@
-"""What the demo runs beside TorchServe: free loopback ports and a local S3-protocol server.
+"""What the demo runs beside TorchServe: a local S3-protocol server on a free loopback port.
 
 The S3 server is moto's standalone server in its own process group, so stopping it (also on
 Ctrl-C or an error, through the context manager) leaves nothing behind.
@@ -19,48 +19,30 @@ from types import TracebackType
 from typing import IO
 
 from scibert_pack.errors import InputError, StorageError
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct free ports on `host`, none adjacent, so port+1 of each is free too
-    (TorchServe's gRPC management listens on the gRPC inference port + 1)."""
-    ports: list[int] = []
-    with contextlib.ExitStack() as stack:
-        for _ in range(count * 20):  # bounded: adjacent picks are rare
-            if len(ports) == count:
-                break
-            s = stack.enter_context(socket.socket())
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-            if all(abs(port - p) > 1 for p in ports) and _free(host, port + 1):
-                ports.append(port)
-    if len(ports) < count:
-        raise StorageError(
-            f"found only {len(ports)} of {count} free ports on {host}",
-            fix="free some ports (see `ss -ltn`) and rerun",
-        )
-    return ports
-
-
-def _free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+from scibert_pack.serving.ports import free_ports
 
 
 class LocalS3Server:
-    """`with LocalS3Server(log) as s3:` runs moto's S3 server on a free 127.0.0.1 port."""
+    """`with LocalS3Server(log) as s3:` runs moto's S3 server on a free 127.0.0.1 port.
+
+    The demo and the tests share it. `port` pins the port (a server started again after `kill()`
+    comes back where its clients look); `append` keeps the log of earlier starts.
+    """
 
     def __init__(
-        self, log_file: Path, *, host: str = "127.0.0.1", start_timeout_s: float = 60.0
+        self,
+        log_file: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        append: bool = False,
+        start_timeout_s: float = 60.0,
     ) -> None:
         self.log_file = log_file
         self.host = host
         self.start_timeout_s = start_timeout_s
-        self.port = 0
+        self.port = port
+        self._append = append
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -86,9 +68,10 @@ class LocalS3Server:
                 "the local S3 server of the demo needs moto, which is not installed",
                 fix="pip install 'moto[server]' (scripts/demo.sh installs it with the dev extras)",
             )
-        (self.port,) = free_ports(1, self.host)
+        if not self.port:
+            (self.port,) = free_ports(1, self.host)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_file.open("wb")
+        self._log = self.log_file.open("ab" if self._append else "wb")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdin=subprocess.DEVNULL,
@@ -123,10 +106,17 @@ class LocalS3Server:
             fix=f"read {self.log_file}",
         )
 
+    def kill(self) -> None:
+        """SIGKILL the server at once, as a crash would (its buckets are gone)."""
+        self._stop(((signal.SIGKILL, 10.0),))
+
     def stop(self) -> None:
+        self._stop(((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)))
+
+    def _stop(self, signals: tuple[tuple[signal.Signals, float], ...]) -> None:
         process, self._process = self._process, None
         if process is not None:
-            for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+            for sig, wait in signals:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, sig)
                 try:

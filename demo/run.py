@@ -134,8 +134,8 @@ class _Steps:
 def run_demo(settings: DemoSettings, *, progress: Progress = _silent) -> DemoResult:
     from scibert_pack.archiver.build import build
     from scibert_pack.archiver.settings import BuildSettings
-    from scibert_pack.demo.report_html import write_report
     from scibert_pack.handlers.settings import HandlerSettings
+    from scibert_pack.serving.report_html import write_report
 
     work = settings.workdir.absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -220,20 +220,11 @@ def run_demo(settings: DemoSettings, *, progress: Progress = _silent) -> DemoRes
 def _serve_and_ask(
     settings: DemoSettings, store: Path, run_dir: Path, steps: _Steps, progress: Progress
 ) -> tuple[str, list[Prediction], list[Explanation]]:
-    from scibert_pack.demo.local_services import free_ports
     from scibert_pack.serving.batch import explain_texts
     from scibert_pack.serving.client import InferenceClient
     from scibert_pack.serving.server import ServeSettings, TorchServeProcess
 
-    inference, management, metrics, grpc = free_ports(4)
-    serve = ServeSettings(
-        port=inference,
-        management_port=management,
-        metrics_port=metrics,
-        grpc_port=grpc,
-        run_dir=run_dir,
-        ready_timeout_s=settings.ready_timeout_s,
-    )
+    serve = ServeSettings.on_free_ports(run_dir=run_dir, ready_timeout_s=settings.ready_timeout_s)
     server = TorchServeProcess(store, serve, progress=progress)
     with ExitStack() as running:
         with steps.step("serve: start TorchServe"):
@@ -315,8 +306,7 @@ def _upload(
 def _write_manifest(
     store: Path, storage_uri: str, manifest: Path, dockerfile: Path
 ) -> tuple[str, ...]:
-    from scibert_pack.files import atomic_write_text
-    from scibert_pack.kserve.manifest import build_manifest
+    from scibert_pack.kserve.manifest import build_manifest, write_manifest
     from scibert_pack.kserve.names import isvc_name_for
     from scibert_pack.kserve.options import ManifestOptions
     from scibert_pack.kserve.store_info import read_store
@@ -324,9 +314,7 @@ def _write_manifest(
     info = read_store(store)
     options = ManifestOptions(name=isvc_name_for(info.model_name), storage_uri=storage_uri)
     result = build_manifest(options, info, dockerfile_name=dockerfile.name)
-    atomic_write_text(manifest, result.yaml)
-    if result.dockerfile is not None:
-        atomic_write_text(dockerfile, result.dockerfile)
+    write_manifest(result, manifest, dockerfile)
     return tuple(f"[{w.code}] {w.message}" for w in result.warnings)
 
 

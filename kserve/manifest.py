@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from scibert_pack import __version__
+from scibert_pack.files import atomic_write_text
 from scibert_pack.kserve import documents as docs
 from scibert_pack.kserve.dockerfile import dockerfile
 from scibert_pack.kserve.grafana import dashboard_config_map
@@ -71,6 +73,16 @@ def build_manifest(
         next_steps=steps,
         resolved=r,
     )
+
+
+def write_manifest(manifest: Manifest, output: Path | None, dockerfile_path: Path | None) -> None:
+    """Writes the YAML to `output` and our runtime's Dockerfile (when the manifest has one) to
+    `dockerfile_path`, each atomically; None skips that file. `scibert-pack manifest` and the
+    demo both write through here."""
+    if output is not None:
+        atomic_write_text(output, manifest.yaml)
+    if manifest.dockerfile is not None and dockerfile_path is not None:
+        atomic_write_text(dockerfile_path, manifest.dockerfile)
 
 
 def fill_pvc_commands(r: Resolved) -> tuple[Step, ...]:

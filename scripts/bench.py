@@ -31,7 +31,7 @@ from typing import Any
 from bench_build import scibert_sized_model
 from benchlib import ROOT, machine, write_section
 
-from scibert_pack.demo.local_services import free_ports
+from scibert_pack.serving.ports import free_ports
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -137,15 +137,7 @@ def build_store(model: Path, out: Path, name: str, kind: str) -> Path:
 def served(store: Path, run_dir: Path) -> Iterator[Any]:
     from scibert_pack.serving.server import ServeSettings, TorchServeProcess
 
-    inference, management, metrics, grpc = free_ports(4)
-    settings = ServeSettings(
-        port=inference,
-        management_port=management,
-        metrics_port=metrics,
-        grpc_port=grpc,
-        run_dir=run_dir,
-        ready_timeout_s=600,
-    )
+    settings = ServeSettings.on_free_ports(run_dir=run_dir, ready_timeout_s=600)
     with TorchServeProcess(store, settings) as server:
         yield server
 

@@ -111,8 +111,8 @@ def _paeth(a: int, b: int, c: int) -> int:
 
 def sample_report(path: Path) -> Path:
     """A report that exercises what must read well: words, pieces, escaping, a long text."""
-    from scibert_pack.demo.report_html import write_report
     from scibert_pack.serving.client import Explanation
+    from scibert_pack.serving.report_html import write_report
 
     blog = "Risk assessment implications of site-specific oral relative bioavailability."
     words = ["Risk", "assessment", "implications", "of", "site-specific", "oral", "relative",

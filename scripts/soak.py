@@ -31,10 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from fault_support import CLI, Moto, upload_until_s3_vanishes
-from s3_helpers import kserve_download, s3_environ, tree, write_store
-from served import serving
-from soak_support import (
+from support.build_and_serve import serving
+from support.s3_stores_and_proxies import kserve_download, s3_environ, tree, write_store
+from support.soak_load import (
     KILL_RESPONSE_TIMEOUT_S,
     KILL_SETTINGS,
     SOAK_SETTINGS,
@@ -43,7 +42,8 @@ from soak_support import (
     ready_pids,
     soak,
 )
-from tiny_models import make_tiny_classifier
+from support.tiny_models import make_tiny_classifier
+from support.vanishing_s3 import CLI, Moto, upload_until_s3_vanishes
 
 from scibert_pack.storage.local_store import read_store
 
@@ -169,7 +169,8 @@ def markdown(
         "",
         f"Machine: {machine()}. Load average (1 min) when the run ended: "
         f"{os.getloadavg()[0]:.1f}; nothing else was run on purpose beside it.",
-        "Model: the tiny BERT test classifier (tests/tiny_models.py), TorchServe batch size 8,",
+        "Model: the tiny BERT test classifier (tests/support/tiny_models.py), TorchServe batch "
+        "size 8,",
         "one worker. Load: closed loop, one keep-alive session per thread, KServe v2 JSON; every",
         "answer is checked against the label the text gets alone (a wrong answer is an error).",
         "",

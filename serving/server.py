@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from scibert_pack.config import properties
 from scibert_pack.config.properties import Ports
@@ -75,6 +76,12 @@ class ServeSettings:
                     f"{option} {value!r} is not a port",
                     fix=f"pass a port from 1 to {high}, or 0 for a free one",
                 )
+
+    @classmethod
+    def on_free_ports(cls, *, host: str = "127.0.0.1", **settings: Any) -> ServeSettings:
+        """Settings with every port 0: `TorchServeProcess` picks free ones on `host` when it is
+        created (see with_free_ports), as `scibert-pack serve --port 0` does."""
+        return cls(host=host, port=0, management_port=0, metrics_port=0, grpc_port=0, **settings)
 
     def ports(self) -> dict[str, int]:
         return {

@@ -18,7 +18,10 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-from tiny_models import Family, make_tiny_classifier  # noqa: E402
+from support.tiny_models import Family, make_tiny_classifier  # noqa: E402
+
+# Servers shared across modules, one per configuration (started on first use).
+pytest_plugins = ["support.shared_servers"]
 
 FAMILIES: tuple[Family, ...] = ("bert", "roberta", "distilbert")
 

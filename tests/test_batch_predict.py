@@ -21,10 +21,8 @@ import pytest
 import requests
 from click.testing import CliRunner
 from requests.adapters import HTTPAdapter
-from served import serving
-from tiny_models import CORPUS, LABELS
+from support.tiny_models import CORPUS, LABELS
 
-from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
 from scibert_pack.errors import ClientError, InputError
 from scibert_pack.serving.batch import (
@@ -44,12 +42,8 @@ SCIBERT_PACK = str(Path(sys.executable).parent / "scibert-pack")
 
 
 @pytest.fixture(scope="module")
-def server(
-    tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TorchServeProcess]:
-    settings = BuildSettings(name="tiny", batch_size=8, max_batch_delay_ms=5, profile="local")
-    with serving(tiny_bert, tmp_path_factory.mktemp("served"), settings) as running:
-        yield running
+def server(tiny_server: TorchServeProcess) -> TorchServeProcess:
+    return tiny_server  # shared with other modules: send requests only
 
 
 class Recorder(HTTPAdapter):

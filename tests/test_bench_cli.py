@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from served import serving
 
-from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
 from scibert_pack.errors import InputError
 from scibert_pack.serving.load import LoadSettings, percentile
@@ -21,12 +18,8 @@ from scibert_pack.serving.server import TorchServeProcess
 
 
 @pytest.fixture(scope="module")
-def server(
-    tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TorchServeProcess]:
-    settings = BuildSettings(name="tiny", batch_size=8, max_batch_delay_ms=5, profile="local")
-    with serving(tiny_bert, tmp_path_factory.mktemp("served"), settings) as running:
-        yield running
+def server(tiny_server: TorchServeProcess) -> TorchServeProcess:
+    return tiny_server  # shared with other modules: send requests only
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from served import serving
-from tiny_models import LABELS
+from support.build_and_serve import serving
+from support.tiny_models import LABELS
 
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import torch
-from fake_context import HttpRequest
-from handler_support import TEST_SETTINGS, call, target_probability
-from tiny_models import CORPUS
+from support.fake_context import HttpRequest
+from support.in_process_service import TEST_SETTINGS, call, target_probability
+from support.tiny_models import CORPUS
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from scibert_pack.handlers.explain import SLOW_TOKENIZER_NOTE
@@ -222,8 +222,8 @@ def _f(model: Any, tokenizer: Any, text: str, target: int) -> tuple[float, float
 def test_the_report_shows_the_text_as_written(service: ClassifierService, granularity: str) -> None:
     """Served words or pieces, the HTML report's words read as the text does: "site-specific",
     "bioavailability." (no "site - specific", no "bio ##ava")."""
-    from scibert_pack.demo.report_html import render_report
     from scibert_pack.serving.client import Explanation
+    from scibert_pack.serving.report_html import render_report
 
     (item,) = explain(service, [BLOG], n_steps=5, granularity=granularity)
     x = Explanation(

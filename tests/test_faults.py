@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_support import Moto, upload_until_s3_vanishes
-from s3_helpers import kserve_download, s3_environ, tree, write_store
-from served import serving
-from soak_support import KILL_RESPONSE_TIMEOUT_S, KILL_SETTINGS, kill_worker_under_load
+from support.build_and_serve import serving
+from support.s3_stores_and_proxies import kserve_download, s3_environ, tree, write_store
+from support.soak_load import KILL_RESPONSE_TIMEOUT_S, KILL_SETTINGS, kill_worker_under_load
+from support.vanishing_s3 import Moto, upload_until_s3_vanishes
 
 from scibert_pack.serving.server import TorchServeProcess
 from scibert_pack.storage.local_store import read_store

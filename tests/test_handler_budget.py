@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_context import FakeContext, HttpRequest
-from handler_support import TEST_SETTINGS, call, load_trained
-from tiny_models import Family
+from support.fake_context import FakeContext, HttpRequest
+from support.in_process_service import TEST_SETTINGS, call, load_trained
+from support.tiny_models import Family
 
 from scibert_pack.handlers.budget import ExplainBudget, Refusal
 from scibert_pack.handlers.service import ClassifierService

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_context import HttpRequest
-from handler_support import (
+from support.fake_context import HttpRequest
+from support.in_process_service import (
     TEST_SETTINGS,
     call,
     load_trained,
@@ -21,7 +21,7 @@ from handler_support import (
     reference_tokens,
     target_probability,
 )
-from tiny_models import Family
+from support.tiny_models import Family
 
 from scibert_pack.handlers.explain import SLOW_TOKENIZER_NOTE, Explanation, merge_words
 from scibert_pack.handlers.service import ClassifierService

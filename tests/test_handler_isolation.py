@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tiny_models import Family
+from support.tiny_models import Family
 
 HANDLERS = Path(__file__).resolve().parents[1] / "handlers"
 TESTS = Path(__file__).resolve().parent
@@ -57,7 +57,7 @@ SCRIPT = textwrap.dedent(
     sys.meta_path.insert(0, Blocker())
     sys.path[:0] = [{archive!r}, {tests!r}]
 
-    from fake_context import FakeContext, FakeMetrics, HttpRequest, run_batch
+    from support.fake_context import FakeContext, FakeMetrics, HttpRequest, run_batch
     from scibert_pack_handlers.torchserve_entry import handle
 
     metrics = FakeMetrics()

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import torch
-from fake_context import FakeContext, FakeMetrics, HttpRequest, MetricTypes, Response
-from handler_support import (
+from support.fake_context import FakeContext, FakeMetrics, HttpRequest, MetricTypes, Response
+from support.in_process_service import (
     TEST_SETTINGS,
     call,
     load_trained,
@@ -18,7 +18,7 @@ from handler_support import (
     recorded_passes,
     reference_probabilities,
 )
-from tiny_models import Family
+from support.tiny_models import Family
 
 from scibert_pack.handlers.model import (
     CHARS_PER_TOKEN_BOUND,

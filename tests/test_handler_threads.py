@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_context import FakeContext
+from support.fake_context import FakeContext
 
 from scibert_pack.handlers import threads
 from scibert_pack.handlers.service import ClassifierService

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from served import serving
-from soak_support import workers
+from support.build_and_serve import serving
+from support.soak_load import workers
+from support.tiny_models import FRENCH_LABELS, make_tiny_classifier
 from test_hostile_input import ROUTES, Protocol, Route, answer_items, as_json, result, wrap
-from tiny_models import FRENCH_LABELS, make_tiny_classifier
 
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.handlers.render import reason_phrase

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import pytest
 import requests
-from served import serving
-from tiny_models import CORPUS, LABELS
+from support.build_and_serve import serving
+from support.tiny_models import CORPUS, LABELS
 
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.handlers.render import reason_phrase

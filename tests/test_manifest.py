@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from manifest_store import COMBINATIONS, VERSIONS, write_store
-from s3_helpers import run_with_fake_kubectl, tree
+from support.manifest_store import COMBINATIONS, VERSIONS, write_store
+from support.s3_stores_and_proxies import run_with_fake_kubectl, tree
 
 from scibert_pack.cli import cli
 from scibert_pack.errors import InputError, ManifestError, StoreError

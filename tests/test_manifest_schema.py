@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from jsonschema import Draft7Validator
-from manifest_store import COMBINATIONS
+from support.manifest_store import COMBINATIONS
 
 from scibert_pack.kserve.manifest import build_manifest
 from scibert_pack.kserve.options import ManifestOptions

@@ -26,10 +26,8 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from served import serving
-from tiny_models import LABELS
+from support.tiny_models import LABELS
 
-from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.serving.server import TorchServeProcess
 
 grpc = pytest.importorskip("grpc")
@@ -49,14 +47,8 @@ OIP_SERVICE = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
 
 
 @pytest.fixture(scope="module")
-def server(
-    tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TorchServeProcess]:
-    settings = BuildSettings(
-        name=MODEL, profile="local", batch_size=8, max_batch_delay_ms=30, response_timeout_s=60
-    )
-    with serving(tiny_bert, tmp_path_factory.mktemp("oip"), settings) as running:
-        yield running
+def server(tiny_server: TorchServeProcess) -> TorchServeProcess:
+    return tiny_server  # model "tiny", shared with other modules: send requests only
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from s3_helpers import S3Server
+from support.s3_stores_and_proxies import S3Server
 
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
@@ -42,7 +42,7 @@ from scibert_pack.kserve.rehearsal import RehearsalReport, RehearsalSettings, re
 from scibert_pack.kserve.store_info import read_store
 from scibert_pack.kserve.yaml_text import dump_documents
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 
 ISOLATES, WHY_NOT = can_isolate()
 needs_pod = pytest.mark.skipif(not ISOLATES, reason=f"a full rehearsal needs {WHY_NOT}")

@@ -14,8 +14,8 @@ from types import ModuleType
 
 import pytest
 
-from scibert_pack.demo.report_html import render_report, word_alphas, write_report
 from scibert_pack.serving.client import Explanation
+from scibert_pack.serving.report_html import render_report, word_alphas, write_report
 
 
 def _explanation(words: list[str], importances: list[float], **kw: object) -> Explanation:

@@ -22,7 +22,6 @@ import sys
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,9 +29,9 @@ import pytest
 import requests
 import torch
 from click.testing import CliRunner
-from fake_context import FakeContext
-from s3_helpers import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, s3_environ
-from served import free_ports
+from support.fake_context import FakeContext
+from support.s3_stores_and_proxies import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, s3_environ
+from support.shared_servers import Secured
 
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import ARCHIVE_FORMATS, ArchiveFormat, BuildSettings
@@ -42,39 +41,9 @@ from scibert_pack.errors import ModelFolderError
 from scibert_pack.handlers.model import ModelLoadError
 from scibert_pack.handlers.service import ClassifierService
 from scibert_pack.handlers.settings import HandlerSettings
-from scibert_pack.serving.server import ServeSettings, TorchServeProcess
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 SCIBERT_PACK = str(Path(sys.executable).parent / "scibert-pack")
-
-
-@dataclass
-class Secured:
-    """A store built through the CLI with --token-auth, served, and what the CLI printed."""
-
-    store: Path
-    server: TorchServeProcess
-    outputs: list[str] = field(default_factory=list)
-
-
-@pytest.fixture(scope="module")
-def secured(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    work = tmp_path_factory.mktemp("secured")
-    store = work / "store"
-    args = ["build", str(tiny_bert), "--name", "sec", "-o", str(store), "--profile", "local"]
-    built = CliRunner().invoke(cli, [*args, "--token-auth", "--json"])
-    assert built.exit_code == 0, built.output
-    inference, management, metrics, grpc = free_ports(4)
-    serve = ServeSettings(
-        port=inference,
-        management_port=management,
-        metrics_port=metrics,
-        grpc_port=grpc,
-        run_dir=work / "run",
-        ready_timeout_s=180,
-    )
-    with TorchServeProcess(store, serve) as server:
-        yield Secured(store, server, [built.stdout, built.stderr])
 
 
 # -- listening sockets ----------------------------------------------------------------------

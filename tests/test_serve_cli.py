@@ -10,18 +10,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
 import requests
 from click.testing import CliRunner
-from served import free_ports, serving
+from support.shared_servers import Secured
 
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
+from scibert_pack.serving.ports import free_ports
 from scibert_pack.serving.server import TorchServeProcess, exposure_warning
 
 
@@ -142,25 +142,21 @@ def test_serve_warns_before_exposing_a_store_without_token_auth(
     assert lines[:-1] == ([warning] if warned else [])
 
 
-@pytest.fixture(scope="module")
-def token_server(
-    tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TorchServeProcess]:
-    settings = BuildSettings(name="locked", token_auth=True, profile="local")
-    with serving(tiny_bert, tmp_path_factory.mktemp("token"), settings) as server:
-        yield server
+@pytest.fixture
+def token_server(secured: Secured) -> TorchServeProcess:
+    return secured.server  # model "sec", built with --token-auth; shared: requests only
 
 
 @pytest.mark.server
 def test_token_auth_refuses_calls_without_the_token(token_server: TorchServeProcess) -> None:
-    url = f"{token_server.inference_url}/v2/models/locked/infer"
+    url = f"{token_server.inference_url}/v2/models/sec/infer"
     body = {"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["cells divide"]}]}
     # TorchServe 0.12 answers a missing or wrong token with 400 InvalidKeyException.
     for headers in ({}, {"Authorization": "Bearer not-the-token"}):
         refused = requests.post(url, json=body, headers=headers, timeout=60)
         assert refused.status_code == 400
         assert refused.json()["type"] == "InvalidKeyException"
-    args = ["predict", "cells divide", "--url", token_server.inference_url, "--model", "locked"]
+    args = ["predict", "cells divide", "--url", token_server.inference_url, "--model", "sec"]
     denied = CliRunner().invoke(cli, args, env={"SCIBERT_PACK_TOKEN": ""})
     assert denied.exit_code == 1
     assert "answered 400: Token Authorization failed" in denied.stderr

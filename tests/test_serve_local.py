@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from http_recorder import Recorder
+from support.http_recorder import Recorder
 
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
@@ -181,9 +181,7 @@ def test_stopped_server_leaves_no_pid_file_socket_or_key(
     tiny_bert: Path, tmp_path: Path, short_runtime: Path
 ) -> None:
     build(tiny_bert, BuildSettings(name="m", profile="local", min_workers=1), tmp_path / "store")
-    settings = ServeSettings(
-        port=0, management_port=0, metrics_port=0, grpc_port=0, ready_timeout_s=180
-    )
+    settings = ServeSettings.on_free_ports(ready_timeout_s=180)
     server = TorchServeProcess(tmp_path / "store", settings)
     assert server.settings.port != 0
     with server:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import requests
-from served import serving
-from tiny_models import LABELS
+from support.build_and_serve import serving
+from support.tiny_models import LABELS
 
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.serving.server import TorchServeProcess

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from served import serving
-from soak_support import (
+from support.build_and_serve import serving
+from support.soak_load import (
     SOAK_SETTINGS,
     RssBound,
     RssSample,

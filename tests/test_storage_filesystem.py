@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from s3_helpers import kserve_download, tree
+from support.s3_stores_and_proxies import kserve_download, tree
 
 from scibert_pack.errors import InputError, StorageError
 from scibert_pack.storage.filesystem import FilesystemBackend
@@ -16,7 +16,7 @@ from scibert_pack.storage.resolve import backend_for
 from scibert_pack.storage.sync import UploadResult, plan_upload, run_upload
 from scibert_pack.storage.targets import parse_target
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 
 
 def upload(store: Path, backend: FilesystemBackend, **kwargs: object) -> UploadResult:

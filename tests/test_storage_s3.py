@@ -17,7 +17,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
-from s3_helpers import (
+from support.s3_stores_and_proxies import (
     ACCESS_KEY_ID,
     REGION,
     SECRET_ACCESS_KEY,
@@ -34,7 +34,7 @@ from scibert_pack.storage.s3 import MIB, S3Backend, S3Settings, make_client
 from scibert_pack.storage.sync import UploadResult, plan_upload, run_upload
 from scibert_pack.storage.targets import S3Target, parse_target
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 pytestmark = pytest.mark.s3
 _WRITES = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from s3_helpers import ScriptRun, kserve_download, run_with_fake_kubectl, tree
+from support.s3_stores_and_proxies import ScriptRun, kserve_download, run_with_fake_kubectl, tree
 
 from scibert_pack.errors import InputError, StoreError
 from scibert_pack.storage.filesystem import FilesystemBackend
@@ -26,7 +26,7 @@ from scibert_pack.storage.targets import (
     redact_uri,
 )
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from scibert_pack.errors import InputError
 from scibert_pack.kserve.options import STORAGE_SCHEMES
 from scibert_pack.storage.targets import check_storage_uri
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 
 _SEGMENT = (
     "has an empty, '.' or '..' path segment; write the path plainly, e.g. s3://my-models/scibert"

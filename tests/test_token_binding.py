@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from http_recorder import Recorder
+from support.http_recorder import Recorder
 
 from scibert_pack.cli import cli
 from scibert_pack.serving.client import local_server_token

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from s3_helpers import (
+from support.s3_stores_and_proxies import (
     ACCESS_KEY_ID,
     SECRET_ACCESS_KEY,
     S3Server,
@@ -27,7 +27,7 @@ from scibert_pack.storage.kubectl_steps import kubectl_steps, upload_steps_text
 from scibert_pack.storage.local_store import read_store
 from scibert_pack.storage.targets import PvcTarget
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 CLI = [str(Path(sys.executable).parent / "scibert-pack")]
 
 

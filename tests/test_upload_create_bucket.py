@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from s3_helpers import S3Server, free_port, kserve_download, tree
+from support.s3_stores_and_proxies import S3Server, free_port, kserve_download, tree
 
 from scibert_pack.cli import cli
 from scibert_pack.storage.local_store import read_store
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 
 
 def _exists(s3: S3Server, name: str) -> bool:

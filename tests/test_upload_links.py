@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from s3_helpers import S3Server
+from support.s3_stores_and_proxies import S3Server
 
 from scibert_pack.cli import cli
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 
 _FIX = (
     "replace each link with a copy of the file it points to (cp --remove-destination TARGET "

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from served import serving
-from soak_support import ready_pids, rss_mib
-from tiny_models import CORPUS
+from support.build_and_serve import serving
+from support.soak_load import ready_pids, rss_mib
+from support.tiny_models import CORPUS
 
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.handlers.settings import HandlerSettings

@@ -346,7 +346,7 @@ def explain(
         progress=show,
     )
     if html_file is not None:
-        from scibert_pack.demo.report_html import write_report
+        from scibert_pack.serving.report_html import write_report
 
         probabilities = [p.probabilities for p in explained.predictions or ()]
         write_report(

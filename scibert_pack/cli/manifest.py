@@ -9,8 +9,7 @@ import click
 
 from scibert_pack.cli._console import Console
 from scibert_pack.config.properties import Ports
-from scibert_pack.files import atomic_write_text
-from scibert_pack.kserve.manifest import build_manifest
+from scibert_pack.kserve.manifest import build_manifest, write_manifest
 from scibert_pack.kserve.names import isvc_name_for
 from scibert_pack.kserve.options import (
     ACCESS_MODES,
@@ -154,11 +153,10 @@ def manifest(
         console.warn(f"[{warning.code}] {warning.message}\n  fix: {warning.fix}")
     if output is None:
         click.echo(result.yaml, nl=False)
-    else:
-        atomic_write_text(output, result.yaml)
+    write_manifest(result, output, None if no_dockerfile else dockerfile_path)
+    if output is not None:
         console.progress(f"wrote {output}")
     if result.dockerfile is not None and not no_dockerfile:
-        atomic_write_text(dockerfile_path, result.dockerfile)
         console.progress(
             f"wrote {dockerfile_path}: build and push {result.resolved.image} from it "
             "before applying"

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fake_context import FakeContext, HttpRequest, Response, run_batch
-from tiny_models import CORPUS
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from scibert_pack.handlers.service import ClassifierService
 from scibert_pack.handlers.settings import HandlerSettings
+from support.fake_context import FakeContext, HttpRequest, Response, run_batch
+from support.tiny_models import CORPUS
 
 CORPUS_LABELS = (0, 0, 0, 1, 1, 2, 2, 2, 0, 1)  # biology, chemistry, physics per CORPUS line
 

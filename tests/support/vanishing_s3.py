@@ -2,44 +2,38 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from s3_helpers import S3Server, StallingProxy, free_port, wait_for_port
+from scibert_pack.demo.local_services import LocalS3Server
+from support.s3_stores_and_proxies import S3Server, StallingProxy
 
 CLI = [str(Path(sys.executable).parent / "scibert-pack")]
 
 
 class Moto:
-    """A moto S3 server this test owns: it can be killed and started again on the same port."""
+    """A moto S3 server this test owns: it can be killed and started again on the same port
+    (the first start picks a free one)."""
 
     def __init__(self, log: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._s3 = LocalS3Server(log, append=True)
+
+    @property
+    def port(self) -> int:
+        return self._s3.port
 
     @property
     def server(self) -> S3Server:
-        return S3Server(f"http://127.0.0.1:{self.port}")
+        return S3Server(self._s3.endpoint)
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for_port(self.port, self.proc)
+        self._s3.start()
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        self._s3.kill()
 
 
 @dataclass(frozen=True)

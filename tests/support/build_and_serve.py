@@ -8,10 +8,9 @@ from pathlib import Path
 
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
-from scibert_pack.demo.local_services import free_ports
 from scibert_pack.serving.server import ServeSettings, TorchServeProcess
 
-__all__ = ["free_ports", "serving"]
+__all__ = ["serving"]
 
 
 @contextlib.contextmanager
@@ -20,14 +19,6 @@ def serving(
 ) -> Iterator[TorchServeProcess]:
     store = work / "store"
     build(model_dir, settings, store)
-    inference, management, metrics, grpc = free_ports(4)
-    serve = ServeSettings(
-        port=inference,
-        management_port=management,
-        metrics_port=metrics,
-        grpc_port=grpc,
-        run_dir=run_dir or work / "run",
-        ready_timeout_s=180,
-    )
+    serve = ServeSettings.on_free_ports(run_dir=run_dir or work / "run", ready_timeout_s=180)
     with TorchServeProcess(store, serve) as server:
         yield server

@@ -1,42 +1,26 @@
 """Storage test fixtures: moto's standalone S3 server on 127.0.0.1 (once per session), a fresh
 bucket per test, and fake model stores. Test modules load them with
-`pytest_plugins = ["s3_fixtures"]`."""
+`pytest_plugins = ["support.s3_fixtures"]`."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_helpers import S3Server, free_port, s3_environ, wait_for_port, write_store
+
+from scibert_pack.demo.local_services import LocalS3Server
+from support.s3_stores_and_proxies import S3Server, s3_environ, write_store
 
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's standalone S3 server in its own process, once per test session."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port(port, proc)
-        yield S3Server(f"http://127.0.0.1:{port}")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+    with LocalS3Server(tmp_path_factory.mktemp("moto") / "server.log") as s3:
+        yield S3Server(s3.endpoint)
 
 
 @pytest.fixture

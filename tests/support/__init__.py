@@ -1,0 +1,1 @@
+"""Test helpers: tiny models, served stores, S3 servers, fake TorchServe contexts."""
