@@ -208,7 +208,7 @@ def dockerfile_pins(text: str) -> dict[str, str]:
     pins: dict[str, str] = {}
     for line in text.splitlines():
         line = line.split("#", 1)[0]
-        base = re.match(r"\s*FROM\s+(\S+)", line, re.IGNORECASE)
+        base = re.fullmatch(r"\s*FROM\s+(\S+)(?:\s.*)?", line, re.IGNORECASE)
         if base:
             image, _, tag = base.group(1).partition(":")
             if image.endswith("/torchserve"):

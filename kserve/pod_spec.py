@@ -19,7 +19,7 @@ from scibert_pack.kserve.options import STOCK_RUNTIME
 
 ProbeKind = Literal["httpGet", "tcpSocket", "exec", "grpc"]
 _REHEARSE_FIX = "pass the file `scibert-pack manifest -o FILE` wrote"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 # Kubernetes expands $(VAR) in command and args from the container's env; $$ is a literal $.
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -210,7 +210,7 @@ def _container(
     from_cluster: list[str] = []
     for entry in [*(raw.get("env") or []), *(model.get("env") or [])]:
         key = str(entry.get("name", ""))
-        if not _ENV_NAME.match(key):
+        if not _ENV_NAME.fullmatch(key):
             raise InputError(f"{source}: env name {key!r} is not a valid variable name")
         if "valueFrom" in entry:
             from_cluster.append(key)
