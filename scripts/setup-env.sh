@@ -22,11 +22,21 @@ if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split(
 fi
 
 stamp="$VENV/.scibert-pack-installed"
+# The strict editable install links each file of the package folders (every top-level folder with
+# an __init__.py) into build/__editable__.*: the stamp holds their list, and a module added or
+# removed since relinks them.
+package_files="$(cd "$ROOT" && for init in */__init__.py; do
+  find "${init%/__init__.py}" -name __pycache__ -prune -o -type f -print
+done | LC_ALL=C sort | sha256sum)"
+_link_project() {  # EXTRAS, then pip options
+  rm -rf "$ROOT"/build/__editable__.*  # an older version's link tree would be type-checked too
+  "$VENV/bin/pip" install -q "${@:2}" -e "$ROOT$1" --config-settings editable_mode=strict
+}
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   # KServe's own storage initializer, used by the tests as the downloader that proves an upload.
   # Its full dependency set (GCS, Azure, HF, ...) is not needed for s3:// and local URIs.
   _install_project() {
-    "$VENV/bin/pip" install -q -e "$ROOT[dev]" &&
+    _link_project "[dev]" &&
       "$VENV/bin/pip" install -q --no-deps "kserve-storage>=0.15" &&
       # The kserve SDK's InferenceRESTClient, a third-party client in tests/test_oip_clients.py.
       # Without --no-deps it pulls its model server's stack; these are what `import kserve` needs.
@@ -37,7 +47,14 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
         prometheus-client grpc-interceptor uvicorn timing-asgi watchfiles kubernetes tabulate
   }
   step 3 "installing scibert-pack with dev extras (pip)" _install_project
-  touch "$stamp"
+  echo "$package_files" >"$stamp"
+elif [ "$(cat "$stamp")" != "$package_files" ] ||
+  # A plain `pip install -e .` since (README's bench step, habit) swapped the links for an import
+  # hook that mypy cannot read.
+  ! "$VENV/bin/python" -I -c 'import sys, scibert_pack.config as c
+sys.exit("__editable__" not in c.__file__)' 2>/dev/null; then
+  step 3 "relinking scibert-pack's package files (pip)" _link_project "" --no-deps
+  echo "$package_files" >"$stamp"
 fi
 
 if ! command -v java >/dev/null 2>&1; then
