@@ -14,6 +14,10 @@ from typing import Any, Literal
 
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
+# What computes predictions: torch (eager), or ONNX Runtime over the model.onnx the build
+# exported and checked against torch (explanations always run on torch, same fp32 weights).
+Runtime = Literal["torch", "onnx"]
+RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx")
 # Peak memory per token of a pass with gradients (explanations) over one without: 3.5 to 4 on
 # MiniLM-L6 at 64 and 512 tokens (ru_maxrss of forward + backward vs an inference_mode forward).
 EXPLAIN_MEMORY_FACTOR = 4
@@ -62,6 +66,7 @@ class HandlerSettings:
     # the archive's minWorkers; see threads.py), not torch's one thread per core of the node.
     torch_threads: int = 0
     device: Device = "auto"
+    runtime: Runtime = "torch"
 
     def __post_init__(self) -> None:
         _check_range("max_length", self.max_length, 8, 8192)
@@ -81,6 +86,9 @@ class HandlerSettings:
             raise SettingsError(f"merge_subwords must be true or false, got {got!r}")
         if self.device not in DEVICES:
             raise SettingsError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.runtime not in RUNTIMES:
+            got = self.runtime
+            raise SettingsError(f"runtime must be one of {', '.join(RUNTIMES)}, got {got!r}")
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any] | None) -> HandlerSettings:

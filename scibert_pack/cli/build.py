@@ -17,7 +17,7 @@ from scibert_pack.archiver.settings import (
 )
 from scibert_pack.cli._console import Console
 from scibert_pack.config.properties import PROFILES, Ports
-from scibert_pack.handlers.settings import DEVICES, HandlerSettings
+from scibert_pack.handlers.settings import DEVICES, RUNTIMES, HandlerSettings
 
 _HANDLER_OPTIONS = (
     "explain_steps",
@@ -31,6 +31,7 @@ _HANDLER_OPTIONS = (
     "max_batch_tokens",
     "torch_threads",
     "device",
+    "runtime",
 )
 _DEFAULTS = HandlerSettings()
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
@@ -170,6 +171,14 @@ def _shown(value: object) -> str:
     "--min-workers.",
 )
 @click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, show_default=True)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default=_DEFAULTS.runtime,
+    show_default=True,
+    help="What computes predictions: torch, or ONNX Runtime over a model.onnx exported and "
+    "checked against torch at build time (explanations stay on torch). See BENCHMARKS.md.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build result as JSON on stdout.")
 def build(model_dir: Path, output: Path | None, quiet: bool, as_json: bool, **options: Any) -> None:
