@@ -273,7 +273,12 @@ def _build_in(
         from scibert_pack.handlers.onnx_runtime import ONNX_FILE
 
         progress(f"exporting {ONNX_FILE} and checking it against PyTorch")
-        check = export_onnx(folder.path, stage / ONNX_FILE, handler)
+        check = export_onnx(folder.path, stage / ONNX_FILE, handler).as_dict()
+    elif handler.runtime == "torch-int8":
+        from scibert_pack.archiver.int8_check import check_int8
+
+        progress("measuring the int8 model against fp32 on held-out texts")
+        check = check_int8(folder.path, handler, settings.min_label_agreement)
 
     progress(f"packing {settings.archive_name} ({settings.archive_format})")
     single = [f for f in folder.weight_files if not f.endswith(".json")]
@@ -307,8 +312,8 @@ def _build_in(
     )
     if check is not None:
         # The serving image needs onnxruntime: kserve/dockerfile.py pins the version named here.
-        report["runtime_check"] = check.as_dict()
-        report["versions"].update(check.as_dict()["versions"])
+        report["runtime_check"] = check
+        report["versions"].update(check.get("versions", {}))
     write_report(work / REPORT_FILE, report)
     with _publish_lock(output, progress):
         return (*_publish(work, archive, settings, output), report)

@@ -8,7 +8,7 @@ corpus plus texts at the model's longest and shortest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +27,7 @@ PROBABILITY_TOLERANCE = 1e-4
 # ONNX opset of the export: 17 has LayerNormalization, which ONNX Runtime fuses.
 OPSET = 17
 _CHECK_BATCH = 16
+Logits = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -118,20 +119,28 @@ def check_texts(classifier: Classifier) -> list[str]:
     return [*texts, " ".join(texts)[: classifier.max_length * 16], "x"]
 
 
-def compare(
-    classifier: Classifier, onnx: OnnxLogits, texts: Sequence[str], onnx_bytes: int
-) -> RuntimeCheck:
+def agreement(classifier: Classifier, logits: Logits, texts: Sequence[str]) -> tuple[float, float]:
+    """Share of `texts` whose label `logits` gives as torch does, and the largest probability
+    difference between the two."""
     agree, worst = 0, 0.0
     for start in range(0, len(texts), _CHECK_BATCH):
         batch = classifier.tokenize(texts[start : start + _CHECK_BATCH])
         expected = classifier.probabilities(batch.inputs)
-        got = torch.softmax(onnx(batch.inputs).float(), dim=-1)
+        with torch.inference_mode():
+            got = torch.softmax(logits(batch.inputs).float(), dim=-1)
         agree += int((expected.argmax(dim=-1) == got.argmax(dim=-1)).sum())
         worst = max(worst, float((expected - got).abs().max()))
+    return agree / len(texts), worst
+
+
+def compare(
+    classifier: Classifier, onnx: OnnxLogits, texts: Sequence[str], onnx_bytes: int
+) -> RuntimeCheck:
+    share, worst = agreement(classifier, onnx, texts)
     return RuntimeCheck(
         runtime="onnx",
         texts=len(texts),
-        label_agreement=agree / len(texts),
+        label_agreement=share,
         max_probability_difference=worst,
         tolerance=PROBABILITY_TOLERANCE,
         onnx_bytes=onnx_bytes,

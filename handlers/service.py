@@ -157,6 +157,12 @@ class ClassifierService:
                 Path(properties["model_dir"]) / ONNX_FILE, torch.get_num_threads()
             )
             service.classifier = dataclasses.replace(service.classifier, fast_logits=onnx)
+        elif settings.runtime == "torch-int8":
+            from .int8 import EXPLAINED_WITH, int8_logits
+
+            int8 = int8_logits(service.classifier.model)
+            service.classifier = dataclasses.replace(service.classifier, fast_logits=int8)
+            service.info = dataclasses.replace(service.info, explained_with=EXPLAINED_WITH)
         return service
 
     def handle(self, rows: Sequence[Mapping[str, Any]], context: Any) -> list[str | bytes]:

@@ -15,9 +15,10 @@ from typing import Any, Literal
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
 # What computes predictions: torch (eager), or ONNX Runtime over the model.onnx the build
-# exported and checked against torch (explanations always run on torch, same fp32 weights).
-Runtime = Literal["torch", "onnx"]
-RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx")
+# exported and checked against torch (explanations run on torch, the same fp32 weights), or an
+# int8 copy of the torch model (approximate: explanations stay fp32 and their answers say so).
+Runtime = Literal["torch", "onnx", "torch-int8"]
+RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "torch-int8")
 # Peak memory per token of a pass with gradients (explanations) over one without: 3.5 to 4 on
 # MiniLM-L6 at 64 and 512 tokens (ru_maxrss of forward + backward vs an inference_mode forward).
 EXPLAIN_MEMORY_FACTOR = 4

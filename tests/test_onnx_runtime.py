@@ -7,6 +7,7 @@ answers otherwise; the Dockerfile of such a store pins onnxruntime."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import zipfile
@@ -28,7 +29,7 @@ from scibert_pack.archiver.onnx_export import PROBABILITY_TOLERANCE, export_onnx
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
 from scibert_pack.demo.corpus import load_corpus
-from scibert_pack.errors import BuildError
+from scibert_pack.errors import BuildError, InputError
 from scibert_pack.handlers.model import Classifier
 from scibert_pack.handlers.onnx_runtime import ONNX_FILE, OnnxLoadError
 from scibert_pack.handlers.service import ClassifierService
@@ -193,3 +194,107 @@ def test_served_onnx_predictions_and_explanations(
         assert item["label"] == label and item["target"] == label
         assert "".join(text.split()).startswith("".join(item["words"]))  # truncated at 64
         assert abs(item["delta"]) < 0.05
+
+
+# --- torch-int8: approximate, measured at build time, explanations say they are fp32 -----------
+
+INT8 = HandlerSettings(runtime="torch-int8", max_length=64)
+HELD_OUT = [e.text for e in load_corpus().held_out]
+
+
+def _near_tied(source: Path, folder: Path) -> Path:
+    """A copy of a tiny classifier whose first two labels differ by a head row change far below
+    int8's rounding step, centred on the held-out texts: fp32 splits them between the two
+    labels, int8 (which rounds both rows alike) gives them all one."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(source).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    head = next(m for m in reversed(list(model.modules())) if isinstance(m, torch.nn.Linear))
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    with torch.no_grad():
+        model(
+            **tokenizer(HELD_OUT, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        )
+    hook.remove()
+    features = seen[0]
+    spread = features - features.mean(dim=0)
+    direction = spread[spread.norm(dim=1).argmax()]
+    step = float(head.weight.detach().abs().max()) / 127  # int8's weight rounding step
+    delta = direction / direction.abs().max() * step / 10
+    with torch.no_grad():
+        head.weight[1] = head.weight[0] + delta
+        head.bias[1] = head.bias[0] - delta @ features.mean(dim=0)
+        head.bias[2] = head.bias[0] - 100.0  # out of the running
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_predicts_and_explanations_name_the_fp32_weights(
+    family: Family, tiny_models: dict[Family, Path]
+) -> None:
+    from fake_context import HttpRequest, run_batch
+
+    int8, fp32 = _service(tiny_models[family], INT8), _service(tiny_models[family], TORCH)
+    assert int8.classifier.fast_logits is not None
+    got, expected = (
+        _probabilities(int8.classifier, HELD_OUT),
+        _probabilities(fp32.classifier, HELD_OUT),
+    )
+    assert not torch.equal(got, expected)  # really another computation...
+    assert float((got - expected).abs().max()) < 0.01  # ...of the same model
+
+    def explained(service: ClassifierService) -> list[dict[str, Any]]:
+        request = HttpRequest({"texts": HELD_OUT[:2]}, explain=True)
+        (response,) = run_batch(service.handle, FakeContext(model_name="scibert"), [request])
+        assert response.status == 200, response.body
+        return list(response.body)
+
+    assert [item["explained_with"] for item in explained(int8)] == ["torch-fp32"] * 2
+    assert all("explained_with" not in item for item in explained(fp32))
+
+
+def test_int8_build_reports_its_agreement(tiny_bert: Path, tmp_path: Path) -> None:
+    result = build(tiny_bert, BuildSettings(name="tiny", handler=INT8), tmp_path / "store")
+    check = result.report["runtime_check"]
+    assert (check["runtime"], check["checked_texts"]) == ("torch-int8", len(HELD_OUT))
+    assert check["label_agreement"] >= check["min_label_agreement"] == 0.98
+    assert 0 < check["max_probability_difference"] < 0.01
+    assert check["explained_with"] == "torch-fp32"
+
+
+def test_int8_build_refuses_a_model_int8_flips(tiny_bert: Path, tmp_path: Path) -> None:
+    folder = _near_tied(tiny_bert, tmp_path / "tied")
+    args = [
+        "build",
+        str(folder),
+        "--name",
+        "tied",
+        "--runtime",
+        "torch-int8",
+        "-o",
+        str(tmp_path / "store"),
+    ]
+    ran = CliRunner().invoke(cli, args)
+    assert ran.exit_code != 0
+    assert re.search(
+        r"the int8 model of .* gives fp32's label on \d+\.\d+% of 84 held-out texts, "
+        r"below --min-label-agreement 0.98",
+        ran.stderr,
+    ), ran.stderr
+    assert "--runtime onnx or torch" in ran.stderr
+    assert not (tmp_path / "store" / "model-store").exists()
+    # The same model passes when the threshold says flips are acceptable.
+    lenient = CliRunner().invoke(cli, [*args, "--min-label-agreement", "0"])
+    assert lenient.exit_code == 0, lenient.stderr
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5], ids=["negative", "over-one"])
+def test_min_label_agreement_is_a_share(value: float) -> None:
+    with pytest.raises(
+        InputError, match=r"--min-label-agreement .* out of range \(expected 0 to 1"
+    ):
+        BuildSettings(name="m", min_label_agreement=value)

@@ -176,8 +176,17 @@ def _shown(value: object) -> str:
     type=click.Choice(RUNTIMES),
     default=_DEFAULTS.runtime,
     show_default=True,
-    help="What computes predictions: torch, or ONNX Runtime over a model.onnx exported and "
-    "checked against torch at build time (explanations stay on torch). See BENCHMARKS.md.",
+    help="What computes predictions: torch; onnx (ONNX Runtime over a model.onnx exported and "
+    "checked against torch at build time); torch-int8 (approximate, see "
+    "--min-label-agreement). Explanations always run on the fp32 torch model. See BENCHMARKS.md.",
+)
+@click.option(
+    "--min-label-agreement",
+    type=float,
+    default=0.98,
+    show_default=True,
+    help="--runtime torch-int8: the least share of held-out demo-corpus texts whose int8 label "
+    "must be fp32's, else the build fails.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build result as JSON on stdout.")
@@ -240,6 +249,7 @@ def _settings(options: dict[str, Any]) -> BuildSettings:
         token_auth=options.pop("token_auth"),
         allow_pickle=options.pop("allow_pickle"),
         max_length=options.pop("max_length"),
+        min_label_agreement=options.pop("min_label_agreement"),
         ports=ports,
         handler=handler,
     )
