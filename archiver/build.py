@@ -247,6 +247,18 @@ def _build_in(
         shutil.copyfile(folder.path / name, stage / name)
     (stage / "model-config.yaml").write_text(_model_config(settings, handler), encoding="utf-8")
     stage_handler(stage, Path(handler_settings.__file__).parent)
+    check = None
+    if handler.runtime == "onnx":
+        from scibert_pack.archiver.onnx_export import export_onnx
+        from scibert_pack.handlers.onnx_runtime import ONNX_FILE
+
+        progress(f"exporting {ONNX_FILE} and checking it against PyTorch")
+        check = export_onnx(folder.path, stage / ONNX_FILE, handler).as_dict()
+    elif handler.runtime == "torch-int8":
+        from scibert_pack.archiver.int8_check import check_int8
+
+        progress("measuring the int8 model against fp32 on held-out texts")
+        check = check_int8(folder.path, handler, settings.min_label_agreement)
 
     progress(f"packing {settings.archive_name} ({settings.archive_format})")
     single = [f for f in folder.weight_files if not f.endswith(".json")]
@@ -278,6 +290,10 @@ def _build_in(
         archive_rel=f"{MODEL_STORE_DIR}/{settings.archive_name}",
         config_rel=CONFIG_FILE,
     )
+    if check is not None:
+        # The serving image needs onnxruntime: kserve/dockerfile.py pins the version named here.
+        report["runtime_check"] = check
+        report["versions"].update(check.get("versions", {}))
     write_report(work / REPORT_FILE, report)
     with _publish_lock(output, progress):
         return (*_publish(work, archive, settings, output), report)

@@ -56,6 +56,9 @@ class BuildSettings:
     max_length: int | None = None
     # handler.allow_pickle (`build --allow-pickle`) also lets build read pickle weights.
     handler: HandlerSettings = field(default_factory=HandlerSettings)
+    # --runtime torch-int8: the least share of held-out texts whose int8 label must be fp32's
+    # (archiver/int8_check.py says why 0.98).
+    min_label_agreement: float = 0.98
 
     def __post_init__(self) -> None:
         if len(self.name) > MAX_NAME_LENGTH:
@@ -92,6 +95,12 @@ class BuildSettings:
         _check("--netty-threads", self.netty_threads, 1, 256)
         _check("--job-queue-size", self.job_queue_size, 1, 1_000_000)
         _check("--max-request-size", self.max_request_bytes, *MAX_REQUEST_BYTES_RANGE)
+        if not 0.0 <= self.min_label_agreement <= 1.0:
+            raise InputError(
+                f"--min-label-agreement {self.min_label_agreement} is out of range "
+                "(expected 0 to 1: a share of held-out texts)",
+                fix="pass --min-label-agreement between 0 and 1, e.g. 0.98",
+            )
         if self.max_workers < self.min_workers:
             raise InputError(
                 f"--max-workers {self.max_workers} is below --min-workers {self.min_workers}",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,9 @@ class Classifier:
     labels: tuple[str, ...]
     max_length: int
     model_input_names: frozenset[str]
+    # Logits of predictions from another runtime (onnx_runtime.OnnxLogits) than `model`, which
+    # then serves explanations only; None: `model` does both.
+    fast_logits: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None
 
     @classmethod
     def create(
@@ -138,7 +141,10 @@ class Classifier:
     def probabilities(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Softmax probabilities, shape (texts, labels), on the CPU."""
         with torch.inference_mode():
-            logits = self.model(**inputs).logits
+            if self.fast_logits is not None:
+                logits = self.fast_logits(inputs)
+            else:
+                logits = self.model(**inputs).logits
         return torch.softmax(logits.float(), dim=-1).cpu()
 
     def batch_probabilities(self, batch: Batch, chunks: Sequence[Sequence[int]]) -> torch.Tensor:

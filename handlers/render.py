@@ -15,6 +15,9 @@ class ModelInfo:
     name: str
     version: str
     labels: tuple[str, ...]
+    # Set when predictions come from other weights than explanations (build --runtime
+    # torch-int8): every explanation names the weights it was computed with.
+    explained_with: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,4 +130,6 @@ def _explanation_item(
         "truncated": prediction.truncated,
         "granularity": explanation.granularity,
     }
+    if info.explained_with is not None:
+        item["explained_with"] = info.explained_with
     return item if explanation.note is None else {**item, "note": explanation.note}

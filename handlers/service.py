@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import functools
 import importlib
 import json
@@ -140,7 +141,7 @@ class ClassifierService:
         model, tokenizer = load_pretrained(
             Path(properties["model_dir"]), allow_pickle=settings.allow_pickle
         )
-        return cls.from_model(
+        service = cls.from_model(
             model,
             tokenizer,
             settings,
@@ -149,6 +150,20 @@ class ClassifierService:
             device=choose_device(settings, properties.get("gpu_id")),
             response_timeout_s=_response_timeout(yaml_config),
         )
+        if settings.runtime == "onnx":
+            from .onnx_runtime import ONNX_FILE, OnnxLogits
+
+            onnx = OnnxLogits.load(
+                Path(properties["model_dir"]) / ONNX_FILE, torch.get_num_threads()
+            )
+            service.classifier = dataclasses.replace(service.classifier, fast_logits=onnx)
+        elif settings.runtime == "torch-int8":
+            from .int8 import EXPLAINED_WITH, int8_logits
+
+            int8 = int8_logits(service.classifier.model)
+            service.classifier = dataclasses.replace(service.classifier, fast_logits=int8)
+            service.info = dataclasses.replace(service.info, explained_with=EXPLAINED_WITH)
+        return service
 
     def handle(self, rows: Sequence[Mapping[str, Any]], context: Any) -> list[str | bytes]:
         """TorchServe's per-batch call: one JSON string (or binary reply) per row, statuses set

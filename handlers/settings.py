@@ -14,6 +14,11 @@ from typing import Any, Literal
 
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
+# What computes predictions: torch (eager), or ONNX Runtime over the model.onnx the build
+# exported and checked against torch (explanations run on torch, the same fp32 weights), or an
+# int8 copy of the torch model (approximate: explanations stay fp32 and their answers say so).
+Runtime = Literal["torch", "onnx", "torch-int8"]
+RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "torch-int8")
 # Peak memory per token of a pass with gradients (explanations) over one without, rounded up
 # (BENCHMARKS.md, "Figures behind default settings").
 EXPLAIN_MEMORY_FACTOR = 4
@@ -77,6 +82,7 @@ class HandlerSettings:
     # the archive's minWorkers; see threads.py), not torch's one thread per core of the node.
     torch_threads: int = 0
     device: Device = "auto"
+    runtime: Runtime = "torch"
 
     def __post_init__(self) -> None:
         for name, (low, high) in RANGES.items():
@@ -89,6 +95,9 @@ class HandlerSettings:
             raise SettingsError(f"merge_subwords must be true or false, got {got!r}")
         if self.device not in DEVICES:
             raise SettingsError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.runtime not in RUNTIMES:
+            got = self.runtime
+            raise SettingsError(f"runtime must be one of {', '.join(RUNTIMES)}, got {got!r}")
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any] | None) -> HandlerSettings:

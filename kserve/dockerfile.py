@@ -37,7 +37,7 @@ def _on_torchserve_image(r: Resolved) -> str:
         "RUN python -m pip install --no-cache-dir \\\n"
         f"    transformers=={r.transformers_version} \\\n"
         f"    captum=={r.captum_version} \\\n"
-        "    safetensors\n"
+        f"    safetensors{_onnxruntime(r)}\n"
     )
 
 
@@ -61,7 +61,15 @@ def _on_python_image(r: Resolved, python: str) -> str:
         f"    torchserve=={r.torchserve_version} \\\n"
         f"    transformers=={r.transformers_version} \\\n"
         f"    captum=={r.captum_version} \\\n"
-        "    safetensors\n"
+        f"    safetensors{_onnxruntime(r)}\n"
         "USER model-server\n"
         "WORKDIR /home/model-server\n"
     )
+
+
+def _onnxruntime(r: Resolved) -> str:
+    """Archives built with --runtime onnx predict through onnxruntime, at the build's version."""
+    version = r.store.versions.get("onnxruntime") if r.store else None
+    if not version or version == "not installed":
+        return ""
+    return f" \\\n    onnxruntime=={version}"

@@ -117,7 +117,9 @@ def test_handler_runs_without_scibert_pack_and_its_dependencies(
 ALLOWED_THIRD_PARTY = {"torch", "transformers", "captum", "numpy"}
 # TorchServe's own package exists only inside its worker: imported inside a function, never at
 # module level, so the handlers still load (and are tested) without a TorchServe around them.
-WORKER_ONLY = {"ts"}
+# onnxruntime too: an optional worker dependency, imported only when an archive built with
+# --runtime onnx loads (handlers/onnx_runtime.py).
+WORKER_ONLY = {"ts", "onnxruntime"}
 
 
 def absolute_imports(source: Path, *, top_level_only: bool = False) -> set[str]:

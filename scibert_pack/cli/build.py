@@ -16,7 +16,7 @@ from scibert_pack.archiver.settings import (
 )
 from scibert_pack.cli._console import Console
 from scibert_pack.config.properties import PROFILES, Ports
-from scibert_pack.handlers.settings import DEVICES, HandlerSettings
+from scibert_pack.handlers.settings import DEVICES, RUNTIMES, HandlerSettings
 
 _HANDLER_OPTIONS = (
     "explain_steps",
@@ -31,6 +31,7 @@ _HANDLER_OPTIONS = (
     "torch_threads",
     "device",
     "allow_pickle",
+    "runtime",
 )
 _DEFAULTS = HandlerSettings()
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
@@ -187,6 +188,23 @@ def _shown(value: object) -> str:
     "--min-workers.",
 )
 @click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, show_default=True)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default=_DEFAULTS.runtime,
+    show_default=True,
+    help="What computes predictions: torch; onnx (ONNX Runtime over a model.onnx exported and "
+    "checked against torch at build time); torch-int8 (approximate, see "
+    "--min-label-agreement). Explanations always run on the fp32 torch model. See BENCHMARKS.md.",
+)
+@click.option(
+    "--min-label-agreement",
+    type=float,
+    default=0.98,
+    show_default=True,
+    help="--runtime torch-int8: the least share of held-out demo-corpus texts whose int8 label "
+    "must be fp32's, else the build fails.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build result as JSON on stdout.")
 def build(model_dir: Path, output: Path | None, quiet: bool, as_json: bool, **options: Any) -> None:
@@ -247,6 +265,7 @@ def _settings(options: dict[str, Any]) -> BuildSettings:
         max_request_bytes=options.pop("max_request_size"),
         token_auth=options.pop("token_auth"),
         max_length=options.pop("max_length"),
+        min_label_agreement=options.pop("min_label_agreement"),
         ports=ports,
         handler=handler,
     )

@@ -1,0 +1,300 @@
+"""`build --runtime onnx`: predictions through ONNX Runtime answer as PyTorch does (every
+probability within 1e-4, every label the same) for every BERT family the tests build, in process
+and through a real TorchServe; explanations still come from the same fp32 weights; a worker
+without onnxruntime fails to load with the fix; the build checks its export and refuses one that
+answers otherwise; the Dockerfile of such a store pins onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import torch
+from click.testing import CliRunner
+from fake_context import FakeContext
+from served import serving
+from tiny_models import Family
+
+from scibert_pack.archiver import onnx_export
+from scibert_pack.archiver.build import build
+from scibert_pack.archiver.onnx_export import PROBABILITY_TOLERANCE, export_onnx
+from scibert_pack.archiver.settings import BuildSettings
+from scibert_pack.cli import cli
+from scibert_pack.demo.corpus import load_corpus
+from scibert_pack.errors import BuildError, InputError
+from scibert_pack.handlers.model import Classifier
+from scibert_pack.handlers.onnx_runtime import ONNX_FILE, OnnxLoadError
+from scibert_pack.handlers.service import ClassifierService
+from scibert_pack.handlers.settings import HandlerSettings
+from scibert_pack.serving.server import TorchServeProcess
+
+FAMILIES: tuple[Family, ...] = ("bert", "roberta", "distilbert")
+ONNX = HandlerSettings(runtime="onnx", max_length=64)
+TORCH = HandlerSettings(max_length=64)
+CORPUS_TEXTS = [e.text for e in (*load_corpus().train, *load_corpus().held_out)]
+
+
+def _exported(source: Path, work: Path) -> Path:
+    folder = work / "model"
+    shutil.copytree(source, folder)
+    export_onnx(folder, folder / ONNX_FILE, ONNX)
+    return folder
+
+
+def _service(folder: Path, settings: HandlerSettings) -> ClassifierService:
+    return ClassifierService.from_context(
+        FakeContext(folder, handler_settings=settings.to_mapping())
+    )
+
+
+def _probabilities(classifier: Classifier, texts: list[str]) -> torch.Tensor:
+    return torch.cat(
+        [
+            classifier.probabilities(classifier.tokenize(texts[i : i + 16]).inputs)
+            for i in range(0, len(texts), 16)
+        ]
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_onnx_answers_as_torch_on_the_demo_corpus(
+    family: Family, tiny_models: dict[Family, Path], tmp_path: Path
+) -> None:
+    folder = _exported(tiny_models[family], tmp_path)
+    fast, reference = _service(folder, ONNX), _service(folder, TORCH)
+    assert fast.classifier.fast_logits is not None and reference.classifier.fast_logits is None
+    texts = [*CORPUS_TEXTS, " ".join(CORPUS_TEXTS)]  # and one text truncated at max_length
+    got, expected = (
+        _probabilities(fast.classifier, texts),
+        _probabilities(reference.classifier, texts),
+    )
+    assert float((got - expected).abs().max()) <= PROBABILITY_TOLERANCE
+    assert got.argmax(dim=-1).tolist() == expected.argmax(dim=-1).tolist()
+
+
+def test_the_build_records_its_check_and_the_dockerfile_pins_onnxruntime(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    from scibert_pack.kserve.dockerfile import dockerfile
+    from scibert_pack.kserve.options import ManifestOptions
+    from scibert_pack.kserve.resolved import resolve
+    from scibert_pack.kserve.store_info import read_store
+
+    out = tmp_path / "store"
+    args = [
+        "build",
+        str(tiny_bert),
+        "--name",
+        "tiny",
+        "--runtime",
+        "onnx",
+        "-o",
+        str(out),
+        "--json",
+    ]
+    ran = CliRunner().invoke(cli, args)
+    assert ran.exit_code == 0, ran.output
+    report = json.loads(ran.stdout)["build_report"]
+    check = report["runtime_check"]
+    assert check["runtime"] == "onnx" and check["label_agreement"] == 1.0
+    assert check["max_probability_difference"] <= check["tolerance"] == PROBABILITY_TOLERANCE
+    assert check["checked_texts"] == len(CORPUS_TEXTS) + 2
+    assert report["settings"]["handler"]["runtime"] == "onnx"
+    assert ONNX_FILE in zipfile.ZipFile(out / "model-store" / "tiny.mar").namelist()
+    version = report["versions"]["onnxruntime"]
+    resolved = resolve(
+        ManifestOptions(name="tiny", storage_uri="s3://bucket/tiny"), read_store(tmp_path / "store")
+    )
+    assert f"onnxruntime=={version}" in dockerfile(resolved)
+    plain = build(tiny_bert, BuildSettings(name="tiny"), tmp_path / "plain")
+    assert "runtime_check" not in plain.report
+    assert "onnxruntime" not in dockerfile(
+        resolve(
+            ManifestOptions(name="tiny", storage_uri="s3://bucket/tiny"),
+            read_store(tmp_path / "plain"),
+        )
+    )
+
+
+def test_the_build_refuses_an_export_that_answers_otherwise(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tolerance no float computation meets: the export differs from torch by rounding.
+    monkeypatch.setattr(onnx_export, "PROBABILITY_TOLERANCE", 0.0)
+    with pytest.raises(
+        BuildError, match=r"does not answer as PyTorch does: labels agree on"
+    ) as err:
+        build(tiny_bert, BuildSettings(name="tiny", handler=ONNX), tmp_path / "store")
+    assert "--runtime torch" in str(err.value.fix)
+    assert not (tmp_path / "store" / "model-store").exists()
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("no-onnxruntime", r"cannot import onnxruntime .*pip install onnxruntime"),
+        ("no-model-onnx", r"has no model.onnx .*rebuild it with scibert-pack build --runtime onnx"),
+    ],
+    ids=["no-onnxruntime", "no-model-onnx"],
+)
+def test_a_worker_that_cannot_run_onnx_says_how_to_fix_it(
+    broken: str, message: str, tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _exported(tiny_bert, tmp_path)
+    if broken == "no-onnxruntime":
+        monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
+    else:
+        (folder / ONNX_FILE).unlink()
+    with pytest.raises(OnnxLoadError, match=message):
+        _service(folder, ONNX)
+
+
+@pytest.fixture(scope="module")
+def onnx_server(
+    tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TorchServeProcess]:
+    settings = BuildSettings(name="tiny", profile="local", max_batch_delay_ms=5, handler=ONNX)
+    with serving(tiny_bert, tmp_path_factory.mktemp("onnx-served"), settings) as running:
+        yield running
+
+
+def _post(server: TorchServeProcess, verb: str, texts: list[str]) -> dict[str, Any]:
+    body = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
+    response = requests.post(
+        f"{server.inference_url}/v2/models/tiny/{verb}", json=body, timeout=120
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_served_onnx_predictions_and_explanations(
+    onnx_server: TorchServeProcess, tiny_bert: Path
+) -> None:
+    texts = CORPUS_TEXTS[:24]
+    outputs = {o["name"]: o for o in _post(onnx_server, "infer", texts)["outputs"]}
+    width = len(outputs["probabilities"]["data"]) // len(texts)
+    served = torch.tensor(outputs["probabilities"]["data"]).reshape(len(texts), width)
+    reference = _service(tiny_bert, TORCH).classifier
+    expected = _probabilities(reference, texts)
+    assert float((served - expected).abs().max()) <= PROBABILITY_TOLERANCE
+    labels = [reference.labels[i] for i in expected.argmax(dim=-1).tolist()]
+    assert outputs["label"]["data"] == labels
+    # Explanations run on the torch weights the export came from: the label they explain is
+    # the one predicted, and integrated gradients stays complete (a small delta).
+    items = _post(onnx_server, "explain", texts[:2])["outputs"][0]["data"]
+    for item, label, text in zip(items, labels[:2], texts[:2], strict=True):
+        assert item["label"] == label and item["target"] == label
+        assert "".join(text.split()).startswith("".join(item["words"]))  # truncated at 64
+        assert abs(item["delta"]) < 0.05
+
+
+# --- torch-int8: approximate, measured at build time, explanations say they are fp32 -----------
+
+INT8 = HandlerSettings(runtime="torch-int8", max_length=64)
+HELD_OUT = [e.text for e in load_corpus().held_out]
+
+
+def _near_tied(source: Path, folder: Path) -> Path:
+    """A copy of a tiny classifier whose first two labels differ by a head row change far below
+    int8's rounding step, centred on the held-out texts: fp32 splits them between the two
+    labels, int8 (which rounds both rows alike) gives them all one."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(source).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    head = next(m for m in reversed(list(model.modules())) if isinstance(m, torch.nn.Linear))
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    with torch.no_grad():
+        model(
+            **tokenizer(HELD_OUT, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        )
+    hook.remove()
+    features = seen[0]
+    spread = features - features.mean(dim=0)
+    direction = spread[spread.norm(dim=1).argmax()]
+    step = float(head.weight.detach().abs().max()) / 127  # int8's weight rounding step
+    delta = direction / direction.abs().max() * step / 10
+    with torch.no_grad():
+        head.weight[1] = head.weight[0] + delta
+        head.bias[1] = head.bias[0] - delta @ features.mean(dim=0)
+        head.bias[2] = head.bias[0] - 100.0  # out of the running
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_predicts_and_explanations_name_the_fp32_weights(
+    family: Family, tiny_models: dict[Family, Path]
+) -> None:
+    from fake_context import HttpRequest, run_batch
+
+    int8, fp32 = _service(tiny_models[family], INT8), _service(tiny_models[family], TORCH)
+    assert int8.classifier.fast_logits is not None
+    got, expected = (
+        _probabilities(int8.classifier, HELD_OUT),
+        _probabilities(fp32.classifier, HELD_OUT),
+    )
+    assert not torch.equal(got, expected)  # really another computation...
+    assert float((got - expected).abs().max()) < 0.01  # ...of the same model
+
+    def explained(service: ClassifierService) -> list[dict[str, Any]]:
+        request = HttpRequest({"texts": HELD_OUT[:2]}, explain=True)
+        (response,) = run_batch(service.handle, FakeContext(model_name="scibert"), [request])
+        assert response.status == 200, response.body
+        return list(response.body)
+
+    assert [item["explained_with"] for item in explained(int8)] == ["torch-fp32"] * 2
+    assert all("explained_with" not in item for item in explained(fp32))
+
+
+def test_int8_build_reports_its_agreement(tiny_bert: Path, tmp_path: Path) -> None:
+    result = build(tiny_bert, BuildSettings(name="tiny", handler=INT8), tmp_path / "store")
+    check = result.report["runtime_check"]
+    assert (check["runtime"], check["checked_texts"]) == ("torch-int8", len(HELD_OUT))
+    assert check["label_agreement"] >= check["min_label_agreement"] == 0.98
+    assert 0 < check["max_probability_difference"] < 0.01
+    assert check["explained_with"] == "torch-fp32"
+
+
+def test_int8_build_refuses_a_model_int8_flips(tiny_bert: Path, tmp_path: Path) -> None:
+    folder = _near_tied(tiny_bert, tmp_path / "tied")
+    args = [
+        "build",
+        str(folder),
+        "--name",
+        "tied",
+        "--runtime",
+        "torch-int8",
+        "-o",
+        str(tmp_path / "store"),
+    ]
+    ran = CliRunner().invoke(cli, args)
+    assert ran.exit_code != 0
+    assert re.search(
+        r"the int8 model of .* gives fp32's label on \d+\.\d+% of 84 held-out texts, "
+        r"below --min-label-agreement 0.98",
+        ran.stderr,
+    ), ran.stderr
+    assert "--runtime onnx or torch" in ran.stderr
+    assert not (tmp_path / "store" / "model-store").exists()
+    # The same model passes when the threshold says flips are acceptable.
+    lenient = CliRunner().invoke(cli, [*args, "--min-label-agreement", "0"])
+    assert lenient.exit_code == 0, lenient.stderr
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5], ids=["negative", "over-one"])
+def test_min_label_agreement_is_a_share(value: float) -> None:
+    with pytest.raises(
+        InputError, match=r"--min-label-agreement .* out of range \(expected 0 to 1"
+    ):
+        BuildSettings(name="m", min_label_agreement=value)
