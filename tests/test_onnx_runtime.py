@@ -19,9 +19,9 @@ import pytest
 import requests
 import torch
 from click.testing import CliRunner
-from fake_context import FakeContext
-from served import serving
-from tiny_models import Family
+from support.build_and_serve import serving
+from support.fake_context import FakeContext
+from support.tiny_models import Family
 
 from scibert_pack.archiver import onnx_export
 from scibert_pack.archiver.build import build
@@ -236,7 +236,7 @@ def _near_tied(source: Path, folder: Path) -> Path:
 def test_int8_predicts_and_explanations_name_the_fp32_weights(
     family: Family, tiny_models: dict[Family, Path]
 ) -> None:
-    from fake_context import HttpRequest, run_batch
+    from support.fake_context import HttpRequest, run_batch
 
     int8, fp32 = _service(tiny_models[family], INT8), _service(tiny_models[family], TORCH)
     assert int8.classifier.fast_logits is not None
