@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from scibert_pack.errors import ServeError
+from scibert_pack.processes import stop_process_group
 
 MODEL_ROOT = "/mnt/models"
 POD_IP = "10.244.0.7"
@@ -310,19 +311,7 @@ class PodProcess:
         """SIGTERM to the process group (as the kubelet does), SIGKILL after `timeout_s`."""
         process, self._process = self._process, None
         if process is not None:
-            for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, sig)
-                try:
-                    process.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _group_alive(process.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                time.sleep(0.1)
+            stop_process_group(process, timeout_s)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -409,13 +398,3 @@ def _die_with_parent() -> None:
     # rest): no TorchServe is left behind.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

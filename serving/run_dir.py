@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from scibert_pack.errors import InputError, UnsafeRunDirError
+from scibert_pack.files import file_kind
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -112,7 +113,7 @@ def _private_dir(path: Path) -> None:
                 fix=f"remove the link (rm {path}) and rerun, {_FIX_ELSEWHERE}",
             ) from None
         raise UnsafeRunDirError(
-            f"run folder {path} exists and is {_kind(info.st_mode)}, not a folder",
+            f"run folder {path} exists and is {file_kind(info.st_mode)}, not a folder",
             fix=f"remove it (rm {path}) and rerun, {_FIX_ELSEWHERE}",
         ) from None
     try:
@@ -140,7 +141,8 @@ def _check_ancestors(folder: Path) -> None:
         info = os.stat(path)
         if not stat.S_ISDIR(info.st_mode):
             raise UnsafeRunDirError(
-                f"{path} is {_kind(info.st_mode)}, not a folder: the run folder cannot go there",
+                f"{path} is {file_kind(info.st_mode)}, not a folder: "
+                "the run folder cannot go there",
                 fix="pass --run-dir DIR with a folder of your own, or unset XDG_RUNTIME_DIR",
             )
         if info.st_uid not in (0, os.getuid()):
@@ -175,16 +177,3 @@ def _mode(mode: int) -> str:
 def _writers(mode: int) -> str:
     who = [name for bit, name in ((0o020, "its group"), (0o002, "everyone")) if mode & bit]
     return " and ".join(who)
-
-
-def _kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISREG, "a file"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return kind
-    return "not a folder"

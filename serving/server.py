@@ -13,7 +13,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -31,6 +30,7 @@ from scibert_pack.config import properties
 from scibert_pack.config.properties import Ports
 from scibert_pack.errors import InputError, PortInUseError, ServeError
 from scibert_pack.files import load_json
+from scibert_pack.processes import stop_process_group
 from scibert_pack.serving.run_dir import (
     default_run_dir,
     open_private,
@@ -293,20 +293,7 @@ class TorchServeProcess:
         process, self._process = self._process, None
         if process is None:
             return
-        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            try:
-                process.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Workers may outlive java for a moment; they share its process group.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _group_alive(process.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            time.sleep(0.1)
+        stop_process_group(process, timeout_s)
         self._stdout.close()
         self._clean_run_dir()
 
@@ -494,13 +481,3 @@ def read_token(key_file: Path, api: str = "inference") -> str | None:
         return str(keys[api]["key"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

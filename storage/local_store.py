@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scibert_pack.errors import StoreError
-from scibert_pack.files import sha256_file
+from scibert_pack.files import file_kind, sha256_file
 from scibert_pack.layout import MODEL_STORE_DIR, REPORT_FILE
 from scibert_pack.layout import read_store as read_store_facts
 
@@ -120,7 +120,7 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
             elif stat.S_ISREG(mode):
                 found.append((rel, path))
             elif not stat.S_ISDIR(mode):
-                refused.append(f"{rel} ({_kind(mode)})")
+                refused.append(f"{rel} ({file_kind(mode)})")
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     if refused:
         raise StoreError(
@@ -130,18 +130,6 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
             "TARGET LINK), remove special files, or rebuild the store with `scibert-pack build`",
         )
     return sorted(found)
-
-
-def _kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return kind
-    return "a special file"
 
 
 def _check_artifacts(
