@@ -33,6 +33,8 @@ from scibert_pack.errors import ServeError
 from scibert_pack.processes import stop_process_group
 
 MODEL_ROOT = "/mnt/models"
+# The pod's private /tmp (a tmpfs, as the container's writable layer would give it).
+POD_TMP = Path("/tmp")
 POD_IP = "10.244.0.7"
 _TOOLS = ("unshare", "nsenter", "setpriv", "ip", "mount", "env")
 _CLONE_NEWNET = 0x40000000
@@ -108,8 +110,17 @@ def pod_script(spec: PodProcessSpec, stage: Path) -> str:
         f"mkdir {MODEL_ROOT}",
         f"{mount} --bind {q(str(stage))} {MODEL_ROOT}",
         f"{mount} -o remount,bind,ro {MODEL_ROOT}",
-        f"{mount} -t tmpfs -o mode=1777,nosuid,nodev pod-tmp /tmp",
     ]
+    # The pod's own /tmp hides the host's: a stand-in that lives there (a checkout under /tmp
+    # with its .venv) goes to a staging point first and is shown again at its own path.
+    under_tmp = [p for p in spec.stand_in if p.is_relative_to(POD_TMP) and p != POD_TMP]
+    tmp_points = [stage.parent / f"stage-tmp-{i}" for i in range(len(under_tmp))]
+    for path, point in zip(under_tmp, tmp_points, strict=True):
+        point.mkdir()  # before the start: the host's filesystem is read-only inside
+        lines.append(f"{mount} --rbind {q(str(path))} {q(str(point))}")
+    lines.append(f"{mount} -t tmpfs -o mode=1777,nosuid,nodev pod-tmp {POD_TMP}")
+    for path, point in zip(under_tmp, tmp_points, strict=True):
+        lines += [f"mkdir -p {q(str(path))}", f"{mount} --rbind {q(str(point))} {q(str(path))}"]
     if spec.uid is not None:
         for i, (blocked, inside) in enumerate(stand_in_masks(spec.stand_in, spec.uid, spec.groups)):
             # The image has its Python where its user can run it; here it may sit under a

@@ -36,7 +36,13 @@ from scibert_pack.kserve.pod_checks import (
     environment_versions,
     version_differences,
 )
-from scibert_pack.kserve.pod_sandbox import POD_IP, can_isolate, stand_in_masks
+from scibert_pack.kserve.pod_sandbox import (
+    POD_IP,
+    PodProcessSpec,
+    can_isolate,
+    pod_script,
+    stand_in_masks,
+)
 from scibert_pack.kserve.pod_spec import plan_from_documents, read_plan
 from scibert_pack.kserve.rehearsal import RehearsalReport, RehearsalSettings, rehearse
 from scibert_pack.kserve.store_info import read_store
@@ -485,3 +491,34 @@ def test_stand_in_masks_hide_only_what_the_user_cannot_enter() -> None:
         masks = stand_in_masks((closed / "env", root / "open" / "env"), 4242, (4242,))
         assert masks == [(closed, (closed / "env",))]
         assert stand_in_masks((closed / "env",), os.stat(closed).st_uid, ()) == []
+
+
+@pytest.mark.parametrize(
+    ("stand_in", "shown_again"),
+    [
+        pytest.param(Path("/tmp/ci-clone/.venv"), True, id="checkout-under-tmp"),
+        pytest.param(Path("/opt/env"), False, id="elsewhere"),
+    ],
+)
+def test_a_stand_in_under_tmp_is_shown_again_over_the_pods_own_tmp(
+    tmp_path: Path, stand_in: Path, shown_again: bool
+) -> None:
+    """The pod's /tmp is a fresh tmpfs: a checkout (and its .venv) under the host's /tmp would
+    vanish inside it, and the container would find no Python (seen with a clone in /tmp)."""
+    spec = PodProcessSpec(
+        argv=("torchserve",), env={}, store=tmp_path / "store", workdir=tmp_path / "work",
+        uid=1000, gid=1000, groups=(), read_only_root=False, no_new_privileges=True,
+        isolated=True, stand_in=(stand_in,),
+    )  # fmt: skip
+    script = pod_script(spec, tmp_path / "stage").splitlines()
+    tmpfs = next(i for i, line in enumerate(script) if line.endswith("pod-tmp /tmp"))
+    staged = [i for i, line in enumerate(script) if "stage-tmp-0" in line]
+    if not shown_again:
+        assert staged == []
+        return
+    point = tmp_path / "stage-tmp-0"
+    assert point.is_dir()
+    assert staged[0] < tmpfs < staged[1]
+    assert script[staged[0]].endswith(f"--rbind {stand_in} {point}")
+    assert script[staged[1]].endswith(f"--rbind {point} {stand_in}")
+    assert script[staged[1] - 1] == f"mkdir -p {stand_in}"
