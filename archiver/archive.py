@@ -103,7 +103,8 @@ def pack(
         raise BuildError(
             f"torch-model-archiver refused model name {name!r} or export folder {export_dir} "
             f"({str(err).strip()})",
-            fix="pass --name matching [A-Za-z0-9][A-Za-z0-9_.-]* and -o with a writable folder",
+            fix="pass --model-name matching [A-Za-z0-9][A-Za-z0-9_.-]* and -o with a writable "
+            "folder",
         ) from err
     manifest = _reproducible_manifest(ModelExportUtils.generate_manifest_json(config))
     target = Path(ModelExportUtils.get_archive_export_path(str(export_dir), name, archive_format))

@@ -66,13 +66,14 @@ class BuildSettings:
                 f"model name {_shown(self.name)} is {len(self.name)} characters long, more than "
                 f"the {MAX_NAME_LENGTH} allowed: it names the archive file (NAME.tar.gz) and "
                 "staging files, which must stay under the 255-byte file name limit",
-                fix=f"pass a --name of at most {MAX_NAME_LENGTH} characters",
+                fix=f"pass a --model-name of at most {MAX_NAME_LENGTH} characters",
             )
         if not NAME_PATTERN.fullmatch(self.name):
             raise InputError(
                 f"model name {_shown(self.name)} is not allowed: it is the key in request URLs "
                 f"and must match {NAME_RULE}",
-                fix="pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert",
+                fix="pass --model-name with letters, digits, '.', '_' or '-', "
+                "e.g. --model-name scibert",
             )
         if len(self.version) > MAX_VERSION_LENGTH:
             raise InputError(

@@ -142,7 +142,7 @@ def _url_model_name(r: Resolved) -> list[ManifestWarning]:
                 f"model name {r.model_name!r} is not a key of model_snapshot in the store's "
                 f"config.properties (it serves {', '.join(served)}): every request would 404",
                 f"use --model-name {served[0]}, or rebuild the store with `scibert-pack build "
-                f"--name {r.model_name}`",
+                f"--model-name {r.model_name}`",
             )
         )
     if r.model_name != r.options.name:
@@ -153,7 +153,7 @@ def _url_model_name(r: Resolved) -> list[ManifestWarning]:
                 f"model as {r.model_name!r}: request URLs must say "
                 f"/v2/models/{r.model_name}/infer or /v1/models/{r.model_name}:predict",
                 "use that name in requests, or give both the same name (--name of "
-                "`scibert-pack manifest` and of `scibert-pack build`)",
+                "`scibert-pack manifest`, --model-name of `scibert-pack build`)",
             )
         )
     return found

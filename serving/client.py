@@ -263,7 +263,7 @@ def _http_failure(url: str, response: requests.Response, model: str) -> tuple[st
     if code == 401 or "Token Authorization failed" in message:
         return text, "pass --token, or --key-file with the key_file.json TorchServe wrote"
     if code == 404:
-        return text, f"check --model (is {model!r} the name the store serves?) and --url"
+        return text, f"check --model-name (is {model!r} the name the store serves?) and --url"
     if code in (503, 507):
         return text, "the server is busy or restarting its worker: retry in a moment"
     if 400 <= code < 500:

@@ -37,7 +37,7 @@ def _shown(path: Path) -> str:
 
 def open_store(root: Path) -> ModelStore:
     """Read and check a store folder; StoreError naming what is missing and how to make it."""
-    fix = f"build it with: scibert-pack build MODEL_DIR --name NAME -o {root}"
+    fix = f"build it with: scibert-pack build MODEL_DIR --model-name NAME -o {root}"
     if not root.is_dir():
         raise StoreError(f"model store {root} does not exist", fix=fix)
     if is_model_folder(root):
@@ -45,7 +45,7 @@ def open_store(root: Path) -> ModelStore:
         raise StoreError(
             f"{model} is a model folder (config.json and weights), not a model store built by "
             "scibert-pack",
-            fix=f"build it first: scibert-pack build {model} --name NAME -o {store}, then "
+            fix=f"build it first: scibert-pack build {model} --model-name NAME -o {store}, then "
             f"scibert-pack serve {store}",
         )
     facts = read_store(root, fix=fix)

@@ -370,7 +370,7 @@ def test_unknown_model_stops_the_run(server: TorchServeProcess, tmp_path: Path) 
         f"Error: {server.inference_url}/v2/models/nope/infer answered 404: "
     )
     assert result.stderr.splitlines()[-1].endswith(
-        "; check --model (is 'nope' the name the store serves?) and --url"
+        "; check --model-name (is 'nope' the name the store serves?) and --url"
     )
     assert out.read_text() == ""
 

@@ -446,9 +446,9 @@ BAD_OPTIONS: list[tuple[str, list[str], str]] = [
     ("max-text-chars", ["--max-text-chars", "0"], "--max-text-chars 0 is out of range (expected 1 to 10000000); pass --max-text-chars between 1 and 10000000"),
     ("max-explain-texts", ["--max-explain-texts", "100001"], "--max-explain-texts 100001 is out of range (expected 1 to 100000); pass --max-explain-texts between 1 and 100000"),
     ("torch-threads", ["--torch-threads", "-1"], "--torch-threads -1 is out of range (expected 0 to 1024); pass --torch-threads between 0 and 1024"),
-    ("name", ["--name", "../evil"], "model name '../evil' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*, at most 200 characters; pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert"),
-    ("name-trailing-newline", ["--name", "tiny\n"], "model name 'tiny\\n' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*, at most 200 characters; pass --name with letters, digits, '.', '_' or '-', e.g. --name scibert"),
-    ("name-300-chars", ["--name", "n" * 300], "model name '" + "n" * 39 + "..." + "n" * 11 + "' is 300 characters long, more than the 200 allowed: it names the archive file (NAME.tar.gz) and staging files, which must stay under the 255-byte file name limit; pass a --name of at most 200 characters"),
+    ("name", ["--name", "../evil"], "model name '../evil' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*, at most 200 characters; pass --model-name with letters, digits, '.', '_' or '-', e.g. --model-name scibert"),
+    ("name-trailing-newline", ["--name", "tiny\n"], "model name 'tiny\\n' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*, at most 200 characters; pass --model-name with letters, digits, '.', '_' or '-', e.g. --model-name scibert"),
+    ("name-300-chars", ["--name", "n" * 300], "model name '" + "n" * 39 + "..." + "n" * 11 + "' is 300 characters long, more than the 200 allowed: it names the archive file (NAME.tar.gz) and staging files, which must stay under the 255-byte file name limit; pass a --model-name of at most 200 characters"),
     ("version-trailing-newline", ["--version", "1.0\n"], "model version '1.0\\n' is not allowed (expected e.g. 1.0 or 2024-05); pass --version with letters, digits, '.', '_' or '-'"),
     ("max-request-size-5000-digits", ["--max-request-size", "9" * 5000], "Invalid value for '--max-request-size': '" + "9" * 39 + "..." + "9" * 11 + "' is not a size; give bytes or a number with a unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. 10MiB"),
     ("port-clash", ["--metrics-port", "8085"], "ports must be distinct, got {{'inference': 8085, 'management': 8081, 'metrics': 8085, 'grpc_inference': 7070, 'grpc_management': 7071}}; give each API its own port"),
@@ -506,7 +506,7 @@ def test_handler_settings_enforce_their_ranges(key: str) -> None:
 def test_click_usage_errors_exit_2(tiny_bert: Path) -> None:
     code, _, stderr = _build_cli(str(tiny_bert))
     assert code == 2
-    assert "Missing option '--name'" in stderr
+    assert "Missing option '--model-name'" in stderr
 
 
 def test_json_and_quiet(tiny_bert: Path, tmp_path: Path) -> None:

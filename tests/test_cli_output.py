@@ -14,9 +14,12 @@ from click.testing import CliRunner
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
+from scibert_pack.cli.bench import bench as bench_command
 from scibert_pack.cli.build import build as build_command
 from scibert_pack.cli.client import _number, _ranked_labels
 from scibert_pack.cli.client import explain as explain_command
+from scibert_pack.cli.client import predict as predict_command
+from scibert_pack.cli.manifest import manifest as manifest_command
 from scibert_pack.cli.serve import serve as serve_command
 from scibert_pack.cli.serve import url_lines
 
@@ -89,15 +92,47 @@ def test_renamed_options_keep_their_old_spelling_out_of_help(
 
 
 @pytest.mark.parametrize(
+    ("command", "args", "old"),
+    [
+        (build_command, ["./m"], "--name"),
+        (predict_command, ["t"], "--model"),
+        (explain_command, ["t"], "--model"),
+        (bench_command, [], "--model"),
+    ],
+    ids=["build", "predict", "explain", "bench"],
+)
+def test_the_model_name_keeps_its_old_spellings_out_of_help(
+    command: object, args: list[str], old: str
+) -> None:
+    assert isinstance(command, type(serve_command))
+    for spelling in ("--model-name", old):
+        ctx = command.make_context("scibert-pack", [*args, spelling, "scibert"])
+        assert "scibert" in ctx.params.values(), spelling
+    help_text = command.get_help(
+        command.make_context("scibert-pack", ["--help"], resilient_parsing=True)
+    )
+    assert "--model-name " in help_text
+    assert f"{old} " not in help_text and f"{old}," not in help_text
+
+
+@pytest.mark.parametrize(
     ("command", "option"),
     [
         (build_command, "--inference-port"),
         (serve_command, "--inference-port"),
         (build_command, "--explain-steps"),
         (explain_command, "--explain-steps"),
+        (build_command, "--model-name"),
+        (predict_command, "--model-name"),
+        (explain_command, "--model-name"),
+        (bench_command, "--model-name"),
+        (manifest_command, "--model-name"),
     ],
-    ids=["build-port", "serve-port", "build-steps", "explain-steps"],
-)
+    ids=[
+        "build-port", "serve-port", "build-steps", "explain-steps",
+        "build-model", "predict-model", "explain-model", "bench-model", "manifest-model",
+    ],
+)  # fmt: skip
 def test_the_same_thing_has_the_same_name_in_every_command(command: object, option: str) -> None:
     assert isinstance(command, type(serve_command))
     assert any(option in p.opts for p in command.params)
@@ -139,7 +174,7 @@ def test_serve_on_a_model_folder_says_build_it_first(
     model, store = model.format(tmp=tmp_path), store.format(tmp=tmp_path)
     assert result.stderr == (
         f"Error: {model} is a model folder (config.json and weights), not a model store "
-        f"built by scibert-pack; build it first: scibert-pack build {model} --name NAME "
+        f"built by scibert-pack; build it first: scibert-pack build {model} --model-name NAME "
         f"-o {store}, then scibert-pack serve {store}\n"
     )
 

@@ -104,7 +104,7 @@ TRAPS: list[tuple[str, dict[str, Any], dict[str, Any] | None, str, str, str]] = 
         "'scibert': request URLs must say /v2/models/scibert/infer or "
         "/v1/models/scibert:predict",
         "use that name in requests, or give both the same name (--name of "
-        "`scibert-pack manifest` and of `scibert-pack build`)",
+        "`scibert-pack manifest`, --model-name of `scibert-pack build`)",
     ),
     (
         "model-name-not-in-snapshot",
@@ -113,7 +113,7 @@ TRAPS: list[tuple[str, dict[str, Any], dict[str, Any] | None, str, str, str]] = 
         "model-not-served",
         "model name 'sci-bert' is not a key of model_snapshot in the store's config.properties "
         "(it serves scibert): every request would 404",
-        "use --model-name scibert, or rebuild the store with `scibert-pack build --name sci-bert`",
+        "use --model-name scibert, or rebuild the store with `scibert-pack build --model-name sci-bert`",
     ),
     (
         "storage-uri-without-slash",

@@ -48,8 +48,8 @@ def test_port_in_use_is_a_clear_error(tiny_bert: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        (lambda p: None, "Error: model store {s} does not exist; build it with: scibert-pack build MODEL_DIR --name NAME -o {s}"),
-        (lambda p: p.mkdir(), "Error: model store {s} has no config/config.properties; build it with: scibert-pack build MODEL_DIR --name NAME -o {s}"),
+        (lambda p: None, "Error: model store {s} does not exist; build it with: scibert-pack build MODEL_DIR --model-name NAME -o {s}"),
+        (lambda p: p.mkdir(), "Error: model store {s} has no config/config.properties; build it with: scibert-pack build MODEL_DIR --model-name NAME -o {s}"),
     ],
     ids=["missing", "no-config"],
 )  # fmt: skip

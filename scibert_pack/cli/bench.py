@@ -7,13 +7,22 @@ from pathlib import Path
 import click
 
 from scibert_pack.cli._console import Console
+from scibert_pack.cli._options import RenamedOption
 from scibert_pack.config.properties import LOCAL_INFERENCE_URL
 from scibert_pack.errors import ClientError
 
 
 @click.command()
 @click.option("--url", default=LOCAL_INFERENCE_URL, show_default=True)
-@click.option("--model", required=True, help="Model name (the URL key).")
+@click.option(
+    "--model-name",
+    "--model",
+    "model",
+    cls=RenamedOption,
+    old=["--model"],
+    required=True,
+    help="Model name (the URL key).",
+)
 @click.option("-c", "--concurrency", default=8, show_default=True, help="Concurrent workers.")
 @click.option("--duration", type=float, help="Run for this many seconds.")
 @click.option("-n", "--requests", "count", type=int, help="Send this many requests.")

@@ -15,6 +15,7 @@ from scibert_pack.archiver.settings import (
     BuildSettings,
 )
 from scibert_pack.cli._console import Console
+from scibert_pack.cli._options import RenamedOption
 from scibert_pack.config.properties import PROFILES, Ports
 from scibert_pack.handlers.settings import DEVICES, RUNTIMES, HandlerSettings
 
@@ -66,7 +67,11 @@ def _shown(value: object) -> str:
 @click.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option(
+    "--model-name",
     "--name",
+    "name",
+    cls=RenamedOption,
+    old=["--name"],
     required=True,
     help=f"Model name: the key in request URLs and the archive's file name ({NAME_RULE}).",
 )

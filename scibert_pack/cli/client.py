@@ -20,7 +20,15 @@ def _client_options(func: Callable[..., Any], *, texts_required: bool = True) ->
     options = [
         click.argument("texts", nargs=-1, required=texts_required),
         click.option("--url", default=LOCAL_INFERENCE_URL, show_default=True),
-        click.option("--model", required=True, help="Model name (the URL key)."),
+        click.option(
+            "--model-name",
+            "--model",
+            "model",
+            cls=RenamedOption,
+            old=["--model"],
+            required=True,
+            help="Model name (the URL key).",
+        ),
         click.option(
             "--token",
             envvar="SCIBERT_PACK_TOKEN",

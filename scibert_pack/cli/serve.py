@@ -90,7 +90,7 @@ def serve(
                 console.data(line)
             console.progress(
                 f"try: scibert-pack predict 'some text' --url {server.inference_url} "
-                f"--model {server.model_name}"
+                f"--model-name {server.model_name}"
             )
             console.progress("press Ctrl-C to stop")
             code = server.wait()
