@@ -128,6 +128,24 @@ def send(route: Route, host: str, port: int, path: str, payload: Any, timeout_s:
     return Answer(route, path, status, seconds, body, problem)
 
 
+def ready_workers(host: str, port: int, model: str, timeout_s: float) -> int | None:
+    """READY workers of `model` by TorchServe's management API; None when it cannot tell."""
+    try:
+        status, raw = _request("GET", host, port, f"/models/{model}", None, timeout_s)
+        described = load_json(raw) if status == 200 else None
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    if not isinstance(described, list):
+        return None
+    workers = [
+        worker
+        for entry in described
+        if isinstance(entry, dict) and isinstance(entry.get("workers"), list)
+        for worker in entry["workers"]
+    ]
+    return sum(1 for w in workers if isinstance(w, dict) and w.get("status") == "READY")
+
+
 def _check_body(route: Route, body: Any) -> str | None:
     """The shape a client relies on, checked loosely: an answer, not a golden value."""
     try:

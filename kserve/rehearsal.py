@@ -28,7 +28,14 @@ from urllib.parse import urlsplit
 from scibert_pack.config import properties
 from scibert_pack.errors import InputError, PortInUseError, StoreError
 from scibert_pack.kserve.options import ManifestOptions
-from scibert_pack.kserve.pod_calls import Answer, ProbeResult, ingress_requests, run_probe, send
+from scibert_pack.kserve.pod_calls import (
+    Answer,
+    ProbeResult,
+    ingress_requests,
+    ready_workers,
+    run_probe,
+    send,
+)
 from scibert_pack.kserve.pod_checks import (
     DOCKERFILE_NAME,
     IMAGE_GID,
@@ -543,11 +550,31 @@ class _Rehearsal:
             )
         return True
 
+    def _ready_before_model(self, what: str) -> None:
+        self._problem(
+            "ready-before-model",
+            f"{what}: the probe passes before the model can answer, so a model that never loads "
+            "would look Ready too",
+            "probe for a READY worker (the readinessProbe `scibert-pack manifest` writes asks the "
+            "management API); TorchServe's /ping and /v2/health/* answer 200 while the workers "
+            "load or fail",
+        )
+
     def _first_answer(self, pod: PodProcess, network: PodNetwork, ready_at: float) -> float | None:
         """The ingress sends traffic the moment the pod is Ready: does the model answer then,
         or does the request wait (in TorchServe's queue) or fail while the model loads?"""
         port = self._port()
         host = POD_IP if self.isolated else "127.0.0.1"
+        # The moment the kubelet saw Ready: does TorchServe have a worker that can answer?
+        workers = network.run(
+            partial(ready_workers, host, self.info.management_port, self.model_name, 5.0)
+        )
+        early = workers == 0
+        if early:
+            self._ready_before_model(
+                f"the readinessProbe passed {ready_at:.1f} s after start while the model had no "
+                "READY worker (TorchServe's management API)"
+            )
         route, path, payload = ingress_requests(self.plan.protocol, self.model_name)[1]
         deadline = pod.started_at + self.settings.timeout_s
         first: Answer | None = None
@@ -559,18 +586,12 @@ class _Rehearsal:
             first = first or answer
             if answer.ok:
                 answered = time.monotonic() - pod.started_at
-                if answered - ready_at > READY_GRACE_S:
+                if answered - ready_at > READY_GRACE_S and not early:
                     how = "was" if answer is first else f"got {first.problem}; the model was"
-                    self._problem(
-                        "ready-before-model",
+                    self._ready_before_model(
                         f"the readinessProbe passed {ready_at:.1f} s after start, but the model "
                         f"answered only after {answered:.1f} s (the first request after Ready "
-                        f"{how} answered {answered - ready_at:.1f} s later): the probe passes "
-                        "before the model can answer, so a model that never loads would look "
-                        "Ready too",
-                        "probe for a READY worker (the readinessProbe `scibert-pack manifest` "
-                        "writes asks the management API); TorchServe's /ping and /v2/health/* "
-                        "answer 200 while the workers load or fail",
+                        f"{how} answered {answered - ready_at:.1f} s later)"
                     )
                 return answered
             self.progress(f"ingress: request after Ready: {answer.problem}")

@@ -7,12 +7,14 @@ store per profile is built once for the module; each rehearsal starts TorchServe
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +31,7 @@ from scibert_pack.cli import cli
 from scibert_pack.errors import PortInUseError
 from scibert_pack.kserve.manifest import build_manifest
 from scibert_pack.kserve.options import ManifestOptions
+from scibert_pack.kserve.pod_calls import ready_workers
 from scibert_pack.kserve.pod_checks import (
     DOCKERFILE_NAME,
     check_before_start,
@@ -522,3 +525,47 @@ def test_a_stand_in_under_tmp_is_shown_again_over_the_pods_own_tmp(
     assert script[staged[0]].endswith(f"--rbind {stand_in} {point}")
     assert script[staged[1]].endswith(f"--rbind {point} {stand_in}")
     assert script[staged[1] - 1] == f"mkdir -p {stand_in}"
+
+
+class _Management(http.server.BaseHTTPRequestHandler):
+    answer: tuple[int, bytes] = (200, b"[]")
+
+    def do_GET(self) -> None:
+        status, body = self.answer
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _workers(*statuses: str) -> bytes:
+    workers = [{"id": str(9000 + i), "status": s} for i, s in enumerate(statuses)]
+    return json.dumps([{"modelName": "tiny", "workers": workers}]).encode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        pytest.param((200, _workers("READY", "STARTING")), 1, id="one-ready"),
+        pytest.param((200, _workers("STARTING", "UNLOADING")), 0, id="none-ready"),
+        pytest.param((404, b'{"code": 404}'), None, id="unknown-model"),
+        pytest.param((400, b"Token Authorization failed"), None, id="token-auth"),
+        pytest.param((200, b"[" * 100_000), None, id="hostile-body"),
+    ],
+)
+def test_ready_workers_reads_the_management_api(
+    answer: tuple[int, bytes], expected: int | None
+) -> None:
+    """What the rehearsal asks at the moment of Ready: a worker that can answer, or not."""
+    handler = type("Handler", (_Management,), {"answer": answer})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert ready_workers("127.0.0.1", server.server_address[1], "tiny", 5.0) == expected
+    finally:
+        server.shutdown()
+        server.server_close()
