@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -114,13 +115,32 @@ def tree(root: Path) -> dict[str, bytes]:
     return dict(sorted(found.items()))
 
 
-def kserve_download(uri: str, dest: Path) -> dict[str, bytes]:
-    """What KServe's storage initializer puts in the model dir for `uri`."""
-    from kserve_storage import Storage
+_DOWNLOAD = (
+    "import sys\n"
+    "from kserve_storage import Storage\n"
+    "sys.stdout.write(Storage.download(sys.argv[1], sys.argv[2]))\n"
+)
 
+
+def kserve_download(uri: str, dest: Path, timeout: float = 120.0) -> dict[str, bytes]:
+    """What KServe's storage initializer puts in the model dir for `uri`.
+
+    Run in a process of its own, as the initializer container runs it: `Storage.download` forks a
+    multiprocessing pool for S3, and a fork of the multi-threaded pytest process (moto clients,
+    proxies, server readers) can inherit a held lock and hang forever. Raises RuntimeError when the
+    downloader fails, with its stderr."""
     dest.mkdir(parents=True, exist_ok=True)
-    out = Storage.download(uri, str(dest))
-    return tree(Path(out))
+    done = subprocess.run(
+        [sys.executable, "-c", _DOWNLOAD, uri, str(dest)],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"kserve_storage could not download {uri}:\n{done.stderr[-3000:]}")
+    return tree(Path(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else dest))
 
 
 class StallingProxy:
