@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,8 @@ from scibert_pack.config import properties
 from scibert_pack.errors import BuildError, InputError, ModelFolderError
 from scibert_pack.handlers import settings as handler_settings
 from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
+from scibert_pack.progress import ProgressSink, silent
 
-Progress = Callable[[str], None]
 # EFBIG: a file-size limit (ulimit -f, quotas) stops the write the same way a full disk does.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # Publishing is a few renames (plus removing a replaced no-archive folder): a build that waits
@@ -52,12 +52,8 @@ class BuildResult:
     seconds: float
 
 
-def _silent(_: str) -> None:
-    pass
-
-
 def build(
-    model_dir: Path, settings: BuildSettings, output: Path, *, progress: Progress = _silent
+    model_dir: Path, settings: BuildSettings, output: Path, *, progress: ProgressSink = silent
 ) -> BuildResult:
     started = time.monotonic()
     progress(f"checking model folder {model_dir}")
@@ -236,7 +232,7 @@ def _build_in(
     settings: BuildSettings,
     handler: handler_settings.HandlerSettings,
     output: Path,
-    progress: Progress,
+    progress: ProgressSink,
 ) -> tuple[Path, Path, Path, dict[str, Any]]:
     stage, export = work / "stage", work / "export"
     stage.mkdir()
@@ -355,7 +351,7 @@ def _publish(
 
 
 @contextlib.contextmanager
-def _publish_lock(output: Path, progress: Progress) -> Iterator[None]:
+def _publish_lock(output: Path, progress: ProgressSink) -> Iterator[None]:
     """One build at a time publishes into `output` (an flock on the folder itself, so no lock
     file is left in the store): parallel builds of one name both succeed, the later one's store
     wins whole, and neither sees the other's half-done renames."""

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scibert_pack.client.inference_client import ServedExplanation, ServedPrediction
 from scibert_pack.demo.train import TrainResult, TrainSettings
 from scibert_pack.errors import InputError
-from scibert_pack.serving.client import Explanation, Prediction
-
-Progress = Callable[[str], None]
+from scibert_pack.progress import ProgressSink, silent
 
 # The first is the sentence of the blog post this project started from.
 DEMO_TEXTS: tuple[str, ...] = (
@@ -94,8 +93,8 @@ class DemoResult:
     store: Path
     model_name: str
     served_at: str  # TorchServe's inference URL while it ran
-    predictions: tuple[Prediction, ...]
-    explanations: tuple[Explanation, ...]
+    predictions: tuple[ServedPrediction, ...]
+    explanations: tuple[ServedExplanation, ...]
     report: Path
     s3_uri: str
     s3_endpoint: str
@@ -112,12 +111,8 @@ class DemoResult:
         return sum(s.seconds for s in self.steps)
 
 
-def _silent(_: str) -> None:
-    pass
-
-
 class _Steps:
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: ProgressSink) -> None:
         self.progress = progress
         self.done: list[Step] = []
 
@@ -131,11 +126,11 @@ class _Steps:
         self.progress(f"   {name}: {seconds:.1f} s")
 
 
-def run_demo(settings: DemoSettings, *, progress: Progress = _silent) -> DemoResult:
+def run_demo(settings: DemoSettings, *, progress: ProgressSink = silent) -> DemoResult:
     from scibert_pack.archiver.build import build
     from scibert_pack.archiver.settings import BuildSettings
+    from scibert_pack.client.report_html import write_report
     from scibert_pack.handlers.settings import HandlerSettings
-    from scibert_pack.serving.report_html import write_report
 
     work = settings.workdir.absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -218,10 +213,10 @@ def run_demo(settings: DemoSettings, *, progress: Progress = _silent) -> DemoRes
 
 
 def _serve_and_ask(
-    settings: DemoSettings, store: Path, run_dir: Path, steps: _Steps, progress: Progress
-) -> tuple[str, list[Prediction], list[Explanation]]:
-    from scibert_pack.serving.batch import explain_texts
-    from scibert_pack.serving.client import InferenceClient
+    settings: DemoSettings, store: Path, run_dir: Path, steps: _Steps, progress: ProgressSink
+) -> tuple[str, list[ServedPrediction], list[ServedExplanation]]:
+    from scibert_pack.client.batch import explain_texts
+    from scibert_pack.client.inference_client import InferenceClient
     from scibert_pack.serving.server import ServeSettings, TorchServeProcess
 
     serve = ServeSettings.on_free_ports(run_dir=run_dir, ready_timeout_s=settings.ready_timeout_s)
@@ -241,7 +236,7 @@ def _serve_and_ask(
 
 
 def _upload_s3(
-    settings: DemoSettings, store: Path, work: Path, steps: _Steps, progress: Progress
+    settings: DemoSettings, store: Path, work: Path, steps: _Steps, progress: ProgressSink
 ) -> tuple[str, str]:
     from scibert_pack.demo.local_services import LocalS3Server
 
@@ -283,8 +278,8 @@ def _upload(
     s3_client: Any = None,
 ) -> str:
     """The storage library's path, as `scibert-pack upload` takes it; the version's URI."""
-    from scibert_pack.storage.local_store import read_store
-    from scibert_pack.storage.resolve import backend_for
+    from scibert_pack.storage.backend_choice import backend_for
+    from scibert_pack.storage.local_store import scan_store
     from scibert_pack.storage.sync import plan_upload, run_upload
     from scibert_pack.storage.targets import parse_target
 
@@ -298,7 +293,7 @@ def _upload(
     backend = backend_for(
         parse_target(uri), s3_settings=s3_settings, s3_client=s3_client, pvc_mount=pvc_mount
     )
-    plan = plan_upload(read_store(store), backend)
+    plan = plan_upload(scan_store(store), backend)
     run_upload(plan, backend)
     return plan.storage_uri
 
@@ -309,9 +304,9 @@ def _write_manifest(
     from scibert_pack.kserve.manifest import build_manifest, write_manifest
     from scibert_pack.kserve.names import isvc_name_for
     from scibert_pack.kserve.options import ManifestOptions
-    from scibert_pack.kserve.store_info import read_store
+    from scibert_pack.kserve.store_info import read_store_for_manifest
 
-    info = read_store(store)
+    info = read_store_for_manifest(store)
     options = ManifestOptions(name=isvc_name_for(info.model_name), storage_uri=storage_uri)
     result = build_manifest(options, info, dockerfile_name=dockerfile.name)
     write_manifest(result, manifest, dockerfile)

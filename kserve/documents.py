@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from scibert_pack.errors import ManifestError
+from scibert_pack.kserve.deployment_values import DeploymentValues
 from scibert_pack.kserve.options import STOCK_RUNTIME
-from scibert_pack.kserve.resolved import Resolved
 from scibert_pack.kserve.store_info import DEFAULT_PORTS
 from scibert_pack.storage.kubectl_steps import copy_pod_manifest
 
@@ -39,7 +39,7 @@ def metadata(name: str, namespace: str | None, **extra: Any) -> dict[str, Any]:
     return meta
 
 
-def inference_service(r: Resolved) -> Document:
+def inference_service(r: DeploymentValues) -> Document:
     o = r.options
     predictor: dict[str, Any] = {}
     for key, value in (
@@ -81,7 +81,7 @@ def inference_service(r: Resolved) -> Document:
     }
 
 
-def _model(r: Resolved) -> dict[str, Any]:
+def _model(r: DeploymentValues) -> dict[str, Any]:
     o = r.options
     model: dict[str, Any]
     if r.stock:
@@ -105,7 +105,7 @@ def _model(r: Resolved) -> dict[str, Any]:
     return model
 
 
-def _isvc_annotations(r: Resolved) -> dict[str, str]:
+def _isvc_annotations(r: DeploymentValues) -> dict[str, str]:
     o = r.options
     notes: dict[str, str] = {}
     if o.autoscaler == "hpa":
@@ -127,7 +127,7 @@ def _isvc_annotations(r: Resolved) -> dict[str, str]:
     return notes
 
 
-def serving_runtime(r: Resolved) -> Document:
+def serving_runtime(r: DeploymentValues) -> Document:
     """Our runtime: TorchServe itself on the inference port, no KServe wrapper in between."""
     o = r.options
     port = r.inference_port
@@ -205,7 +205,7 @@ def copy_pod_name(claim: str) -> str:
     return f"{claim}-copy"[:253]
 
 
-def persistent_volume_claim(r: Resolved) -> Document:
+def persistent_volume_claim(r: DeploymentValues) -> Document:
     o = r.options
     claim = _claim(r)
     spec: dict[str, Any] = {
@@ -222,7 +222,7 @@ def persistent_volume_claim(r: Resolved) -> Document:
     }
 
 
-def copy_pod(r: Resolved) -> Document:
+def copy_pod(r: DeploymentValues) -> Document:
     """The pod the PVC fill steps exec into (storage.kubectl_steps: one recipe for upload and
     manifest); it only holds the claim mounted."""
     claim = _claim(r)
@@ -231,7 +231,7 @@ def copy_pod(r: Resolved) -> Document:
     )
 
 
-def _claim(r: Resolved) -> str:
+def _claim(r: DeploymentValues) -> str:
     pvc = r.options.pvc
     if pvc is None:
         raise ManifestError(

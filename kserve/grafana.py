@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from scibert_pack.kserve.deployment_values import DeploymentValues
 from scibert_pack.kserve.documents import CONTAINER_NAME, Document, metadata
-from scibert_pack.kserve.resolved import Resolved
 
 _WINDOW = "[5m]"
 
 
-def dashboard(r: Resolved) -> dict[str, Any]:
+def dashboard(r: DeploymentValues) -> dict[str, Any]:
     name = r.options.name
     ts = 'model_name="$model"'
     handler = 'ModelName="$model"'
@@ -104,7 +104,7 @@ def dashboard(r: Resolved) -> dict[str, Any]:
     }
 
 
-def dashboard_config_map(r: Resolved) -> Document:
+def dashboard_config_map(r: DeploymentValues) -> Document:
     name = r.options.name
     text = json.dumps(dashboard(r), indent=2) + "\n"
     return {

@@ -9,14 +9,14 @@ from typing import Any
 from scibert_pack import __version__
 from scibert_pack.files import atomic_write_text
 from scibert_pack.kserve import documents as docs
+from scibert_pack.kserve.deployment_values import DeploymentValues, resolve
 from scibert_pack.kserve.dockerfile import dockerfile
 from scibert_pack.kserve.grafana import dashboard_config_map
 from scibert_pack.kserve.invariants import check_document
 from scibert_pack.kserve.options import ManifestOptions
-from scibert_pack.kserve.resolved import Resolved, resolve
-from scibert_pack.kserve.store_info import StoreInfo
 from scibert_pack.kserve.traps import ManifestWarning, check_traps
 from scibert_pack.kserve.yaml_text import dump_documents
+from scibert_pack.layout import StoreFacts
 from scibert_pack.storage import local_store
 from scibert_pack.storage.kubectl_steps import Step, pvc_copy, steps_script
 
@@ -31,12 +31,12 @@ class Manifest:
     # The steps that fill the PVC after applying (storage.kubectl_steps, the recipe `scibert-pack
     # upload` prints too); empty when there is nothing to do or no store to copy.
     next_steps: tuple[Step, ...]
-    resolved: Resolved
+    resolved: DeploymentValues
 
 
 def build_manifest(
     options: ManifestOptions,
-    store: StoreInfo | None = None,
+    store: StoreFacts | None = None,
     *,
     dockerfile_name: str = "Dockerfile",
 ) -> Manifest:
@@ -85,7 +85,7 @@ def write_manifest(manifest: Manifest, output: Path | None, dockerfile_path: Pat
         atomic_write_text(dockerfile_path, manifest.dockerfile)
 
 
-def fill_pvc_commands(r: Resolved) -> tuple[Step, ...]:
+def fill_pvc_commands(r: DeploymentValues) -> tuple[Step, ...]:
     """The steps that copy the store into the claim through the copy pod: the same recipe
     `scibert-pack upload OUT pvc://...` prints without --pvc-mount (only the store's files,
     every sha256 checked on the claim, one rename into place, the completion record last).
@@ -96,7 +96,7 @@ def fill_pvc_commands(r: Resolved) -> tuple[Step, ...]:
     claim, path = pvc
     kubectl = "kubectl" + (f" -n {r.options.namespace}" if r.options.namespace else "")
     copy = pvc_copy(
-        local_store.read_store(r.store.root),
+        local_store.scan_store(r.store.root),
         claim,
         path,
         pod=docs.copy_pod_name(claim),
@@ -106,7 +106,7 @@ def fill_pvc_commands(r: Resolved) -> tuple[Step, ...]:
     return copy.steps
 
 
-def _no_fill_steps(r: Resolved) -> ManifestWarning:
+def _no_fill_steps(r: DeploymentValues) -> ManifestWarning:
     return ManifestWarning(
         "pvc-fill-needs-store",
         f"no steps to fill the claim of {r.options.storage_uri}: they copy and check every "

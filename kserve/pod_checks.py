@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Literal
 
 from scibert_pack.config import properties
+from scibert_pack.kserve.deployment_values import resolve
 from scibert_pack.kserve.dockerfile import TORCHSERVE_IMAGE_PYTHON, dockerfile
 from scibert_pack.kserve.options import ManifestOptions
 from scibert_pack.kserve.pod_sandbox import MODEL_ROOT, POD_IP
 from scibert_pack.kserve.pod_spec import Container, PodPlan
-from scibert_pack.kserve.resolved import resolve
-from scibert_pack.kserve.store_info import StoreInfo
-from scibert_pack.layout import CONFIG_FILE
+from scibert_pack.layout import CONFIG_FILE, StoreFacts
 
 Severity = Literal["problem", "note"]
 # `scibert-pack manifest -o FILE` writes the runtime's Dockerfile under this name beside FILE.
@@ -40,7 +39,7 @@ class Finding:
 
 
 def check_before_start(
-    plan: PodPlan, store: Path, info: StoreInfo, *, isolated: bool, dockerfile: Path
+    plan: PodPlan, store: Path, info: StoreFacts, *, isolated: bool, dockerfile: Path
 ) -> list[Finding]:
     """Findings from the manifest, the store's config.properties and the Dockerfile (or the
     one `manifest` would write for this store when `dockerfile` does not exist)."""
@@ -53,7 +52,7 @@ class _Checks:
     plan: PodPlan
     container: Container
     store: Path
-    info: StoreInfo
+    info: StoreFacts
     isolated: bool
     dockerfile: Path
     findings: list[Finding] = field(default_factory=list)

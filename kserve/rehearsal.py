@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from scibert_pack.config import properties
 from scibert_pack.errors import InputError, PortInUseError, StoreError
+from scibert_pack.kserve.deployment_values import resolve
 from scibert_pack.kserve.options import ManifestOptions
 from scibert_pack.kserve.pod_calls import (
     Answer,
@@ -55,12 +56,11 @@ from scibert_pack.kserve.pod_sandbox import (
     listeners,
 )
 from scibert_pack.kserve.pod_spec import Container, PodPlan, Probe, read_plan
-from scibert_pack.kserve.resolved import resolve
-from scibert_pack.kserve.store_info import StoreInfo, read_store
+from scibert_pack.kserve.store_info import read_store_for_manifest
 from scibert_pack.kserve.traps import check_traps
-from scibert_pack.layout import CONFIG_FILE
+from scibert_pack.layout import CONFIG_FILE, StoreFacts
+from scibert_pack.progress import ProgressSink, silent
 
-Progress = Callable[[str], None]
 Isolation = Literal["auto", "none"]
 Mode = Literal["full", "partial", "static"]
 # Where TorchServe writes inside the container: logs/ in the working folder; its pid file and
@@ -76,10 +76,6 @@ _STOCK_CODES = (
     "token-auth-wrapper",
     "wrapper-v2-explain",
 )
-
-
-def _silent(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -133,7 +129,7 @@ class RehearsalReport:
         return self.ready_after_s is not None and answered and not self.problems
 
 
-def rehearse(settings: RehearsalSettings, progress: Progress = _silent) -> RehearsalReport:
+def rehearse(settings: RehearsalSettings, progress: ProgressSink = silent) -> RehearsalReport:
     plan = read_plan(settings.manifest)
     with _scratch(settings) as scratch:
         store_dir = settings.store
@@ -141,11 +137,11 @@ def rehearse(settings: RehearsalSettings, progress: Progress = _silent) -> Rehea
             return _stock_report(plan, settings, store_dir)
         if store_dir is None:
             store_dir = fetch_store(plan.storage_uri, scratch / "models", settings, progress)
-        info = read_store(store_dir)
+        info = read_store_for_manifest(store_dir)
         return _Rehearsal(plan, settings, store_dir, info, scratch, progress).run()
 
 
-def fetch_store(uri: str, dest: Path, settings: RehearsalSettings, progress: Progress) -> Path:
+def fetch_store(uri: str, dest: Path, settings: RehearsalSettings, progress: ProgressSink) -> Path:
     """The storageUri downloaded by kserve-storage, as the storage-initializer container does."""
     if uri.startswith("pvc://"):
         raise InputError(
@@ -200,7 +196,7 @@ def _scratch(settings: RehearsalSettings) -> Iterator[Path]:
 def _stock_report(
     plan: PodPlan, settings: RehearsalSettings, store: Path | None
 ) -> RehearsalReport:
-    info = read_store(store) if store is not None else None
+    info = read_store_for_manifest(store) if store is not None else None
     options = ManifestOptions(
         name=plan.isvc_name,
         storage_uri=plan.storage_uri,
@@ -245,9 +241,9 @@ class _Rehearsal:
         plan: PodPlan,
         settings: RehearsalSettings,
         store: Path,
-        info: StoreInfo,
+        info: StoreFacts,
         scratch: Path,
-        progress: Progress,
+        progress: ProgressSink,
     ) -> None:
         assert plan.container is not None
         self.plan = plan

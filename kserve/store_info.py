@@ -14,10 +14,9 @@ from scibert_pack.layout import read_store as read_store_facts
 
 _FROM_STORE_FIX = "point --from-store at the OUT folder of `scibert-pack build`, or rebuild it"
 DEFAULT_PORTS = Ports().as_dict()
-StoreInfo = StoreFacts
 
 
-def read_store(out: Path) -> StoreFacts:
+def read_store_for_manifest(out: Path) -> StoreFacts:
     """The facts of the model store at `out`; StoreError when a file is missing or unreadable."""
     facts = read_store_facts(out, fix=_FROM_STORE_FIX, report_required=True)
     if not facts.model_name:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scibert_pack.kserve.resolved import Resolved
+from scibert_pack.kserve.deployment_values import DeploymentValues
 
 # Knative refuses a revision timeout above max-revision-timeout-seconds, 600 by default.
 KNATIVE_MAX_TIMEOUT = 600
@@ -25,14 +25,14 @@ class ManifestWarning:
         return f"[{self.code}] {self.message}; {self.fix}"
 
 
-def check_traps(r: Resolved) -> list[ManifestWarning]:
+def check_traps(r: DeploymentValues) -> list[ManifestWarning]:
     found: list[ManifestWarning] = []
     for check in _CHECKS:
         found.extend(check(r))
     return found
 
 
-def _batcher_v2(r: Resolved) -> list[ManifestWarning]:
+def _batcher_v2(r: DeploymentValues) -> list[ManifestWarning]:
     if r.options.protocol != "v2" or not r.options.has_batcher:
         return []
     return [
@@ -46,7 +46,7 @@ def _batcher_v2(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
-def _batcher_timeout(r: Resolved) -> list[ManifestWarning]:
+def _batcher_timeout(r: DeploymentValues) -> list[ManifestWarning]:
     if r.options.batcher_timeout is None:
         return []
     return [
@@ -60,7 +60,7 @@ def _batcher_timeout(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
-def _stock_image(r: Resolved) -> list[ManifestWarning]:
+def _stock_image(r: DeploymentValues) -> list[ManifestWarning]:
     if not r.stock:
         return []
     tag = r.runtime_version
@@ -84,7 +84,7 @@ def _stock_image(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
-def _token_auth_wrapper(r: Resolved) -> list[ManifestWarning]:
+def _token_auth_wrapper(r: DeploymentValues) -> list[ManifestWarning]:
     if not (r.stock and r.token_auth):
         return []
     return [
@@ -99,7 +99,7 @@ def _token_auth_wrapper(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
-def _token_auth_dropped(r: Resolved) -> list[ManifestWarning]:
+def _token_auth_dropped(r: DeploymentValues) -> list[ManifestWarning]:
     if r.stock or not r.token_auth:
         return []
     return [
@@ -118,7 +118,7 @@ def _token_auth_dropped(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
-def _wrapper_v2_explain(r: Resolved) -> list[ManifestWarning]:
+def _wrapper_v2_explain(r: DeploymentValues) -> list[ManifestWarning]:
     if not (r.stock and r.options.protocol == "v2"):
         return []
     return [
@@ -132,7 +132,7 @@ def _wrapper_v2_explain(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
-def _url_model_name(r: Resolved) -> list[ManifestWarning]:
+def _url_model_name(r: DeploymentValues) -> list[ManifestWarning]:
     found: list[ManifestWarning] = []
     served = r.store.served_models if r.store else ()
     if served and r.model_name not in served:
@@ -159,7 +159,7 @@ def _url_model_name(r: Resolved) -> list[ManifestWarning]:
     return found
 
 
-def _storage_slash(r: Resolved) -> list[ManifestWarning]:
+def _storage_slash(r: DeploymentValues) -> list[ManifestWarning]:
     uri = r.options.storage_uri
     if not uri.startswith(("s3://", "gs://")) or uri.endswith("/"):
         return []
@@ -173,7 +173,7 @@ def _storage_slash(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
-def _metrics_port(r: Resolved) -> list[ManifestWarning]:
+def _metrics_port(r: DeploymentValues) -> list[ManifestWarning]:
     if not r.options.prometheus or r.metrics_port == r.server_metrics_port:
         return []
     return [
@@ -186,7 +186,7 @@ def _metrics_port(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
-def _metrics_mode(r: Resolved) -> list[ManifestWarning]:
+def _metrics_mode(r: DeploymentValues) -> list[ManifestWarning]:
     if not r.options.prometheus or r.store is None or r.store.metrics_mode == "prometheus":
         return []
     return [
@@ -199,7 +199,7 @@ def _metrics_mode(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
-def _loopback(r: Resolved) -> list[ManifestWarning]:
+def _loopback(r: DeploymentValues) -> list[ManifestWarning]:
     if r.store is None or not any(h in ("127.0.0.1", "localhost") for h in r.store.bind_hosts):
         return []
     return [
@@ -212,7 +212,7 @@ def _loopback(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
-def _knative_timeout(r: Resolved) -> list[ManifestWarning]:
+def _knative_timeout(r: DeploymentValues) -> list[ManifestWarning]:
     t = r.options.timeout
     if r.options.autoscaler != "kpa" or t is None or t <= KNATIVE_MAX_TIMEOUT:
         return []
@@ -227,7 +227,7 @@ def _knative_timeout(r: Resolved) -> list[ManifestWarning]:
     ]
 
 
-def _stock_image_libraries(r: Resolved) -> list[ManifestWarning]:
+def _stock_image_libraries(r: DeploymentValues) -> list[ManifestWarning]:
     if not r.stock:
         return []
     return [
@@ -252,7 +252,7 @@ def _major_minor(tag: str) -> tuple[int, int] | None:
         return None
 
 
-_CHECKS: tuple[Callable[[Resolved], list[ManifestWarning]], ...] = (
+_CHECKS: tuple[Callable[[DeploymentValues], list[ManifestWarning]], ...] = (
     _stock_image_libraries,
     _batcher_v2,
     _batcher_timeout,

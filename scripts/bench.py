@@ -163,7 +163,7 @@ class Load:
 
 
 def load(server: Any, duration_s: float, texts_per_request: int = 1) -> Load:
-    from scibert_pack.serving.load import LoadRunner, LoadSettings, default_payload
+    from scibert_pack.client.load_generator import LoadRunner, LoadSettings, default_payload
 
     report = LoadRunner(
         LoadSettings(
@@ -230,10 +230,10 @@ def explain_compare(model_dir: Path, server: Any, reps: int, *, batch8: bool) ->
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from scibert_pack.client.inference_client import InferenceClient
     from scibert_pack.handlers.explain import ExplainJob, explain
     from scibert_pack.handlers.model import Classifier
     from scibert_pack.handlers.settings import HandlerSettings
-    from scibert_pack.serving.client import InferenceClient
 
     settings = HandlerSettings()
     ours_model = AutoModelForSequenceClassification.from_pretrained(model_dir)

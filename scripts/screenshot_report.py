@@ -111,8 +111,8 @@ def _paeth(a: int, b: int, c: int) -> int:
 
 def sample_report(path: Path) -> Path:
     """A report that exercises what must read well: words, pieces, escaping, a long text."""
-    from scibert_pack.serving.client import Explanation
-    from scibert_pack.serving.report_html import write_report
+    from scibert_pack.client.inference_client import ServedExplanation
+    from scibert_pack.client.report_html import write_report
 
     blog = "Risk assessment implications of site-specific oral relative bioavailability."
     words = ["Risk", "assessment", "implications", "of", "site-specific", "oral", "relative",
@@ -125,14 +125,14 @@ def sample_report(path: Path) -> Path:
     pieces = ["[CLS]", "risk", "assessment", "implications", "of", "site", "-", "specific",
               "oral", "relative", "bio", "##ava", "##ila", "##bility", ".", "[SEP]"]  # fmt: skip
     explanations = [
-        Explanation(blog, "medicine", "medicine", words,
+        ServedExplanation(blog, "medicine", "medicine", words,
                     [0.076, 0.03, -0.02, 0.001, 0.05, 0.04, -0.01, 0.12, 0.02], 2e-4, False),
-        Explanation(long_text, "physics", "physics", long_words,
+        ServedExplanation(long_text, "physics", "physics", long_words,
                     [((i % 7) - 3) / 30 for i in range(len(long_words))], -3e-3, True),
-        Explanation(blog, "medicine", "medicine", pieces,
+        ServedExplanation(blog, "medicine", "medicine", pieces,
                     [0.0, 0.076, 0.03, -0.02, 0.001, 0.02, 0.01, 0.02, 0.04, -0.01, 0.079, 0.02,
                      0.058, -0.054, 0.02, 0.0], 2e-4, False),
-        Explanation('<script>alert("x")</script> & co.', "other", "other",
+        ServedExplanation('<script>alert("x")</script> & co.', "other", "other",
                     ["<script>alert(\"x\")</script>", "&", "co", "."], [0.2, -0.1, 0.05, 0.0],
                     0.0, False),
     ]  # fmt: skip

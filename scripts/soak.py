@@ -45,7 +45,7 @@ from support.soak_load import (
 from support.tiny_models import make_tiny_classifier
 from support.vanishing_s3 import CLI, Moto, upload_until_s3_vanishes
 
-from scibert_pack.storage.local_store import read_store
+from scibert_pack.storage.local_store import scan_store
 
 EXPLAIN_EVERY = 50
 RSS_EVERY = 1000
@@ -119,7 +119,7 @@ def run_s3_gone(work: Path, kill_moto: bool) -> dict[str, object]:
     case = work / ("s3-killed" if kill_moto else "s3-lost")
     case.mkdir()
     store = write_store(case / "store", model_version="2.0", payload=os.urandom(8 << 20))
-    version = read_store(store).version
+    version = scan_store(store).version
     moto = Moto(case / "moto.log")
     moto.start()
     try:

@@ -20,7 +20,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +30,7 @@ from scibert_pack.config.properties import Ports
 from scibert_pack.errors import InputError, PortInUseError, ServeError
 from scibert_pack.files import load_json
 from scibert_pack.processes import stop_process_group
+from scibert_pack.progress import ProgressSink, silent
 from scibert_pack.serving.run_dir import (
     default_run_dir,
     open_private,
@@ -40,7 +40,6 @@ from scibert_pack.serving.run_dir import (
 )
 from scibert_pack.serving.store import ModelStore, open_store
 
-Progress = Callable[[str], None]
 KEY_FILE = "key_file.json"
 # Which server a run folder's key file belongs to: host, port and pid (see ServingRecord).
 SERVING_RECORD = "serving.json"
@@ -140,10 +139,6 @@ def _bindable(family: socket.AddressFamily, host: str, port: int) -> bool:
     return True
 
 
-def _silent(_: str) -> None:
-    pass
-
-
 class TorchServeProcess:
     """`with TorchServeProcess(store_dir, settings) as server:` starts, waits ready, stops."""
 
@@ -152,7 +147,7 @@ class TorchServeProcess:
         store_dir: Path,
         settings: ServeSettings | None = None,
         *,
-        progress: Progress = _silent,
+        progress: ProgressSink = silent,
     ) -> None:
         self.store: ModelStore = open_store(store_dir)
         # Ports given as 0 are picked now, so the run folder is named by the real port.

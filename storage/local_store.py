@@ -50,7 +50,7 @@ class LocalStore:
         return tuple(f.path for f in self.files if f.size == 0)
 
 
-def read_store(root: Path) -> LocalStore:
+def scan_store(root: Path) -> LocalStore:
     """Check and hash the store at `root`; StoreError naming what is missing and how to fix it."""
     if not root.is_dir():
         raise StoreError(f"model store {root} is not a folder", fix=_BUILD_FIX)

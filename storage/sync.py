@@ -24,7 +24,7 @@ Action = Literal["upload", "skip"]
 
 
 @dataclass(frozen=True)
-class Progress:
+class UploadProgress:
     bytes_done: int
     bytes_total: int
     files_done: int
@@ -109,7 +109,7 @@ def run_upload(
     plan: UploadPlan,
     backend: Backend,
     *,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[UploadProgress], None] | None = None,
     on_object: Callable[[LocalFile], None] | None = None,
 ) -> UploadResult:
     """Carry out `plan`. `on_object` runs after each file lands (an exception from it stops the
@@ -214,7 +214,7 @@ class _Tracker:
     """Sums progress reported from transfer threads and hands out consistent snapshots."""
 
     def __init__(
-        self, bytes_total: int, files_total: int, sink: Callable[[Progress], None] | None
+        self, bytes_total: int, files_total: int, sink: Callable[[UploadProgress], None] | None
     ) -> None:
         self._lock = threading.Lock()
         self._sink = sink
@@ -237,5 +237,5 @@ class _Tracker:
     def _emit(self) -> None:
         if self._sink is not None:
             self._sink(
-                Progress(self.bytes_done, self.bytes_total, self.files_done, self.files_total)
+                UploadProgress(self.bytes_done, self.bytes_total, self.files_done, self.files_total)
             )

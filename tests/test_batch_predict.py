@@ -24,16 +24,16 @@ from requests.adapters import HTTPAdapter
 from support.tiny_models import CORPUS, LABELS
 
 from scibert_pack.cli import cli
-from scibert_pack.errors import ClientError, InputError
-from scibert_pack.serving.batch import (
+from scibert_pack.client.batch import (
     BatchPredictor,
     BatchProgress,
     BatchSettings,
     _texts_that_fit,
 )
-from scibert_pack.serving.batch_input import InputRow, input_format, read_input, rows_of
-from scibert_pack.serving.batch_output import ResumableOutput
-from scibert_pack.serving.client import InferenceClient, ServerLimit, _server_limit
+from scibert_pack.client.batch_input import InputRow, input_format, read_input, rows_of
+from scibert_pack.client.batch_output import ResumableOutput
+from scibert_pack.client.inference_client import InferenceClient, ServerLimit, _server_limit
+from scibert_pack.errors import ClientError, InputError
 from scibert_pack.serving.server import TorchServeProcess
 
 TEXTS = [line.rstrip(" .") for line in CORPUS] * 3  # 30 rows

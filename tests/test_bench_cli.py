@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from scibert_pack.cli import cli
+from scibert_pack.client.load_generator import LoadSettings, percentile
 from scibert_pack.errors import InputError
-from scibert_pack.serving.load import LoadSettings, percentile
 from scibert_pack.serving.server import TorchServeProcess
 
 

@@ -16,10 +16,10 @@ from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
 from scibert_pack.cli.bench import bench as bench_command
 from scibert_pack.cli.build import build as build_command
-from scibert_pack.cli.client import _number, _ranked_labels
-from scibert_pack.cli.client import explain as explain_command
-from scibert_pack.cli.client import predict as predict_command
 from scibert_pack.cli.manifest import manifest as manifest_command
+from scibert_pack.cli.query import _number, _ranked_labels
+from scibert_pack.cli.query import explain as explain_command
+from scibert_pack.cli.query import predict as predict_command
 from scibert_pack.cli.serve import serve as serve_command
 from scibert_pack.cli.serve import url_lines
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from scibert_pack.client.inference_client import InferenceClient, RequestFailed
 from scibert_pack.errors import ClientError
-from scibert_pack.serving.client import InferenceClient, RequestFailed
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 HUGE_INT = b'{"outputs": ' + b"9" * 5_000 + b"}"

@@ -222,11 +222,11 @@ def _f(model: Any, tokenizer: Any, text: str, target: int) -> tuple[float, float
 def test_the_report_shows_the_text_as_written(service: ClassifierService, granularity: str) -> None:
     """Served words or pieces, the HTML report's words read as the text does: "site-specific",
     "bioavailability." (no "site - specific", no "bio ##ava")."""
-    from scibert_pack.serving.client import Explanation
-    from scibert_pack.serving.report_html import render_report
+    from scibert_pack.client.inference_client import ServedExplanation
+    from scibert_pack.client.report_html import render_report
 
     (item,) = explain(service, [BLOG], n_steps=5, granularity=granularity)
-    x = Explanation(
+    x = ServedExplanation(
         BLOG, item["label"], item["target"], item["words"], item["importances"], item["delta"],
         item["truncated"],
     )  # fmt: skip

@@ -19,7 +19,7 @@ from support.soak_load import KILL_RESPONSE_TIMEOUT_S, KILL_SETTINGS, kill_worke
 from support.vanishing_s3 import Moto, upload_until_s3_vanishes
 
 from scibert_pack.serving.server import TorchServeProcess
-from scibert_pack.storage.local_store import read_store
+from scibert_pack.storage.local_store import scan_store
 
 CLI = [str(Path(sys.executable).parent / "scibert-pack")]
 
@@ -86,7 +86,7 @@ def test_s3_server_gone_mid_upload_publishes_nothing_and_rerun_completes(
     """The S3 endpoint disappears while the archive is half sent. connection-lost: the server
     lives on (its state can be inspected); moto-killed: the server process dies with its state."""
     store = write_store(tmp_path / "store", model_version="2.0", payload=os.urandom(3 << 20))
-    version = read_store(store).version
+    version = scan_store(store).version
     moto.server.client().create_bucket(Bucket="models")
     env = s3_environ(moto.server.endpoint, tmp_path)
     for key in [k for k in os.environ if k.startswith("AWS_")]:

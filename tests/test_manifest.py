@@ -17,7 +17,7 @@ from scibert_pack.errors import InputError, ManifestError, StoreError
 from scibert_pack.kserve.invariants import check_document
 from scibert_pack.kserve.manifest import build_manifest
 from scibert_pack.kserve.options import ManifestOptions
-from scibert_pack.kserve.store_info import read_store
+from scibert_pack.kserve.store_info import read_store_for_manifest
 from scibert_pack.storage import local_store as storage_store
 from scibert_pack.storage.kubectl_steps import copy_pod_manifest, pvc_copy, steps_script
 from scibert_pack.storage.sync import completion_record
@@ -327,7 +327,7 @@ def test_batcher(extra: dict[str, Any], expected: dict[str, int] | None) -> None
 
 
 def test_prometheus_annotations_are_strings_on_the_metrics_port(tmp_path: Path) -> None:
-    store = read_store(write_store(tmp_path / "out", metrics_port=9182))
+    store = read_store_for_manifest(write_store(tmp_path / "out", metrics_port=9182))
     result = build_manifest(ManifestOptions(**BASE), store)
     notes = yaml.safe_load_all(result.yaml)
     isvc = _by_kind(list(notes), "InferenceService")
@@ -361,7 +361,7 @@ def test_pvc_storage_adds_claim_copy_pod_and_the_upload_copy_steps(tmp_path: Pat
         pvc_size="3Gi",
         storage_class="fast",
     )
-    result = build_manifest(options, read_store(out))
+    result = build_manifest(options, read_store_for_manifest(out))
     assert _kinds(result.documents) == [
         "PersistentVolumeClaim",
         "Pod",
@@ -387,7 +387,7 @@ def test_pvc_storage_adds_claim_copy_pod_and_the_upload_copy_steps(tmp_path: Pat
         labels={"app.kubernetes.io/managed-by": "scibert-pack"},
     )
     # The very steps `scibert-pack upload` prints (its pod is in the YAML, so none to start).
-    store = storage_store.read_store(out)
+    store = storage_store.scan_store(out)
     assert (
         result.next_steps
         == pvc_copy(
@@ -427,7 +427,7 @@ def test_manifest_fill_steps_fill_the_claim(tmp_path: Path) -> None:
     """The manifest's flavour of the recipe (namespace, the YAML's pod, a folder that is not a
     version name), run with kubectl exec standing for a shell here."""
     out = write_store(tmp_path / "out")
-    store = storage_store.read_store(out)
+    store = storage_store.scan_store(out)
     claim = tmp_path / "claim"
     copy = pvc_copy(
         store,
@@ -558,7 +558,7 @@ DOCKERFILES: list[tuple[str, int, str, list[str]]] = [
 def test_dockerfile_pins_the_archive_versions(
     tmp_path: Path, gpu: int, python: str, expected: list[str]
 ) -> None:
-    store = read_store(
+    store = read_store_for_manifest(
         write_store(tmp_path / "out", versions={"python": python, "torch": "2.13.0+cpu"})
     )
     result = build_manifest(ManifestOptions(**BASE, gpu=gpu), store)
@@ -582,7 +582,9 @@ def test_dockerfile_without_store_uses_installed_versions() -> None:
 
 
 def test_store_fills_model_name_ports_and_auth(tmp_path: Path) -> None:
-    info = read_store(write_store(tmp_path / "out", model_name="abstracts", token_auth=True))
+    info = read_store_for_manifest(
+        write_store(tmp_path / "out", model_name="abstracts", token_auth=True)
+    )
     assert (info.model_name, info.served_models, info.inference_port, info.metrics_port) == (
         "abstracts",
         ("abstracts",),
@@ -647,7 +649,7 @@ def test_broken_store_is_refused(
 ) -> None:
     out: Path = request.getfixturevalue(fixture)
     with pytest.raises(StoreError) as caught:
-        read_store(out)
+        read_store_for_manifest(out)
     assert str(caught.value).startswith(message.format(out=out))
 
 
@@ -721,7 +723,7 @@ def test_invariants_catch_broken_documents(kind: str, breaks: Any, message: str)
 def test_yaml_round_trips_to_the_same_objects(
     tmp_path: Path, extra: dict[str, Any], with_store: bool
 ) -> None:
-    store = read_store(write_store(tmp_path / "out")) if with_store else None
+    store = read_store_for_manifest(write_store(tmp_path / "out")) if with_store else None
     result = build_manifest(ManifestOptions(**{**BASE, **extra}), store)
     assert list(yaml.safe_load_all(result.yaml)) == list(result.documents)
     assert "&id" not in result.yaml  # no anchors: every document reads on its own
@@ -805,7 +807,7 @@ def test_cli_pvc_prints_the_copy_script(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert _kinds(yaml.safe_load_all(result.stdout)) == ["PersistentVolumeClaim", "Pod"]
     steps = pvc_copy(
-        storage_store.read_store(out), "models", "scibert", pod="models-copy", create_pod=False
+        storage_store.scan_store(out), "models", "scibert", pod="models-copy", create_pod=False
     ).steps
     assert result.stderr == (
         f"then fill the PVC with this script (run it as is):\n{steps_script(steps)}"

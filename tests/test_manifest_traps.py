@@ -10,7 +10,7 @@ from support.manifest_store import write_store
 
 from scibert_pack.kserve.manifest import build_manifest
 from scibert_pack.kserve.options import ManifestOptions
-from scibert_pack.kserve.store_info import read_store
+from scibert_pack.kserve.store_info import read_store_for_manifest
 
 BASE = {"name": "scibert", "storage_uri": "s3://models/scibert/v1/"}
 
@@ -199,7 +199,7 @@ def test_trap_gives_its_warning(
 ) -> None:
     store = None
     if store_overrides is not None:
-        store = read_store(write_store(tmp_path / "out", **store_overrides))
+        store = read_store_for_manifest(write_store(tmp_path / "out", **store_overrides))
     warnings = build_manifest(ManifestOptions(**{**BASE, **extra}), store).warnings
     matching = [w for w in warnings if w.code == code]
     assert len(matching) == 1, [w.code for w in warnings]
@@ -207,7 +207,7 @@ def test_trap_gives_its_warning(
 
 
 def test_stock_runtime_always_warns_about_its_missing_libraries(tmp_path: Path) -> None:
-    store = read_store(write_store(tmp_path / "out"))
+    store = read_store_for_manifest(write_store(tmp_path / "out"))
     options = ManifestOptions(**{**BASE, "runtime": "kserve-torchserve", "protocol": "v1"})
     (warning,) = build_manifest(options, store).warnings
     assert warning.code == "stock-runtime-libraries"
@@ -245,7 +245,7 @@ def test_no_warning_when_right(
 ) -> None:
     store = None
     if store_overrides is not None:
-        store = read_store(write_store(tmp_path / "out", **store_overrides))
+        store = read_store_for_manifest(write_store(tmp_path / "out", **store_overrides))
     warnings = build_manifest(ManifestOptions(**{**BASE, **extra}), store).warnings
     assert [w.code for w in warnings if w.code != "stock-runtime-libraries"] == []
 

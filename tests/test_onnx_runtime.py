@@ -83,10 +83,10 @@ def test_onnx_answers_as_torch_on_the_demo_corpus(
 def test_the_build_records_its_check_and_the_dockerfile_pins_onnxruntime(
     tiny_bert: Path, tmp_path: Path
 ) -> None:
+    from scibert_pack.kserve.deployment_values import resolve
     from scibert_pack.kserve.dockerfile import dockerfile
     from scibert_pack.kserve.options import ManifestOptions
-    from scibert_pack.kserve.resolved import resolve
-    from scibert_pack.kserve.store_info import read_store
+    from scibert_pack.kserve.store_info import read_store_for_manifest
 
     out = tmp_path / "store"
     args = [
@@ -111,7 +111,8 @@ def test_the_build_records_its_check_and_the_dockerfile_pins_onnxruntime(
     assert ONNX_FILE in zipfile.ZipFile(out / "model-store" / "tiny.mar").namelist()
     version = report["versions"]["onnxruntime"]
     resolved = resolve(
-        ManifestOptions(name="tiny", storage_uri="s3://bucket/tiny"), read_store(tmp_path / "store")
+        ManifestOptions(name="tiny", storage_uri="s3://bucket/tiny"),
+        read_store_for_manifest(tmp_path / "store"),
     )
     assert f"onnxruntime=={version}" in dockerfile(resolved)
     plain = build(tiny_bert, BuildSettings(name="tiny"), tmp_path / "plain")
@@ -119,7 +120,7 @@ def test_the_build_records_its_check_and_the_dockerfile_pins_onnxruntime(
     assert "onnxruntime" not in dockerfile(
         resolve(
             ManifestOptions(name="tiny", storage_uri="s3://bucket/tiny"),
-            read_store(tmp_path / "plain"),
+            read_store_for_manifest(tmp_path / "plain"),
         )
     )
 

@@ -48,7 +48,7 @@ from scibert_pack.kserve.pod_sandbox import (
 )
 from scibert_pack.kserve.pod_spec import plan_from_documents, read_plan
 from scibert_pack.kserve.rehearsal import RehearsalReport, RehearsalSettings, rehearse
-from scibert_pack.kserve.store_info import read_store
+from scibert_pack.kserve.store_info import read_store_for_manifest
 from scibert_pack.kserve.yaml_text import dump_documents
 
 pytest_plugins = ["support.s3_fixtures"]
@@ -73,7 +73,7 @@ def write_manifest(folder: Path, store: Path, edit: Edit | None = None, **option
     `edit` applied to the runtime's container."""
     values = {"name": "tiny", "storage_uri": "s3://models/tiny/", **options}
     result = build_manifest(
-        ManifestOptions(**values), read_store(store), dockerfile_name=DOCKERFILE_NAME
+        ManifestOptions(**values), read_store_for_manifest(store), dockerfile_name=DOCKERFILE_NAME
     )
     documents = yaml.safe_load(json.dumps(list(result.documents)))
     if edit is not None:
@@ -420,7 +420,7 @@ def test_checks_before_start(
     found = check_before_start(
         read_plan(manifest),
         stores[profile],
-        read_store(stores[profile]),
+        read_store_for_manifest(stores[profile]),
         isolated=True,
         dockerfile=tmp_path / DOCKERFILE_NAME,
     )
@@ -439,7 +439,7 @@ def test_version_differences_name_each_pin(stores: dict[str, Path]) -> None:
     ]
     # The Dockerfile `manifest` writes for a store built here pins this environment.
     options = ManifestOptions(name="tiny", storage_uri="s3://m/t/")
-    written = build_manifest(options, read_store(stores["kserve"])).dockerfile
+    written = build_manifest(options, read_store_for_manifest(stores["kserve"])).dockerfile
     assert written is not None
     assert version_differences(dockerfile_pins(written), environment_versions()) == []
 
@@ -452,7 +452,7 @@ def test_pod_plan_applies_kubernetes_defaults_and_kserve_merge(
             list(
                 build_manifest(
                     ManifestOptions(name="tiny", storage_uri="s3://m/t/"),
-                    read_store(stores["kserve"]),
+                    read_store_for_manifest(stores["kserve"]),
                 ).documents
             )
         )

@@ -14,11 +14,11 @@ from types import ModuleType
 
 import pytest
 
-from scibert_pack.serving.client import Explanation
-from scibert_pack.serving.report_html import render_report, word_alphas, write_report
+from scibert_pack.client.inference_client import ServedExplanation
+from scibert_pack.client.report_html import render_report, word_alphas, write_report
 
 
-def _explanation(words: list[str], importances: list[float], **kw: object) -> Explanation:
+def _explanation(words: list[str], importances: list[float], **kw: object) -> ServedExplanation:
     fields: dict[str, object] = {
         "text": " ".join(w for w in words if not w.startswith("[")),
         "label": "medicine",
@@ -27,7 +27,7 @@ def _explanation(words: list[str], importances: list[float], **kw: object) -> Ex
         "truncated": False,
     }
     fields.update(kw)
-    return Explanation(words=words, importances=importances, **fields)  # type: ignore[arg-type]
+    return ServedExplanation(words=words, importances=importances, **fields)  # type: ignore[arg-type]
 
 
 BLOG = _explanation(
@@ -96,7 +96,7 @@ def _alpha(span: dict[str, str]) -> float:
     ],
 )
 def test_one_section_per_explanation_and_one_span_per_word(
-    explanations: list[Explanation],
+    explanations: list[ServedExplanation],
 ) -> None:
     report = _parse(render_report(explanations))
     assert len(report.sections) == len(explanations)

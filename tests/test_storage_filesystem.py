@@ -10,9 +10,9 @@ import pytest
 from support.s3_stores_and_proxies import kserve_download, tree
 
 from scibert_pack.errors import InputError, StorageError
+from scibert_pack.storage.backend_choice import backend_for
 from scibert_pack.storage.filesystem import FilesystemBackend
-from scibert_pack.storage.local_store import LocalFile, read_store
-from scibert_pack.storage.resolve import backend_for
+from scibert_pack.storage.local_store import LocalFile, scan_store
 from scibert_pack.storage.sync import UploadResult, plan_upload, run_upload
 from scibert_pack.storage.targets import parse_target
 
@@ -21,7 +21,7 @@ pytest_plugins = ["support.s3_fixtures"]
 
 def upload(store: Path, backend: FilesystemBackend, **kwargs: object) -> UploadResult:
     delete = bool(kwargs.pop("delete", False))
-    plan = plan_upload(read_store(store), backend, delete=delete)
+    plan = plan_upload(scan_store(store), backend, delete=delete)
     return run_upload(plan, backend, **kwargs)  # type: ignore[arg-type]
 
 
@@ -33,9 +33,9 @@ def test_pvc_upload_lands_whole_in_the_mounted_claim(
     mount.mkdir()
     target = parse_target("pvc://model-claim/models/scibert")
     backend = backend_for(target, pvc_mount=mount)
-    version = read_store(store).version
+    version = scan_store(store).version
 
-    result = run_upload(plan_upload(read_store(store), backend), backend)
+    result = run_upload(plan_upload(scan_store(store), backend), backend)
 
     # A folder, so a trailing slash, as S3 storageUris have (README).
     assert result.plan.storage_uri == f"pvc://model-claim/models/scibert/{version}/"
@@ -69,7 +69,7 @@ def test_interrupted_copy_is_invisible_and_resumes(
     make_store: Callable[..., Path], tmp_path: Path
 ) -> None:
     store = make_store()
-    version = read_store(store).version
+    version = scan_store(store).version
     dest = tmp_path / "dest"
     backend = FilesystemBackend(dest)
 
@@ -95,7 +95,7 @@ def test_temp_files_of_a_killed_copy_are_not_published(
     make_store: Callable[..., Path], tmp_path: Path
 ) -> None:
     store = make_store()
-    version = read_store(store).version
+    version = scan_store(store).version
     staging = tmp_path / "dest" / f".{version}.partial" / "model-store"
     staging.mkdir(parents=True)
     (staging / ".scibert.mar.x1y2.tmp").write_bytes(b"half a file")
@@ -146,7 +146,7 @@ def test_unversioned_store_in_the_destination_is_refused(
 ) -> None:
     dest = make_store("already-a-store")
     with pytest.raises(StorageError, match=r"already holds an unversioned model store"):
-        plan_upload(read_store(make_store()), FilesystemBackend(dest))
+        plan_upload(scan_store(make_store()), FilesystemBackend(dest))
 
 
 def test_empty_files_are_kept_on_a_filesystem_with_a_warning(
@@ -156,7 +156,7 @@ def test_empty_files_are_kept_on_a_filesystem_with_a_warning(
     (store / "config" / "empty.txt").write_bytes(b"")
     (store / "model-store" / "extra").mkdir()
     (store / "model-store" / "extra" / "empty.json").write_bytes(b"")
-    version = read_store(store).version
+    version = scan_store(store).version
 
     result = upload(store, FilesystemBackend(tmp_path / "dest"))
 
@@ -244,7 +244,7 @@ def test_destination_and_store_must_not_nest(
     before = tree(store)
 
     with pytest.raises(InputError) as err:
-        plan_upload(read_store(store), backend)
+        plan_upload(scan_store(store), backend)
 
     assert str(err.value).startswith(message.format(store=store, tmp=tmp_path))
     assert tree(store) == before  # refused before anything was written

@@ -29,7 +29,7 @@ from support.s3_stores_and_proxies import (
 )
 
 from scibert_pack.errors import InputError, StorageError, StoreError
-from scibert_pack.storage.local_store import LocalFile, read_store
+from scibert_pack.storage.local_store import LocalFile, scan_store
 from scibert_pack.storage.s3 import MIB, S3Backend, S3Settings, make_client
 from scibert_pack.storage.sync import UploadResult, plan_upload, run_upload
 from scibert_pack.storage.targets import S3Target, parse_target
@@ -64,7 +64,7 @@ def backend(server: S3Server, uri: str, client: Any = None, **settings: Any) -> 
 def upload(store: Path, b: S3Backend, *, delete: bool = False, **kwargs: Any) -> UploadResult:
     """Plan and run an upload; once it returns (the version is published), KServe's downloader
     fetches the storageUri and the tree must equal the store byte for byte."""
-    result = run_upload(plan_upload(read_store(store), b, delete=delete), b, **kwargs)
+    result = run_upload(plan_upload(scan_store(store), b, delete=delete), b, **kwargs)
     with tempfile.TemporaryDirectory() as dest:
         assert kserve_download(result.plan.storage_uri, Path(dest)) == tree(store)
     return result
@@ -74,7 +74,7 @@ def test_upload_is_what_kserve_downloads_byte_for_byte(
     s3_env: S3Server, bucket: str, make_store: Callable[..., Path]
 ) -> None:
     store = make_store()
-    local = read_store(store)
+    local = scan_store(store)
     result = upload(store, backend(s3_env, f"s3://{bucket}/models/scibert"))
 
     assert result.plan.storage_uri == f"s3://{bucket}/models/scibert/{local.version}/"
@@ -156,7 +156,7 @@ def test_interrupted_upload_never_serves_a_partial_version_and_resumes(
     v1 = make_store("v1", model_version="1.0")
     served = upload(v1, backend(s3_env, uri)).plan.storage_uri
     v2 = make_store("v2", model_version="2.0", payload=b"new weights" * 1000)
-    new = read_store(v2)
+    new = scan_store(v2)
     version_prefix = f"models/scibert/{new.version}/"
 
     with pytest.raises(Interrupt):
@@ -180,7 +180,7 @@ def test_object_changed_in_storage_is_uploaded_again(
 ) -> None:
     store = make_store()
     first = upload(store, backend(s3_env, f"s3://{bucket}/m"))
-    key = f"m/{read_store(store).version}/model-store/scibert.mar"
+    key = f"m/{scan_store(store).version}/model-store/scibert.mar"
     s3_env.client().put_object(Bucket=bucket, Key=key, Body=b"tampered")
 
     again = upload(store, backend(s3_env, f"s3://{bucket}/m"))
@@ -205,7 +205,7 @@ def test_object_replaced_during_upload_fails_verification(
     problem: str,
 ) -> None:
     store = make_store()
-    version = read_store(store).version
+    version = scan_store(store).version
 
     def replace(f: LocalFile) -> None:  # another writer races us: same size and metadata
         if f.path == "build-report.json":
@@ -238,9 +238,9 @@ def test_delete_removes_older_versions_after_the_new_one_is_complete(
     s3_env.client().put_object(Bucket=bucket, Key="m/notes.txt", Body=b"stray")
     s3_env.client().put_object(Bucket=bucket, Key="m-other/keep.txt", Body=b"sibling")
     v2 = make_store("v2", model_version="2.0", payload=b"v2")
-    version = read_store(v2).version
+    version = scan_store(v2).version
 
-    plan = plan_upload(read_store(v2), backend(s3_env, uri), delete=True)
+    plan = plan_upload(scan_store(v2), backend(s3_env, uri), delete=True)
     assert len(plan.strays) == 5  # v1's 3 files + its record + notes.txt
     assert len(s3_env.keys(bucket)) == 6  # a plan writes and deletes nothing
 
@@ -257,11 +257,11 @@ def test_files_in_the_version_that_the_store_lacks_need_delete(
     s3_env: S3Server, bucket: str, make_store: Callable[..., Path]
 ) -> None:
     store = make_store()
-    version = read_store(store).version
+    version = scan_store(store).version
     s3_env.client().put_object(Bucket=bucket, Key=f"m/{version}/extra.bin", Body=b"?")
 
     with pytest.raises(StorageError) as err:
-        plan_upload(read_store(store), backend(s3_env, f"s3://{bucket}/m"))
+        plan_upload(scan_store(store), backend(s3_env, f"s3://{bucket}/m"))
     assert str(err.value) == (
         f"s3://{bucket}/m/{version}/ holds files the store does not have: "
         f"s3://{bucket}/m/{version}/extra.bin; KServe would download them too; "
@@ -276,7 +276,7 @@ def test_sibling_prefixes_are_a_warning_with_the_fix(
     s3_env: S3Server, bucket: str, make_store: Callable[..., Path]
 ) -> None:
     s3_env.client().put_object(Bucket=bucket, Key="models/scibert-v10/x", Body=b"1")
-    plan = plan_upload(read_store(make_store()), backend(s3_env, f"s3://{bucket}/models/scibert"))
+    plan = plan_upload(scan_store(make_store()), backend(s3_env, f"s3://{bucket}/models/scibert"))
     assert plan.warnings == (
         f"s3://{bucket}/models/scibert has sibling prefixes (s3://{bucket}/models/scibert-v10/); "
         "KServe lists objects by prefix, so a storageUri written without its trailing slash "
@@ -302,7 +302,7 @@ def test_prefix_holding_an_unversioned_store_is_refused(
 ) -> None:
     s3_env.client().put_object(Bucket=bucket, Key=key, Body=b"x=1")
     with pytest.raises(StorageError) as err:
-        plan_upload(read_store(make_store()), backend(s3_env, f"s3://{bucket}{prefix}"))
+        plan_upload(scan_store(make_store()), backend(s3_env, f"s3://{bucket}{prefix}"))
     assert str(err.value) == (
         f"s3://{bucket}{prefix}/ already holds an unversioned model store "
         "(config/config.properties or model-store/); an InferenceService pointing at it would "
@@ -317,7 +317,7 @@ def test_empty_files_are_refused_before_anything_is_written(
     store = make_store(model_version=None)
     (store / "config" / "log4j2.xml").write_bytes(b"")
     with pytest.raises(StoreError) as err:
-        plan_upload(read_store(store), backend(s3_env, f"s3://{bucket}/m"))
+        plan_upload(scan_store(store), backend(s3_env, f"s3://{bucket}/m"))
     assert str(err.value) == (
         f"model store {store} has empty files: config/log4j2.xml; KServe's storage initializer "
         "skips 0-byte objects, so the served model would lack them; "
@@ -328,7 +328,7 @@ def test_empty_files_are_refused_before_anything_is_written(
 
 def test_missing_bucket_names_the_fix(s3_env: S3Server, make_store: Callable[..., Path]) -> None:
     with pytest.raises(StorageError) as err:
-        plan_upload(read_store(make_store()), backend(s3_env, "s3://nope-missing/m"))
+        plan_upload(scan_store(make_store()), backend(s3_env, "s3://nope-missing/m"))
     endpoint = s3_env.endpoint
     assert str(err.value) == (
         f"bucket 'nope-missing' does not exist at {endpoint}; rerun the upload with "
@@ -346,7 +346,7 @@ def test_no_credentials_names_the_variables(
     settings = S3Settings(endpoint_url=s3_env.endpoint)
     b = S3Backend(make_client(settings), S3Target(bucket, "m"), settings)
     with pytest.raises(StorageError) as err:
-        plan_upload(read_store(make_store()), b)
+        plan_upload(scan_store(make_store()), b)
     assert str(err.value) == (
         f"no AWS credentials found to reach the bucket in s3://{bucket}; set AWS_ACCESS_KEY_ID "
         "and AWS_SECRET_ACCESS_KEY, or name a profile from ~/.aws/credentials with --profile "
@@ -358,7 +358,7 @@ def test_delete_at_the_bucket_root_is_refused(
     s3_env: S3Server, bucket: str, make_store: Callable[..., Path]
 ) -> None:
     with pytest.raises(InputError, match=r"--delete at the root of bucket"):
-        plan_upload(read_store(make_store()), backend(s3_env, f"s3://{bucket}"), delete=True)
+        plan_upload(scan_store(make_store()), backend(s3_env, f"s3://{bucket}"), delete=True)
 
 
 @pytest.mark.parametrize(
@@ -381,8 +381,8 @@ _UPLOAD_WITH_SMALL_PARTS = """
 import sys
 from pathlib import Path
 
-from scibert_pack.storage.local_store import read_store
-from scibert_pack.storage.resolve import backend_for
+from scibert_pack.storage.local_store import scan_store
+from scibert_pack.storage.backend_choice import backend_for
 from scibert_pack.storage.s3 import MIB, S3Settings
 from scibert_pack.storage.sync import plan_upload, run_upload
 from scibert_pack.storage.targets import parse_target
@@ -392,7 +392,7 @@ settings = S3Settings(
     endpoint_url=endpoint, multipart_threshold=5 * MIB, part_size=5 * MIB, max_concurrency=1
 )
 backend = backend_for(parse_target(uri), s3_settings=settings)
-plan = plan_upload(read_store(Path(store)), backend)
+plan = plan_upload(scan_store(Path(store)), backend)
 run_upload(plan, backend)
 print(plan.storage_uri)
 """
@@ -425,7 +425,7 @@ def test_multipart_upload_killed_midway_is_never_served_and_rerun_completes(
     v1 = make_store("v1", model_version="1.0")
     served = upload(v1, backend(s3_env, uri)).plan.storage_uri
     v2 = make_store("v2", model_version="2.0", payload=os.urandom(12 * MIB))
-    version = read_store(v2).version
+    version = scan_store(v2).version
     prefix = f"m/{version}/"
     port = int(s3_env.endpoint.rsplit(":", 1)[1])
 
@@ -588,7 +588,7 @@ def test_no_checksum_catches_an_object_replaced_during_upload(
     s3_env: S3Server, bucket: str, make_store: Callable[..., Path]
 ) -> None:
     store = make_store()
-    version = read_store(store).version
+    version = scan_store(store).version
 
     def replace(f: LocalFile) -> None:  # same size, same sha256 metadata, other bytes
         if f.path == "build-report.json":

@@ -15,7 +15,7 @@ from support.s3_stores_and_proxies import ScriptRun, kserve_download, run_with_f
 from scibert_pack.errors import InputError, StoreError
 from scibert_pack.storage.filesystem import FilesystemBackend
 from scibert_pack.storage.kubectl_steps import copy_pod_manifest, kubectl_steps, upload_steps_text
-from scibert_pack.storage.local_store import read_store
+from scibert_pack.storage.local_store import scan_store
 from scibert_pack.storage.sync import completion_record, plan_upload
 from scibert_pack.storage.targets import (
     LocalTarget,
@@ -154,10 +154,10 @@ def test_key_prefix_with_at_sign_is_no_credential() -> None:
 
 
 def test_version_names_model_version_and_content(make_store: Callable[..., Path]) -> None:
-    a = read_store(make_store("a", model_version="1.0 beta/2"))
-    b = read_store(make_store("b", model_version="1.0 beta/2"))
-    c = read_store(make_store("c", model_version="1.0 beta/2", payload=b"other"))
-    bare = read_store(make_store("d", model_version=None))
+    a = scan_store(make_store("a", model_version="1.0 beta/2"))
+    b = scan_store(make_store("b", model_version="1.0 beta/2"))
+    c = scan_store(make_store("c", model_version="1.0 beta/2", payload=b"other"))
+    bare = scan_store(make_store("d", model_version=None))
 
     assert a.version == b.version and a.version.startswith("1.0-beta-2-")
     assert c.version != a.version
@@ -171,10 +171,10 @@ def test_version_names_model_version_and_content(make_store: Callable[..., Path]
 
 def test_hidden_files_are_not_part_of_the_store(make_store: Callable[..., Path]) -> None:
     store = make_store()
-    before = read_store(store)
+    before = scan_store(store)
     (store / ".DS_Store").write_bytes(b"junk")
     (store / "model-store" / ".scibert.mar.swp").write_bytes(b"junk")
-    assert read_store(store) == before
+    assert scan_store(store) == before
 
 
 # One fixture-like breaker per broken store: (what it does, the message that names the fix).
@@ -261,7 +261,7 @@ def test_broken_store(
     store = make_store()
     breaker(store)
     with pytest.raises(StoreError) as err:
-        read_store(store)
+        scan_store(store)
     head, _, tail = message.format(store=store).partition("...")
     assert str(err.value).startswith(head)
     assert str(err.value).endswith(tail)
@@ -279,11 +279,11 @@ def test_no_archive_model_folder_is_a_model(make_store: Callable[..., Path], mar
     (store / "model-store" / "scibert.mar").unlink()
     (store / "model-store" / "scibert" / marker).parent.mkdir(parents=True, exist_ok=True)
     (store / "model-store" / "scibert" / marker).write_text("{}")
-    assert f"model-store/scibert/{marker}" in [f.path for f in read_store(store).files]
+    assert f"model-store/scibert/{marker}" in [f.path for f in scan_store(store).files]
 
 
 def test_kubectl_steps_are_exact(make_store: Callable[..., Path]) -> None:
-    store = read_store(make_store())
+    store = scan_store(make_store())
     v = store.version
     copy = kubectl_steps(store, PvcTarget("model-claim", "models/scibert"))
     uri = f"pvc://model-claim/models/scibert/{v}/"  # a folder: a trailing slash
@@ -327,7 +327,7 @@ def test_kubectl_steps_are_exact(make_store: Callable[..., Path]) -> None:
 
 
 def test_kubectl_steps_as_a_script(make_store: Callable[..., Path]) -> None:
-    store = read_store(make_store())
+    store = scan_store(make_store())
     target = PvcTarget("model-claim", "models/scibert")
     copy = kubectl_steps(store, target)
     text = upload_steps_text(copy, target)
@@ -344,7 +344,7 @@ def test_kubectl_steps_as_a_script(make_store: Callable[..., Path]) -> None:
 
 def _run_steps(store: Path, claim: Path, workdir: Path) -> ScriptRun:
     target = PvcTarget("model-claim", "models/scibert")
-    copy = kubectl_steps(read_store(store), target, mount=str(claim))
+    copy = kubectl_steps(scan_store(store), target, mount=str(claim))
     return run_with_fake_kubectl(upload_steps_text(copy, target), workdir)
 
 
@@ -356,7 +356,7 @@ def test_kubectl_steps_fill_the_claim_as_a_mounted_upload_would(
     store = make_store()
     (store / ".DS_Store").write_bytes(b"junk")  # hidden: no part of the store
     (store / "model-store" / ".scibert.mar.swp").write_bytes(b"junk")
-    local = read_store(store)
+    local = scan_store(store)
     claim = tmp_path / "claim"
 
     done = _run_steps(store, claim, tmp_path / "run")
@@ -387,7 +387,7 @@ def _modify_a_file(store: Path, claim: Path) -> None:
 
 
 def _version_there(store: Path, claim: Path) -> None:
-    (claim / "models" / "scibert" / read_store(store).version).mkdir(parents=True)
+    (claim / "models" / "scibert" / scan_store(store).version).mkdir(parents=True)
 
 
 def _unversioned_store_there(store: Path, claim: Path) -> None:
@@ -412,10 +412,10 @@ def test_kubectl_steps_stop_before_publishing_anything_wrong(
     message: str,
 ) -> None:
     store = make_store()
-    version = read_store(store).version
+    version = scan_store(store).version
     claim = tmp_path / "claim"
     target = PvcTarget("model-claim", "models/scibert")
-    script = upload_steps_text(kubectl_steps(read_store(store), target, mount=str(claim)), target)
+    script = upload_steps_text(kubectl_steps(scan_store(store), target, mount=str(claim)), target)
     root = claim / "models" / "scibert"
     breaker(store, claim)
     before = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
@@ -437,7 +437,7 @@ def test_kubectl_steps_rerun_after_a_failed_check_complete(
     original = (store / "model-store" / "scibert.mar").read_bytes()
     claim = tmp_path / "claim"
     target = PvcTarget("model-claim", "models/scibert")
-    script = upload_steps_text(kubectl_steps(read_store(store), target, mount=str(claim)), target)
+    script = upload_steps_text(kubectl_steps(scan_store(store), target, mount=str(claim)), target)
     _modify_a_file(store, claim)
     assert run_with_fake_kubectl(script, tmp_path / "first").returncode != 0
 
@@ -445,5 +445,5 @@ def test_kubectl_steps_rerun_after_a_failed_check_complete(
     done = run_with_fake_kubectl(script, tmp_path / "second")
 
     assert done.returncode == 0, done.stderr
-    version = read_store(store).version
+    version = scan_store(store).version
     assert tree(claim / "models" / "scibert" / version) == tree(store)

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from support.http_recorder import Recorder
 
 from scibert_pack.cli import cli
-from scibert_pack.serving.client import local_server_token
+from scibert_pack.client.inference_client import local_server_token
 from scibert_pack.serving.run_dir import default_run_dir, secure_run_dir
 from scibert_pack.serving.server import ServingRecord
 

@@ -24,7 +24,7 @@ from support.s3_stores_and_proxies import (
 
 from scibert_pack.cli import cli
 from scibert_pack.storage.kubectl_steps import kubectl_steps, upload_steps_text
-from scibert_pack.storage.local_store import read_store
+from scibert_pack.storage.local_store import scan_store
 from scibert_pack.storage.targets import PvcTarget
 
 pytest_plugins = ["support.s3_fixtures"]
@@ -55,7 +55,7 @@ def test_prints_only_the_storage_uri_and_reruns_transfer_nothing(
     s3_env: S3Server, bucket: str, make_store: Callable[..., Path], tmp_path: Path
 ) -> None:
     store = make_store()
-    version = read_store(store).version
+    version = scan_store(store).version
     uri = f"s3://{bucket}/models/scibert/{version}/"
 
     first = run(str(store), f"s3://{bucket}/models/scibert")
@@ -77,7 +77,7 @@ def test_json_record_lists_every_object(
     s3_env: S3Server, bucket: str, make_store: Callable[..., Path]
 ) -> None:
     store = make_store()
-    local = read_store(store)
+    local = scan_store(store)
 
     result = run(
         str(store),
@@ -112,7 +112,7 @@ def test_dry_run_lists_and_writes_nothing(
     s3_env: S3Server, bucket: str, make_store: Callable[..., Path]
 ) -> None:
     store = make_store()
-    local = read_store(store)
+    local = scan_store(store)
     s3_env.client().put_object(Bucket=bucket, Key="m/old.txt", Body=b"old")
 
     result = run(str(store), f"s3://{bucket}/m", "--dry-run", "--delete")
@@ -146,12 +146,12 @@ def test_pvc_without_mount_prints_the_kubectl_steps(
 ) -> None:
     store = make_store()
     target = PvcTarget("model-claim", "scibert")
-    version = read_store(store).version
+    version = scan_store(store).version
 
     result = run(str(store), "pvc://model-claim/scibert")
 
     assert result.exit_code == 3
-    assert result.stdout == upload_steps_text(kubectl_steps(read_store(store), target), target)
+    assert result.stdout == upload_steps_text(kubectl_steps(scan_store(store), target), target)
     assert result.stdout.startswith("# No --pvc-mount given: nothing was copied.")
     assert result.stdout.endswith(f"\n# pvc://model-claim/scibert/{version}/\n")
     assert result.stderr == _NOT_COPIED
@@ -162,7 +162,7 @@ def test_pvc_without_mount_json_is_a_record_of_the_steps(
 ) -> None:
     store = make_store()
     (store / "config" / "log4j2.xml").write_bytes(b"")
-    local = read_store(store)
+    local = scan_store(store)
     copy = kubectl_steps(local, PvcTarget("model-claim", "scibert"))
     folder = f"pvc://model-claim/scibert/{local.version}"
     uri = f"{folder}/"  # a folder: a trailing slash
@@ -241,7 +241,7 @@ def test_second_upload_into_the_store_never_publishes_the_first(
 
 def test_pvc_with_mount_prints_the_pvc_uri(make_store: Callable[..., Path], tmp_path: Path) -> None:
     store = make_store()
-    version = read_store(store).version
+    version = scan_store(store).version
     (tmp_path / "mnt").mkdir()
 
     result = run(str(store), "pvc://model-claim/scibert", "--pvc-mount", str(tmp_path / "mnt"))
@@ -255,7 +255,7 @@ def test_pvc_with_mount_warns_about_empty_files(
 ) -> None:
     store = make_store(model_version=None)
     (store / "config" / "log4j2.xml").write_bytes(b"")
-    version = read_store(store).version
+    version = scan_store(store).version
     (tmp_path / "mnt").mkdir()
 
     result = run(str(store), "pvc://model-claim/scibert", "--pvc-mount", str(tmp_path / "mnt"))
@@ -280,7 +280,7 @@ def test_no_checksum_uploads_and_verifies_by_etag(
     assert json.loads(again.stdout)["transferred"] == {"files": 0, "bytes": 0}
     head = s3_env.client().head_object(
         Bucket=bucket,
-        Key=f"m/{read_store(store).version}/model-store/scibert.mar",
+        Key=f"m/{scan_store(store).version}/model-store/scibert.mar",
         ChecksumMode="ENABLED",
     )
     assert not [k for k in head if k.startswith("Checksum")]  # no checksum was sent
@@ -446,7 +446,7 @@ def test_upload_killed_midway_serves_nothing_partial_and_rerun_completes(
     v1 = make_store("v1", model_version="1.0")
     served = run(str(v1), f"s3://{bucket}/m").stdout.strip()
     v2 = make_store("v2", model_version="2.0", payload=os.urandom(3 * 1024 * 1024))
-    version = read_store(v2).version
+    version = scan_store(v2).version
     env = s3_environ(moto_server.endpoint, tmp_path)
     port = int(moto_server.endpoint.rsplit(":", 1)[1])
 

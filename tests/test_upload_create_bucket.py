@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from support.s3_stores_and_proxies import S3Server, free_port, kserve_download, tree
 
 from scibert_pack.cli import cli
-from scibert_pack.storage.local_store import read_store
+from scibert_pack.storage.local_store import scan_store
 
 pytest_plugins = ["support.s3_fixtures"]
 
@@ -39,7 +39,7 @@ def test_a_missing_bucket_is_made_in_the_clients_region(
     monkeypatch.setenv("AWS_DEFAULT_REGION", region)
     name = f"new-{uuid.uuid4().hex[:12]}"
     store = make_store()
-    uri = f"s3://{name}/scibert/{read_store(store).version}/"
+    uri = f"s3://{name}/scibert/{scan_store(store).version}/"
 
     first = CliRunner().invoke(
         cli, ["upload", str(store), f"s3://{name}/scibert", "--create-bucket"]
@@ -114,7 +114,7 @@ def test_the_readmes_local_upload_block_runs_as_written(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    uri = f"s3://models/scibert/{read_store(store).version}/"
+    uri = f"s3://models/scibert/{scan_store(store).version}/"
     assert done.stdout == uri + "\n"
     assert "created bucket s3://models" in done.stderr
     with socket.socket() as sock:  # `kill %1` stopped moto

@@ -19,8 +19,8 @@ from scibert_pack.errors import ScibertPackError
 _COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("scibert_pack.cli.build", "Build a TorchServe model store from a classifier folder."),
     "serve": ("scibert_pack.cli.serve", "Run TorchServe on a built model store."),
-    "predict": ("scibert_pack.cli.client", "Classify texts on a running server."),
-    "explain": ("scibert_pack.cli.client", "Explain predictions on a running server."),
+    "predict": ("scibert_pack.cli.query", "Classify texts on a running server."),
+    "explain": ("scibert_pack.cli.query", "Explain predictions on a running server."),
     "upload": ("scibert_pack.cli.upload", "Sync a model store to S3 or a PVC."),
     "manifest": ("scibert_pack.cli.manifest", "Write KServe InferenceService YAML."),
     "demo": ("scibert_pack.cli.demo", "Run the whole path end to end on a demo model."),

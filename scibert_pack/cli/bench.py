@@ -63,8 +63,13 @@ def bench(
 
     Stops after --requests N or --duration S (default: 200 requests).
     """
-    from scibert_pack.serving.client import find_token
-    from scibert_pack.serving.load import LoadRunner, LoadSettings, default_payload, read_payload
+    from scibert_pack.client.inference_client import find_token
+    from scibert_pack.client.load_generator import (
+        LoadRunner,
+        LoadSettings,
+        default_payload,
+        read_payload,
+    )
 
     console = Console(quiet=quiet)
     if duration is not None and count is not None:
@@ -94,7 +99,7 @@ def bench(
 
 
 def _render(console: Console, report: object) -> None:
-    from scibert_pack.serving.load import LoadReport
+    from scibert_pack.client.load_generator import LoadReport
 
     assert isinstance(report, LoadReport)
     r = report

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from scibert_pack.cli._console import Console
-from scibert_pack.serving.report_html import SPECIAL_TOKENS
+from scibert_pack.client.report_html import SPECIAL_TOKENS
 
 if TYPE_CHECKING:
     from scibert_pack.demo.run import DemoResult

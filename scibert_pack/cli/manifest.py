@@ -21,7 +21,7 @@ from scibert_pack.kserve.options import (
     RUNTIMES,
     ManifestOptions,
 )
-from scibert_pack.kserve.store_info import read_store
+from scibert_pack.kserve.store_info import read_store_for_manifest
 from scibert_pack.storage.kubectl_steps import steps_script
 
 DOCKERFILE_NAME = "Dockerfile.scibert-pack"
@@ -138,7 +138,7 @@ def manifest(
 ) -> None:
     """Write KServe YAML for a model store, ready for `kubectl apply -f -`."""
     console = Console(quiet=quiet)
-    store = read_store(from_store) if from_store is not None else None
+    store = read_store_for_manifest(from_store) if from_store is not None else None
     if values["name"] is None:
         if store is None:
             raise click.UsageError(

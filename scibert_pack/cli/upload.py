@@ -11,12 +11,12 @@ from pathlib import Path
 import click
 
 from scibert_pack.cli._console import Console
+from scibert_pack.storage.backend_choice import backend_for
 from scibert_pack.storage.kubectl_steps import kubectl_steps, upload_steps_text
-from scibert_pack.storage.local_store import read_store
-from scibert_pack.storage.resolve import backend_for
+from scibert_pack.storage.local_store import scan_store
 from scibert_pack.storage.sync import (
-    Progress,
     UploadPlan,
+    UploadProgress,
     plan_json,
     plan_upload,
     result_json,
@@ -106,7 +106,7 @@ def upload(
     target = parse_target(storage_uri)
     if create_bucket and not isinstance(target, S3Target):
         raise click.UsageError(f"--create-bucket is for s3:// URIs, not {storage_uri!r}")
-    store = read_store(out)
+    store = scan_store(out)
     if isinstance(target, PvcTarget) and pvc_mount is None:
         copy = kubectl_steps(store, target)
         for warning in copy.warnings:
@@ -198,7 +198,7 @@ class _ProgressLine:
         self._files_shown = -1
         self._drawn = False
 
-    def __call__(self, p: Progress) -> None:
+    def __call__(self, p: UploadProgress) -> None:
         if self._quiet or p.files_total == 0:
             return
         line = (

@@ -14,8 +14,8 @@ import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from scibert_pack.client.inference_client import ServedExplanation
 from scibert_pack.files import atomic_write_text
-from scibert_pack.serving.client import Explanation
 
 # Tokenizer markers, not words of the text: shown greyed, never shaded.
 SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
@@ -52,7 +52,7 @@ section { border: 1px solid #e5e7eb; border-radius: 8px; padding: 1rem 1.2rem; m
 
 
 def render_report(
-    explanations: Sequence[Explanation],
+    explanations: Sequence[ServedExplanation],
     *,
     probabilities: Sequence[Mapping[str, float] | None] | None = None,
     title: str = "Explanations",
@@ -91,7 +91,7 @@ def render_report(
 
 def write_report(
     path: Path,
-    explanations: Sequence[Explanation],
+    explanations: Sequence[ServedExplanation],
     *,
     probabilities: Sequence[Mapping[str, float] | None] | None = None,
     title: str = "Explanations",
@@ -104,7 +104,7 @@ def write_report(
     return path
 
 
-def word_alphas(explanation: Explanation) -> list[float]:
+def word_alphas(explanation: ServedExplanation) -> list[float]:
     """Shade per word: |importance| / max |importance| over the text's real words (0 for
     special tokens and for a text whose importances are all zero)."""
     scale = max(
@@ -118,7 +118,7 @@ def word_alphas(explanation: Explanation) -> list[float]:
     ]
 
 
-def _section(number: int, x: Explanation, probabilities: Mapping[str, float] | None) -> str:
+def _section(number: int, x: ServedExplanation, probabilities: Mapping[str, float] | None) -> str:
     e = html.escape
     facts = [("label", x.label), ("target", x.target), ("delta", f"{x.delta:+.2e}")]
     if x.truncated:
@@ -153,7 +153,7 @@ def _section(number: int, x: Explanation, probabilities: Mapping[str, float] | N
     return "\n".join(rows)
 
 
-def _words(x: Explanation) -> str:
+def _words(x: ServedExplanation) -> str:
     """The word spans, spaced as the text is: whole words come back as written; pieces found in
     the text show its letters and join without a space; other pieces fall back on their markers
     ("##" continues a word, "Ġ"/"▁" starts one)."""
@@ -203,7 +203,7 @@ def _luminance(rgb: Sequence[int]) -> float:
     return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
 
 
-def _place_in_text(x: Explanation) -> list[tuple[str, bool]] | None:
+def _place_in_text(x: ServedExplanation) -> list[tuple[str, bool]] | None:
     """Per word: its characters in the text and whether whitespace precedes it there, when
     every word (markers stripped, case ignored) is found in order with only whitespace between;
     None when they are not the text's (an uncased tokenizer's accents, [UNK])."""

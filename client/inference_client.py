@@ -52,7 +52,7 @@ class RequestFailed(ClientError):
 
 
 @dataclass(frozen=True)
-class Prediction:
+class ServedPrediction:
     text: str
     label: str
     probabilities: dict[str, float]
@@ -60,7 +60,7 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class Explanation:
+class ServedExplanation:
     text: str
     label: str
     target: str
@@ -124,7 +124,7 @@ class InferenceClient:
 
     def infer(
         self, texts: Sequence[str], *, request_id: str | None = None
-    ) -> tuple[list[Prediction], dict[str, Any]]:
+    ) -> tuple[list[ServedPrediction], dict[str, Any]]:
         body = self._post("infer", self._payload(texts, request_id, {}))
         outputs = {o.get("name"): o for o in body.get("outputs", [])}
         labels = body.get("parameters", {}).get("labels", [])
@@ -134,7 +134,7 @@ class InferenceClient:
             width = int(outputs["probabilities"]["shape"][1])
             truncated = body.get("parameters", {}).get("truncated", [False] * len(texts))
             predictions = [
-                Prediction(
+                ServedPrediction(
                     text=text,
                     label=str(names[i]),
                     probabilities=dict(zip(labels, flat[i * width : (i + 1) * width], strict=True)),
@@ -154,7 +154,7 @@ class InferenceClient:
         n_steps: int | None = None,
         merge_subwords: bool | None = None,
         request_id: str | None = None,
-    ) -> tuple[list[Explanation], dict[str, Any]]:
+    ) -> tuple[list[ServedExplanation], dict[str, Any]]:
         parameters: dict[str, Any] = {}
         if target is not None:
             parameters["target"] = target
@@ -166,7 +166,7 @@ class InferenceClient:
         try:
             items = body["outputs"][0]["data"]
             explanations = [
-                Explanation(
+                ServedExplanation(
                     text=text,
                     label=str(item["label"]),
                     target=str(item.get("target", item["label"])),

@@ -28,16 +28,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from scibert_pack.errors import ClientError, InputError
-from scibert_pack.serving.batch_input import InputRow
-from scibert_pack.serving.batch_output import ResultSink, is_final, row_fields
-from scibert_pack.serving.client import (
-    Explanation,
+from scibert_pack.client.batch_input import InputRow
+from scibert_pack.client.batch_output import ResultSink, is_final, row_fields
+from scibert_pack.client.inference_client import (
     InferenceClient,
-    Prediction,
     RequestFailed,
+    ServedExplanation,
+    ServedPrediction,
     ServerLimit,
 )
+from scibert_pack.errors import ClientError, InputError
 
 # Rows failing alone with a 5xx, nothing answered in between, before a run stops (server down).
 SERVER_DOWN_AFTER = 3
@@ -284,7 +284,7 @@ class BatchPredictor:
                 "kept and skipped",
             )
 
-    def _infer_with_retries(self, texts: list[str]) -> list[Prediction]:
+    def _infer_with_retries(self, texts: list[str]) -> list[ServedPrediction]:
         attempt = 0
         while True:
             try:
@@ -350,8 +350,8 @@ class ExplainedTexts:
     """Per text, in input order: its explanation and (when asked) its prediction; and the
     server's v2 answers, one per explain request."""
 
-    explanations: tuple[Explanation, ...]
-    predictions: tuple[Prediction, ...] | None
+    explanations: tuple[ServedExplanation, ...]
+    predictions: tuple[ServedPrediction, ...] | None
     responses: tuple[dict[str, Any], ...]
 
     def merged_response(self) -> dict[str, Any]:
@@ -365,7 +365,7 @@ class ExplainedTexts:
         return {**merged, "outputs": [output]}
 
 
-_Answer = tuple[list[Explanation], list[Prediction] | None, dict[str, Any]]
+_Answer = tuple[list[ServedExplanation], list[ServedPrediction] | None, dict[str, Any]]
 
 
 def explain_texts(

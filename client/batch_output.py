@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from scibert_pack.client.batch_input import InputRow
 from scibert_pack.errors import InputError
 from scibert_pack.files import atomic_write_bytes, load_json
-from scibert_pack.serving.batch_input import InputRow
 
 _START_OVER = "pass a new --output, or delete the file to start over"
 

@@ -50,7 +50,7 @@ def _client_options(func: Callable[..., Any], *, texts_required: bool = True) ->
 
 
 def _client(url: str, model: str, token: str | None, key_file: Path | None, timeout: float) -> Any:
-    from scibert_pack.serving.client import InferenceClient, find_token
+    from scibert_pack.client.inference_client import InferenceClient, find_token
 
     return InferenceClient(
         url, model, token=find_token(url, token=token, key_file=key_file), timeout_s=timeout
@@ -198,10 +198,10 @@ def _predict_file(
 
     from requests.adapters import HTTPAdapter
 
-    from scibert_pack.serving.batch import BatchPredictor, BatchProgress, BatchSettings
-    from scibert_pack.serving.batch_input import input_format as detect_format
-    from scibert_pack.serving.batch_input import read_input
-    from scibert_pack.serving.batch_output import ResultSink, ResumableOutput, StreamOutput
+    from scibert_pack.client.batch import BatchPredictor, BatchProgress, BatchSettings
+    from scibert_pack.client.batch_input import input_format as detect_format
+    from scibert_pack.client.batch_input import read_input
+    from scibert_pack.client.batch_output import ResultSink, ResumableOutput, StreamOutput
 
     concurrency, batch_texts, retries = limits
     settings = BatchSettings(concurrency, batch_texts, retries)
@@ -329,7 +329,7 @@ def explain(
     Any number of texts: they go in requests of --batch-texts, answers in input order (--json
     prints them joined into one v2 response).
     """
-    from scibert_pack.serving.batch import ExplainSettings, explain_texts
+    from scibert_pack.client.batch import ExplainSettings, explain_texts
 
     target_value: str | int | None = int(target) if target and target.isdigit() else target
     settings = ExplainSettings(
@@ -354,7 +354,7 @@ def explain(
         progress=show,
     )
     if html_file is not None:
-        from scibert_pack.serving.report_html import write_report
+        from scibert_pack.client.report_html import write_report
 
         probabilities = [p.probabilities for p in explained.predictions or ()]
         write_report(

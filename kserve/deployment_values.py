@@ -7,16 +7,17 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from scibert_pack.kserve.options import STOCK_RUNTIME, ManifestOptions
-from scibert_pack.kserve.store_info import DEFAULT_PORTS, StoreInfo
+from scibert_pack.kserve.store_info import DEFAULT_PORTS
+from scibert_pack.layout import StoreFacts
 
 TORCHSERVE_VERSION = "0.12.0"
 _FALLBACK_VERSIONS = {"transformers": "4.40.0", "captum": "0.7.0", "torch": "2.4.0"}
 
 
 @dataclass(frozen=True)
-class Resolved:
+class DeploymentValues:
     options: ManifestOptions
-    store: StoreInfo | None
+    store: StoreFacts | None
     model_name: str
     inference_port: int
     # The port the server really serves metrics on (config.properties), not what was asked.
@@ -52,7 +53,7 @@ class Resolved:
         return f"scibert-pack-torchserve:{self.torchserve_version}-{self.device}"
 
 
-def resolve(options: ManifestOptions, store: StoreInfo | None) -> Resolved:
+def resolve(options: ManifestOptions, store: StoreFacts | None) -> DeploymentValues:
     versions = dict(store.versions) if store else {}
     for dist in ("transformers", "captum", "torch"):
         versions.setdefault(dist, _installed(dist))
@@ -62,7 +63,7 @@ def resolve(options: ManifestOptions, store: StoreInfo | None) -> Resolved:
         model_name = options.model_name
     else:
         model_name = store.model_name if store else options.name
-    return Resolved(
+    return DeploymentValues(
         options=options,
         store=store,
         model_name=model_name,
