@@ -6,9 +6,7 @@ Ctrl-C or an error, through the context manager) leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
 import signal
 import socket
 import subprocess
@@ -19,6 +17,7 @@ from types import TracebackType
 from typing import IO
 
 from scibert_pack.errors import InputError, StorageError
+from scibert_pack.processes import stop_process_group
 from scibert_pack.serving.ports import free_ports
 
 
@@ -108,22 +107,15 @@ class LocalS3Server:
 
     def kill(self) -> None:
         """SIGKILL the server at once, as a crash would (its buckets are gone)."""
-        self._stop(((signal.SIGKILL, 10.0),))
+        self._stop(signal.SIGKILL)
 
     def stop(self) -> None:
-        self._stop(((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)))
+        self._stop(signal.SIGTERM)
 
-    def _stop(self, signals: tuple[tuple[signal.Signals, float], ...]) -> None:
+    def _stop(self, first: signal.Signals) -> None:
         process, self._process = self._process, None
         if process is not None:
-            for sig, wait in signals:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, sig)
-                try:
-                    process.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_process_group(process, 10.0, first=first)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -9,13 +9,15 @@ import subprocess
 import time
 
 
-def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """SIGTERM to the process group of `process` (its leader), SIGKILL after `timeout_s`.
+def stop_process_group(
+    process: subprocess.Popen[bytes], timeout_s: float, *, first: signal.Signals = signal.SIGTERM
+) -> None:
+    """`first` (SIGTERM) to the process group of `process` (its leader), SIGKILL after `timeout_s`.
 
     Children (TorchServe's Python workers) may outlive the leader for a moment; they share its
     group, so the group is killed until nothing in it is left (at most 10 s more).
     """
-    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+    for sig, wait in ((first, timeout_s), (signal.SIGKILL, 10.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
         try:
