@@ -185,6 +185,13 @@ class _Checks:
             options = ManifestOptions(name=self.plan.isvc_name, storage_uri=self.plan.storage_uri)
             text = dockerfile(resolve(options, self.info))
             origin = f"the Dockerfile `manifest` writes for this store ({path} not found)"
+            self._note(
+                "no-dockerfile",
+                f"no Dockerfile at {path}: the stand-in's versions were checked against the one "
+                "`manifest` writes for this store, not against the image you build",
+                "pass --dockerfile PATH (manifest writes Dockerfile.scibert-pack in the folder it "
+                "ran in)",
+            )
         differ = version_differences(dockerfile_pins(text), environment_versions())
         if differ:
             self._problem(

@@ -132,7 +132,8 @@ class RehearsalReport:
 def rehearse(settings: RehearsalSettings, progress: ProgressSink = silent) -> RehearsalReport:
     plan = read_plan(settings.manifest)
     with _scratch(settings) as scratch:
-        store_dir = settings.store
+        # The pod mounts the store by path: a relative one would be read from another folder.
+        store_dir = settings.store.resolve() if settings.store is not None else None
         if plan.stock:
             return _stock_report(plan, settings, store_dir)
         if store_dir is None:
@@ -173,12 +174,21 @@ def fetch_store(uri: str, dest: Path, settings: RehearsalSettings, progress: Pro
     except subprocess.TimeoutExpired:
         raise StoreError(f"fetching {uri} took more than 30 minutes") from None
     if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+        tail = "\n".join(_without_traceback(done.stderr)[-4:])
         fix = "check the URI, the AWS_* variables and --endpoint-url, or pass --store OUT"
         if "No module named 'kserve_storage'" in done.stderr:
             fix = "pip install --no-deps 'kserve-storage>=0.15' (or pass --store OUT)"
         raise StoreError(f"kserve-storage could not fetch {uri}:\n{tail}", fix=fix)
     return dest
+
+
+def _without_traceback(stderr: str) -> list[str]:
+    """The downloader's own lines and the exception's message, without Python's frames."""
+    return [
+        line
+        for line in stderr.strip().splitlines()
+        if line.strip() and not line[0].isspace() and not line.startswith("Traceback ")
+    ]
 
 
 @contextlib.contextmanager

@@ -247,9 +247,13 @@ def test_rehearsal_catches(
     expected: set[str],
     pinned: str,
     answered: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     manifest = write_manifest(tmp_path, stores["kserve"], edit, **options)
-    report = rehearse(RehearsalSettings(manifest=manifest, store=stores[profile], timeout_s=120))
+    # A relative --store, as the README writes it: the pod must still mount the right folder.
+    monkeypatch.chdir(stores[profile].parent)
+    store = Path(stores[profile].name)
+    report = rehearse(RehearsalSettings(manifest=manifest, store=store, timeout_s=120))
     assert not report.ok
     assert expected <= codes(report), report.findings
     text = "\n".join(str(f) for f in report.findings) + "\n" + report.log_tail
@@ -402,6 +406,8 @@ BEFORE_START: list[Any] = [
         {"stand-in-versions"},
         id="dockerfile-pins-other-versions",
     ),
+    # Versions checked against what `manifest` would write, and said so.
+    pytest.param("kserve", None, "", {"no-dockerfile"}, id="no-dockerfile-beside-manifest"),
 ]
 
 
@@ -415,7 +421,9 @@ def test_checks_before_start(
     expected: set[str],
 ) -> None:
     manifest = write_manifest(tmp_path, stores["kserve"], edit)
-    if docker is not None:
+    if docker == "":
+        (tmp_path / DOCKERFILE_NAME).unlink()
+    elif docker is not None:
         (tmp_path / DOCKERFILE_NAME).write_text(docker, encoding="utf-8")
     found = check_before_start(
         read_plan(manifest),
@@ -425,7 +433,7 @@ def test_checks_before_start(
         dockerfile=tmp_path / DOCKERFILE_NAME,
     )
     assert {f.code for f in found} == expected, found
-    if docker is not None:
+    if docker:
         (finding,) = found
         assert "transformers 4.0.0 (environment: " in finding.message
 
@@ -569,3 +577,20 @@ def test_ready_workers_reads_the_management_api(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_failed_fetch_shows_the_error_not_pythons_frames() -> None:
+    from scibert_pack.kserve.rehearsal import _without_traceback
+
+    stderr = (
+        "2026-12-02 INFO Copying contents of s3://m/t/ to local\n"
+        "Traceback (most recent call last):\n"
+        '  File "<string>", line 3, in <module>\n'
+        '  File "/x/kserve_storage.py", line 374, in download\n'
+        "    model_dir = Storage._download_s3(\n"
+        "RuntimeError: S3 authentication failed for s3://m/t/\n"
+    )
+    assert _without_traceback(stderr) == [
+        "2026-12-02 INFO Copying contents of s3://m/t/ to local",
+        "RuntimeError: S3 authentication failed for s3://m/t/",
+    ]
