@@ -59,11 +59,7 @@ def build(
     progress(f"checking model folder {model_dir}")
     folder = inspect_model_folder(model_dir, allow_pickle=settings.handler.allow_pickle)
     handler = _handler_settings(settings, folder)
-    if output.exists() and not output.is_dir():
-        raise InputError(
-            f"output {output} exists and is not a folder",
-            fix="pass -o with a new or existing folder",
-        )
+    _check_output(output, model_dir)
     # Folders this build creates: a failed build removes them again when they are left empty.
     created = [
         *(d for d in (output / MODEL_STORE_DIR, (output / CONFIG_FILE).parent) if not d.exists()),
@@ -293,6 +289,33 @@ def _build_in(
     write_report(work / REPORT_FILE, report)
     with _publish_lock(output, progress):
         return (*_publish(work, archive, settings, output), report)
+
+
+def _check_output(output: Path, model_dir: Path) -> None:
+    """`output` is new, empty or an earlier store: a build never mixes its files into a model
+    folder, a checkout or a folder of other work (it replaces config/ and model-store/ files)."""
+    if output.exists() and not output.is_dir():
+        raise InputError(
+            f"output {output} exists and is not a folder",
+            fix="pass -o with a new or existing folder",
+        )
+    if not output.is_dir():
+        return
+    beside = output.parent / f"{output.resolve().name}-store"
+    fix = f"pass -o with a new folder (e.g. -o {beside}) or an earlier build's OUT"
+    if output.resolve() == model_dir.resolve():
+        raise InputError(f"output {output} is the model folder itself", fix=fix)
+    # An earlier store (or part of one) is replaced; a leftover build folder is ignored.
+    ours = {REPORT_FILE, MODEL_STORE_DIR, CONFIG_FILE.split("/")[0]}
+    others = sorted(
+        p.name for p in output.iterdir() if p.name not in ours and not p.name.startswith(".")
+    )
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise InputError(
+            f"output {output} is a folder that holds other files ({shown}), not a model store",
+            fix=fix,
+        )
 
 
 def _model_config(settings: BuildSettings, handler: handler_settings.HandlerSettings) -> str:

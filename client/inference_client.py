@@ -6,6 +6,7 @@ monkeypatching; every failure becomes a ClientError that says what to do next.
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from scibert_pack.errors import ClientError
+from scibert_pack.config.properties import LOCAL_INFERENCE_URL
+from scibert_pack.errors import ClientError, InputError
 from scibert_pack.files import load_json
 from scibert_pack.serving.run_dir import default_run_dir
 from scibert_pack.serving.server import KEY_FILE, is_loopback, read_serving_record, read_token
@@ -106,6 +108,37 @@ def local_server_token(url: str, api: str = "inference") -> str | None:
     return read_token(run_dir / KEY_FILE, api)
 
 
+def _token_fix(url: str) -> str:
+    """How to send the key: when `serve` runs a server on this port under another address
+    (localhost for 127.0.0.1), name the address its key is sent to and the key file."""
+    fix = "pass --token, or --key-file with the key_file.json TorchServe wrote"
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        return fix
+    if port is None:
+        return fix
+    run_dir = default_run_dir(port)
+    record = read_serving_record(run_dir)
+    if record is None or not record.alive():
+        return fix
+    host = f"[{record.host}]" if ":" in record.host else record.host
+    return (
+        f"`scibert-pack serve` runs a server on port {port} at {host}; its key is sent only to "
+        f"that address: pass --url http://{host}:{port}, or --key-file {run_dir / KEY_FILE}"
+    )
+
+
+def checked_url(url: str) -> str:
+    """`url` when it is an http(s) URL with a host; InputError naming --url otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(
+            f"--url {url!r} is not an http(s) URL", fix=f"pass e.g. --url {LOCAL_INFERENCE_URL}"
+        )
+    return url
+
+
 class InferenceClient:
     def __init__(
         self,
@@ -116,7 +149,12 @@ class InferenceClient:
         session: requests.Session | None = None,
         timeout_s: float = 300.0,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = checked_url(url).rstrip("/")
+        if not 0 < timeout_s < math.inf:
+            raise InputError(
+                f"--timeout {timeout_s:g} is not a number of seconds above 0",
+                fix="pass --timeout SECONDS, e.g. --timeout 300",
+            )
         self.model = model
         self.token = token
         self.session = session or requests.Session()
@@ -207,7 +245,7 @@ class InferenceClient:
             ) from err
         except requests.Timeout as err:
             raise RequestFailed(
-                f"{url} did not answer within {self.timeout_s:.0f} s",
+                f"{url} did not answer within {self.timeout_s:g} s",
                 fix="retry, or raise the timeout if the batch is large",
                 status=None,
             ) from err
@@ -261,7 +299,7 @@ def _http_failure(url: str, response: requests.Response, model: str) -> tuple[st
     text = f"{url} answered {code}: {message}"
     # TorchServe 0.12 refuses a missing or wrong token with 400 InvalidKeyException, not 401.
     if code == 401 or "Token Authorization failed" in message:
-        return text, "pass --token, or --key-file with the key_file.json TorchServe wrote"
+        return text, _token_fix(url)
     if code == 404:
         return text, f"check --model-name (is {model!r} the name the store serves?) and --url"
     if code in (503, 507):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from scibert_pack.config.properties import LOCAL_INFERENCE_URL
+from scibert_pack.client.inference_client import checked_url
 from scibert_pack.errors import InputError
 from scibert_pack.files import load_json
 
@@ -122,13 +122,9 @@ Connect = Callable[[str, float], http.client.HTTPConnection]
 
 def connect(url: str, timeout_s: float) -> http.client.HTTPConnection:
     """A keep-alive connection to the server of `url` (http or https)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(
-            f"--url {url!r} is not an http(s) URL", fix=f"pass e.g. --url {LOCAL_INFERENCE_URL}"
-        )
+    parts = urlsplit(checked_url(url))
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    return kind(parts.hostname, parts.port, timeout=timeout_s)
+    return kind(parts.hostname or "", parts.port, timeout=timeout_s)  # checked: has a host
 
 
 @dataclass(frozen=True)

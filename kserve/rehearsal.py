@@ -138,7 +138,9 @@ def rehearse(settings: RehearsalSettings, progress: ProgressSink = silent) -> Re
             return _stock_report(plan, settings, store_dir)
         if store_dir is None:
             store_dir = fetch_store(plan.storage_uri, scratch / "models", settings, progress)
-        info = read_store_for_manifest(store_dir)
+        info = read_store_for_manifest(
+            store_dir, option="--store" if settings.store is not None else "the storageUri"
+        )
         return _Rehearsal(plan, settings, store_dir, info, scratch, progress).run()
 
 
@@ -206,7 +208,7 @@ def _scratch(settings: RehearsalSettings) -> Iterator[Path]:
 def _stock_report(
     plan: PodPlan, settings: RehearsalSettings, store: Path | None
 ) -> RehearsalReport:
-    info = read_store_for_manifest(store) if store is not None else None
+    info = read_store_for_manifest(store, option="--store") if store is not None else None
     options = ManifestOptions(
         name=plan.isvc_name,
         storage_uri=plan.storage_uri,

@@ -9,20 +9,23 @@ from pathlib import Path
 
 from scibert_pack.config.properties import Ports
 from scibert_pack.errors import StoreError
-from scibert_pack.layout import CONFIG_FILE, REPORT_FILE, StoreFacts
+from scibert_pack.layout import CONFIG_FILE, REPORT_FILE, StoreFacts, served_archive
 from scibert_pack.layout import read_store as read_store_facts
 
-_FROM_STORE_FIX = "point --from-store at the OUT folder of `scibert-pack build`, or rebuild it"
+_FROM_STORE_FIX = "point {option} at the OUT folder of `scibert-pack build`, or rebuild it"
 DEFAULT_PORTS = Ports().as_dict()
 
 
-def read_store_for_manifest(out: Path) -> StoreFacts:
-    """The facts of the model store at `out`; StoreError when a file is missing or unreadable."""
-    facts = read_store_facts(out, fix=_FROM_STORE_FIX, report_required=True)
+def read_store_for_manifest(out: Path, *, option: str = "--from-store") -> StoreFacts:
+    """The facts of the model store at `out`; StoreError when a file is missing or unreadable,
+    naming `option` (the one that gave `out`) in its fix."""
+    fix = _FROM_STORE_FIX.format(option=option)
+    facts = read_store_facts(out, fix=fix, report_required=True)
     if not facts.model_name:
         raise StoreError(
             f"model store {out} names no model (no model_name in {REPORT_FILE}, "
             f"no model_snapshot in {CONFIG_FILE})",
             fix="rebuild the store with `scibert-pack build`",
         )
+    served_archive(facts, fix=fix)
     return facts

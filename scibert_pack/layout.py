@@ -173,3 +173,27 @@ def _address(
         if port is not None:
             return port, split.hostname or ""
     return int(ports.get(port_key, Ports().as_dict()[port_key])), ""
+
+
+def served_archive(facts: StoreFacts, *, fix: str) -> Path:
+    """The archive (or no-archive folder) config.properties serves, checked to exist in
+    model-store/; StoreError with `fix` otherwise. An edited config.properties (the blog's,
+    say) can name an archive the store does not hold."""
+    root = facts.root
+    if len(facts.served_models) != 1:
+        raise StoreError(
+            f"{CONFIG_FILE} in {root} must serve exactly one model in model_snapshot, "
+            f"found {len(facts.served_models)}",
+            fix=fix,
+        )
+    if "marName" not in facts.snapshot_entry:
+        raise StoreError(f"model_snapshot in {root / CONFIG_FILE} has no marName", fix=fix)
+    mar_name = str(facts.snapshot_entry["marName"])
+    archive = facts.model_store / mar_name
+    if not archive.exists():
+        raise StoreError(
+            f"model store {root} has no {MODEL_STORE_DIR}/{mar_name}, which "
+            "config.properties serves",
+            fix=fix,
+        )
+    return archive

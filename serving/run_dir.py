@@ -125,10 +125,18 @@ def _private_dir(path: Path) -> None:
                 fix=f"remove it (as its owner or root: rm -r {path}) and rerun, {_FIX_ELSEWHERE}",
             )
         if info.st_mode & 0o022:
+            # A sticky folder (/tmp) is shared by design: never advise making it private.
+            shared = bool(info.st_mode & stat.S_ISVTX)
             raise UnsafeRunDirError(
                 f"run folder {path} has mode {_mode(info.st_mode)} (writable by "
-                f"{_writers(info.st_mode)}): others could swap the handler TorchServe runs",
-                fix=f"chmod 700 {path} and rerun, {_FIX_ELSEWHERE}",
+                f"{_writers(info.st_mode)}{', a shared folder' if shared else ''}): others "
+                "could swap the handler TorchServe runs",
+                fix=(
+                    "pass --run-dir DIR with a folder of your own (e.g. under your home), or "
+                    "leave --run-dir out for a private one"
+                )
+                if shared
+                else f"chmod 700 {path} and rerun, {_FIX_ELSEWHERE}",
             )
     finally:
         os.close(fd)

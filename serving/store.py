@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scibert_pack.archiver.model_folder import PICKLE, PICKLE_INDEX, SAFETENSORS, SAFETENSORS_INDEX
 from scibert_pack.errors import StoreError
-from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, StoreFacts, read_store
+from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, StoreFacts, read_store, served_archive
 
 # What save_pretrained writes for the weights, sharded or not, safetensors or pickle.
 _WEIGHTS = (SAFETENSORS, SAFETENSORS_INDEX, PICKLE, PICKLE_INDEX)
@@ -30,6 +30,18 @@ def _store_beside(folder: Path) -> Path:
     return Path(os.path.relpath(real.with_name(f"{real.name}-store")))
 
 
+def _store_around(path: Path) -> Path | None:
+    """The store `path` is part of (its model-store/ or config/ folder, or an archive in
+    model-store/), when it is one; None otherwise."""
+    for part, store in ((path, path.parent), (path.parent, path.parent.parent)):
+        if (
+            part.name in (MODEL_STORE_DIR, CONFIG_FILE.split("/")[0])
+            and (store / CONFIG_FILE).is_file()
+        ):
+            return store
+    return None
+
+
 def _shown(path: Path) -> str:
     text = str(path)
     return text if path.is_absolute() or text.startswith(".") else f"./{text}"
@@ -38,6 +50,18 @@ def _shown(path: Path) -> str:
 def open_store(root: Path) -> ModelStore:
     """Read and check a store folder; StoreError naming what is missing and how to make it."""
     fix = f"build it with: scibert-pack build MODEL_DIR --model-name NAME -o {root}"
+    whole = _store_around(root)
+    if whole is not None:
+        kind = "the archive" if root.is_file() else f"the {root.name}/ folder"
+        raise StoreError(
+            f"{_shown(root)} is {kind} inside the model store {_shown(whole)}, not a store",
+            fix=f"serve the whole store: scibert-pack serve {_shown(whole)}",
+        )
+    if root.is_file():
+        raise StoreError(
+            f"model store {root} is a file, not a folder",
+            fix="pass the OUT folder of `scibert-pack build` (it holds config/ and model-store/)",
+        )
     if not root.is_dir():
         raise StoreError(f"model store {root} does not exist", fix=fix)
     if is_model_folder(root):
@@ -49,19 +73,5 @@ def open_store(root: Path) -> ModelStore:
             f"scibert-pack serve {store}",
         )
     facts = read_store(root, fix=fix)
-    if len(facts.served_models) != 1:
-        raise StoreError(
-            f"{CONFIG_FILE} in {root} must serve exactly one model in model_snapshot, "
-            f"found {len(facts.served_models)}",
-            fix=fix,
-        )
-    if "marName" not in facts.snapshot_entry:
-        raise StoreError(f"model_snapshot in {root / CONFIG_FILE} has no marName", fix=fix)
-    mar_name = str(facts.snapshot_entry["marName"])
-    if not (facts.model_store / mar_name).exists():
-        raise StoreError(
-            f"model store {root} has no {MODEL_STORE_DIR}/{mar_name}, which "
-            "config.properties serves",
-            fix=fix,
-        )
+    served_archive(facts, fix=fix)
     return facts

@@ -18,7 +18,10 @@ from scibert_pack.layout import read_store as read_store_facts
 
 # What makes a folder in model-store/ a model (torch-model-archiver --archive-format no-archive).
 MODEL_FOLDER_MARKERS = ("MAR-INF/MANIFEST.json", "model-config.yaml")
-_BUILD_FIX = "point OUT at the folder `scibert-pack build MODEL_DIR OUT` wrote, or rebuild it"
+_BUILD_FIX = (
+    "point OUT at the folder `scibert-pack build MODEL_DIR --model-name NAME -o OUT` wrote, or "
+    "rebuild it"
+)
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,7 @@ def parse_target(uri: str) -> Target:
     if "://" not in uri:
         if not uri.strip():
             raise InputError("STORAGE_URI is empty", fix=_EXPECTED)
+        _refuse_mistyped_scheme(uri)
         return LocalTarget(Path(uri).expanduser().absolute())
     if uri.split("://", 1)[0].lower() == "file":
         return LocalTarget(Path(urlsplit(uri).path).absolute())
@@ -214,6 +215,18 @@ def parse_target(uri: str) -> Target:
     if checked.scheme == "s3":
         return S3Target(checked.name, checked.path)
     return PvcTarget(checked.name, checked.path)
+
+
+def _refuse_mistyped_scheme(uri: str) -> None:
+    """`s3:/bucket/x` or `s3:bucket` is a typo for a URI, not a local folder named `s3:`."""
+    scheme, colon, rest = uri.partition(":")
+    if colon and scheme.lower() in (*UPLOAD_SCHEMES, "gs", "file", "https", "http"):
+        meant = redact_uri(f"{scheme}://{rest.lstrip('/')}")
+        raise InputError(
+            f"STORAGE_URI {meant.replace('://', ':/', 1)!r} looks like a {scheme}:// URI with "
+            "a slash missing, not a local folder",
+            fix=f"write {meant!r} (or ./{scheme}:... if you really mean a local folder)",
+        )
 
 
 def _clean_path(label: str, shown: str, raw: str) -> str:

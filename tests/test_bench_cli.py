@@ -104,7 +104,7 @@ def test_bench_duration_and_errors_in_text(server: TorchServeProcess, tmp_path: 
     assert lines[6] == "Error:        400: text 0 is empty or whitespace; send some words"
     assert err.splitlines()[-1] == (
         f"Error: no request to {server.inference_url}/v2/models/tiny/infer succeeded "
-        f"(400: {sent}); check --url and --model, and that the server is running"
+        f"(400: {sent}); check --url and --model-name, and that the server is running"
     )
 
 

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -823,3 +824,53 @@ def test_output_that_is_a_file_is_refused(tiny_bert: Path, tmp_path: Path) -> No
     code, _, stderr = _build_cli(str(tiny_bert), "--name", "m", "-o", str(target))
     assert code == 2
     assert f"output {target} exists and is not a folder" in stderr or "is a file" in stderr
+
+
+# (id, what -o holds before, the error; None: the build goes ahead)
+OUTPUT_FOLDERS: list[tuple[str, list[str], str | None]] = [
+    ("new-folder", [], None),
+    ("empty-folder", ["."], None),
+    ("earlier-store", ["config/", "model-store/", "build-report.json"], None),
+    ("checkout", ["README.md", "config/", "pyproject.toml"], "output {out} is a folder that holds other files (README.md, pyproject.toml), not a model store"),
+    ("work-folder", ["model/", "notes.txt"], "output {out} is a folder that holds other files (model, notes.txt), not a model store"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("holds", "error"), [c[1:] for c in OUTPUT_FOLDERS], ids=[c[0] for c in OUTPUT_FOLDERS]
+)
+def test_build_writes_only_into_a_new_or_store_folder(
+    tiny_bert: Path, tmp_path: Path, holds: list[str], error: str | None
+) -> None:
+    out = tmp_path / "out"
+    for rel in holds:
+        path = out / rel
+        if rel.endswith("/") or rel == ".":
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("x")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    code, stdout, stderr = _build_cli(str(tiny_bert), "--name", "m", "-o", str(out))
+    if error is None:
+        assert code == 0, stderr
+        assert (out / "model-store" / "m.mar").is_file()
+        return
+    assert (code, stdout) == (2, "")
+    assert stderr.splitlines()[-1] == (
+        f"Error: {error.format(out=out)}; pass -o with a new folder (e.g. -o {out}-store) "
+        "or an earlier build's OUT"
+    )
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_build_refuses_to_write_into_the_model_folder(tiny_bert: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    code, _, stderr = _build_cli(str(model), "--name", "m", "-o", str(model))
+    assert code == 2
+    assert stderr.splitlines()[-1] == (
+        f"Error: output {model} is the model folder itself; pass -o with a new folder "
+        f"(e.g. -o {model}-store) or an earlier build's OUT"
+    )
+    assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in tiny_bert.iterdir())

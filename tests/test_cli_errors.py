@@ -218,8 +218,12 @@ def test_bench_refuses_a_hostile_payload(tmp_path: Path, payload: str, expected:
         (["build", "{model}", "--name", "tiny\n", "-o", "{tmp}/out"], "model name 'tiny\\n' is not allowed"),
         (["build", "{model}", "--name", "n" * 300, "-o", "{tmp}/out"], "is 300 characters long, more than the 200 allowed"),
         (["predict", "--url", NOWHERE, "--model", "m", "--input", "{tmp}/in.jsonl"], "is not JSON we can read (Exceeds the limit (4300 digits)"),
+        (["predict", "hello", "--url", "127.0.0.1:8085", "--model", "m"], "--url '127.0.0.1:8085' is not an http(s) URL"),
+        (["explain", "hello", "--url", "localhost:8085", "--model", "m"], "--url 'localhost:8085' is not an http(s) URL"),
+        (["predict", "hello", "--url", NOWHERE, "--model", "m", "--timeout", "0"], "--timeout 0 is not a number of seconds above 0"),
+        (["explain", "hello", "--url", NOWHERE, "--model", "m", "--timeout", "-5"], "--timeout -5 is not a number of seconds above 0"),
     ],
-    ids=["name-newline", "name-300-chars", "id-5000-digits"],
+    ids=["name-newline", "name-300-chars", "id-5000-digits", "predict-url-without-scheme", "explain-url-without-scheme", "timeout-0", "timeout-negative"],
 )  # fmt: skip
 def test_real_command_line_prints_no_traceback(
     tiny_bert: Path, tmp_path: Path, args: list[str], expected: str

@@ -626,9 +626,26 @@ def store_with_bad_snapshot(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.fixture
+def store_serving_a_missing_archive(tmp_path: Path) -> Path:
+    """The blog's config.properties copied over the built one: it serves another archive."""
+    out = write_store(tmp_path / "out")
+    config = out / "config" / "config.properties"
+    text = config.read_text(encoding="utf-8")
+    assert "scibert.mar" in text
+    config.write_text(text.replace("scibert.mar", "SciBERTSeqClassification.mar"), encoding="utf-8")
+    return out
+
+
 @pytest.mark.parametrize(
     ("fixture", "message"),
     [
+        (
+            "store_serving_a_missing_archive",
+            "model store {out} has no model-store/SciBERTSeqClassification.mar, which "
+            "config.properties serves; point --from-store at the OUT folder of `scibert-pack "
+            "build`, or rebuild it",
+        ),
         (
             "store_without_report",
             "model store {out} has no build-report.json; point --from-store at the OUT folder "
@@ -642,7 +659,7 @@ def store_with_bad_snapshot(tmp_path: Path) -> Path:
         ),
         ("store_with_bad_snapshot", "model_snapshot in {out}/config/config.properties is not"),
     ],
-    ids=["no-report", "no-config", "other-schema", "bad-snapshot"],
+    ids=["missing-archive", "no-report", "no-config", "other-schema", "bad-snapshot"],
 )
 def test_broken_store_is_refused(
     request: pytest.FixtureRequest, fixture: str, message: str

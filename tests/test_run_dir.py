@@ -126,8 +126,10 @@ UNSAFE: list[tuple[str, Callable[[Path], Path], str]] = [
     (
         "sticky-world-writable",
         sticky_world_writable,
-        "run folder {bad} has mode 1777 (writable by its group and everyone): others could "
-        f"swap the handler TorchServe runs; chmod 700 {{bad}} {_LINK_FIX}",
+        # A shared folder such as /tmp itself: never advise chmod 700 on it.
+        "run folder {bad} has mode 1777 (writable by its group and everyone, a shared folder): "
+        "others could swap the handler TorchServe runs; pass --run-dir DIR with a folder of "
+        "your own (e.g. under your home), or leave --run-dir out for a private one",
     ),
     (
         "link-as-run-folder",

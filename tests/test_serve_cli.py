@@ -69,6 +69,24 @@ def test_store_without_its_archive(tiny_bert: Path, tmp_path: Path) -> None:
     assert "has no model-store/m.mar, which config.properties serves" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("part", "kind"),
+    [("model-store/m.mar", "the archive"), ("model-store", "the model-store/ folder"), ("config", "the config/ folder")],
+    ids=["the-archive", "model-store-folder", "config-folder"],
+)  # fmt: skip
+def test_serving_a_part_of_a_store_names_the_whole(
+    tiny_bert: Path, tmp_path: Path, part: str, kind: str
+) -> None:
+    store = tmp_path / "out"
+    build(tiny_bert, BuildSettings(name="m"), store)
+    result = CliRunner().invoke(cli, ["serve", str(store / part)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"Error: {store / part} is {kind} inside the model store {store}, not a store; "
+        f"serve the whole store: scibert-pack serve {store}\n"
+    )
+
+
 EXPOSED = (
     "Warning: --host {host} serves on {where}, and this store was built without token "
     "authorization: anyone who can reach this machine can call the inference and management "

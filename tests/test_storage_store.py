@@ -214,7 +214,10 @@ def _edited_after_build(store: Path) -> None:
     (store / "config" / "config.properties").write_text("edited=true\n")
 
 
-_FIX = "point OUT at the folder `scibert-pack build MODEL_DIR OUT` wrote, or rebuild it"
+_FIX = (
+    "point OUT at the folder `scibert-pack build MODEL_DIR --model-name NAME -o OUT` wrote, or "
+    "rebuild it"
+)
 _LOOKED = (
     "model store {store} has no model archive in model-store/ (looked for *.mar, *.tar.gz or "
     "a model folder holding MAR-INF/MANIFEST.json or model-config.yaml"

@@ -161,3 +161,29 @@ def test_manifest_only_schemes_pass_for_manifest(uri: str) -> None:
     check_storage_uri(uri, schemes=STORAGE_SCHEMES)
     with pytest.raises(InputError, match="unknown storage scheme"):
         check_storage_uri(uri, schemes=("s3", "pvc"))
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3:/models/scibert", "STORAGE_URI 's3:/models/scibert' looks like a s3:// URI with a slash missing, not a local folder; write 's3://models/scibert'"),
+        ("s3:models/scibert", "STORAGE_URI 's3:/models/scibert' looks like a s3:// URI with a slash missing, not a local folder; write 's3://models/scibert'"),
+        ("PVC:/claim/m", "STORAGE_URI 'PVC:/claim/m' looks like a PVC:// URI with a slash missing"),
+        ("s3:/AKIA:secret@models/m", "STORAGE_URI 's3:/***@models/m' looks like"),
+    ],
+    ids=["s3-one-slash", "s3-no-slash", "pvc-upper-case", "credentials-redacted"],
+)  # fmt: skip
+def test_upload_refuses_a_uri_with_a_slash_missing(
+    make_store: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    uri: str,
+    expected: str,
+) -> None:
+    """A typo'd URI is not a local folder named `s3:` created in the current one."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["upload", str(make_store()), uri])
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert expected in " ".join(result.stderr.split())
+    assert "secret" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

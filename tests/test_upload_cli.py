@@ -314,14 +314,16 @@ def test_no_checksum_uploads_and_verifies_by_etag(
             "no-config",
             2,
             "Error: model store {store} has no config/config.properties; point OUT at the "
-            "folder `scibert-pack build MODEL_DIR OUT` wrote, or rebuild it\n",
+            "folder `scibert-pack build MODEL_DIR --model-name NAME -o OUT` wrote, or rebuild "
+            "it\n",
         ),
         (
             "no-mar",
             2,
             "Error: model store {store} has no model archive in model-store/ (looked for *.mar, "
             "*.tar.gz or a model folder holding MAR-INF/MANIFEST.json or model-config.yaml); "
-            "point OUT at the folder `scibert-pack build MODEL_DIR OUT` wrote, or rebuild it\n",
+            "point OUT at the folder `scibert-pack build MODEL_DIR --model-name NAME -o OUT` "
+            "wrote, or rebuild it\n",
         ),
         (
             "empty-model-folder",
@@ -329,7 +331,7 @@ def test_no_checksum_uploads_and_verifies_by_etag(
             "Error: model store {store} has no model archive in model-store/ (looked for *.mar, "
             "*.tar.gz or a model folder holding MAR-INF/MANIFEST.json or model-config.yaml; "
             "scibert/ holds neither); point OUT at the folder `scibert-pack build MODEL_DIR "
-            "OUT` wrote, or rebuild it\n",
+            "--model-name NAME -o OUT` wrote, or rebuild it\n",
         ),
         (
             "credentials-in-uri",

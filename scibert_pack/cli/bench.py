@@ -94,7 +94,7 @@ def bench(
     if report.ok == 0:
         raise ClientError(
             f"no request to {report.url} succeeded ({_statuses(report.statuses)})",
-            fix="check --url and --model, and that the server is running",
+            fix="check --url and --model-name, and that the server is running",
         )
 
 

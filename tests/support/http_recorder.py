@@ -15,12 +15,21 @@ V2_ANSWER = {
     "parameters": {"labels": ["a"]},
 }
 
+REFUSED = {
+    "code": 400,
+    "type": "InvalidKeyException",
+    "message": "Token Authorization failed. Token either incorrect, expired, or not provided "
+    "correctly",
+}
+
 
 class Recorder(ThreadingHTTPServer):
     """A listener that answers every POST like a v2 server and keeps the headers it got."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, require_token: str | None = None) -> None:
         self.headers: list[dict[str, str]] = []
+        # Refuse requests without this bearer token, as TorchServe 0.12 does (400, not 401).
+        self.require_token = require_token
         super().__init__((host, port), _Handler)
 
 
@@ -30,8 +39,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.headers.append(dict(self.headers.items()))
-        body = json.dumps(V2_ANSWER).encode()
-        self.send_response(200)
+        wanted = self.server.require_token
+        refused = wanted is not None and self.headers.get("Authorization") != f"Bearer {wanted}"
+        body = json.dumps(REFUSED if refused else V2_ANSWER).encode()
+        self.send_response(400 if refused else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
