@@ -52,7 +52,7 @@ def setting_options(
     (handlers/settings.py `setting`), so the command cannot drift from what the library checks.
     Ranges are shown in the help but checked by the library, whose message names the option."""
     declared = declarations(cls)
-    options = [_option(key, declared[key], (types or {}).get(key)) for key in keys]
+    options = [_option(key, declared, (types or {}).get(key)) for key in keys]
 
     def decorate(command: F) -> F:
         for option in reversed(options):
@@ -62,9 +62,12 @@ def setting_options(
     return decorate
 
 
-def _option(key: str, d: Declared, param_type: click.ParamType[Any] | None) -> Callable[[F], F]:
+def _option(
+    key: str, declared: Mapping[str, Declared], param_type: click.ParamType[Any] | None
+) -> Callable[[F], F]:
+    d = declared[key]
     spelling = option_of(key, d)
-    kwargs: dict[str, Any] = {"help": _help(d)}
+    kwargs: dict[str, Any] = {"help": _help(d, declared)}
     if d.old:
         kwargs.update(cls=RenamedOption, old=list(d.old))
     if d.default is dataclasses.MISSING:
@@ -86,8 +89,9 @@ def _option(key: str, d: Declared, param_type: click.ParamType[Any] | None) -> C
     return click.option(spelling, *d.old, key, **kwargs)
 
 
-def _help(d: Declared) -> str:
+def _help(d: Declared, declared: Mapping[str, Declared]) -> str:
     if d.low is None or d.high is None:
         return d.help
-    high = d.high if isinstance(d.high, int) else option_of(d.high, Declared(None, ""))
-    return f"{d.help} Range: {d.low} to {high}."
+    if isinstance(d.high, str):  # capped by another setting
+        return f"{d.help} Range: {d.low} to the cap ({option_of(d.high, declared[d.high])})."
+    return f"{d.help} Range: {d.low} to {d.high}."

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from scibert_pack.archiver.settings import BuildSettings, build_settings
+from scibert_pack.api import BuildSettings, build_settings
 from scibert_pack.cli._console import Console
 from scibert_pack.cli._options import setting_options
 from scibert_pack.config.properties import Ports
@@ -100,12 +100,12 @@ def _shown(value: object) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the build result as JSON on stdout.")
 def build(model_dir: Path, output: Path | None, quiet: bool, as_json: bool, **options: Any) -> None:
     """Build OUT/model-store/NAME.mar and OUT/config/config.properties from MODEL_DIR."""
-    from scibert_pack.archiver.build import build as run_build
+    from scibert_pack import api
 
     console = Console(quiet=quiet or as_json)
     settings = _settings(options)
     out = output or Path("build") / settings.name
-    result = run_build(model_dir, settings, out, progress=console.progress)
+    result = api.build(model_dir, out, settings, progress=console.progress)
     for warning in result.warnings:
         console.warn(warning)
     if as_json:
