@@ -218,8 +218,10 @@ def setting_error(err: SettingsError, cls: type, *, given: Collection[str] = ())
             f"{option} {err.value!r} is not one of {', '.join(err.choices)}",
             fix=f"pass {option} {' or '.join(err.choices)}",
         )
-    if err.low is None or err.high is None:
-        return InputError(f"{option} {err.value!r} is not true or false", fix="pass True or False")
+    if err.low is None or err.high is None:  # a bool: an on/off option
+        off = f"--no-{option.removeprefix('--')}"
+        fix = f"pass {option} or {off}" if declared[err.key].negatable else f"pass {option} or not"
+        return InputError(f"{option} {err.value!r} is not true or false", fix=fix)
     between = f"{option} between {err.low} and {err.high}"
     if isinstance(err.value, bool) or not isinstance(err.value, int):
         return InputError(f"{option} {err.value!r} is not a whole number", fix=f"pass {between}")

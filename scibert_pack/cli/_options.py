@@ -77,7 +77,7 @@ def _option(
             spelling = f"{spelling}/--no-{spelling.removeprefix('--')}"
             kwargs.update(default=d.default, show_default=True)
         else:
-            kwargs["is_flag"] = True
+            kwargs.update(is_flag=True, default=d.default)
     else:
         kwargs.update(default=d.default, show_default=d.default is not None)
         if d.choices:
