@@ -130,6 +130,7 @@ def run_demo(settings: DemoSettings, *, progress: ProgressSink = silent) -> Demo
     """Every job of scibert-pack in turn, each through its `scibert_pack.api` call."""
     from scibert_pack import api
     from scibert_pack.client.report_html import write_report
+    from scibert_pack.handlers.settings import HandlerSettings
 
     work = settings.workdir.absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -154,14 +155,11 @@ def run_demo(settings: DemoSettings, *, progress: ProgressSink = silent) -> Demo
 
     store = work / "store"
     with steps.step("build"):
-        build_settings = api.build_settings(
-            {
-                "name": settings.model_name,
-                # the store that is uploaded; serving here overrides addresses
-                "profile": "kserve",
-                "merge_subwords": True,
-                "max_length": 128,
-            }
+        build_settings = api.BuildSettings(
+            name=settings.model_name,
+            profile="kserve",  # the store that is uploaded; serving here overrides addresses
+            # At most 128 tokens: fewer when the model reads fewer.
+            handler=HandlerSettings(merge_subwords=True, max_length=128),
         )
         api.build(model_dir, store, build_settings, progress=progress)
 
