@@ -10,12 +10,11 @@ from typing import Any, Literal
 from scibert_pack.config.properties import PROFILES, Ports, Profile
 from scibert_pack.errors import InputError
 from scibert_pack.handlers.settings import (
-    Declared,
     HandlerSettings,
     SettingsError,
     check_declared,
     declarations,
-    option_of,
+    option_problem,
     required_setting,
     setting,
 )
@@ -209,59 +208,8 @@ def build_settings(values: Mapping[str, Any]) -> BuildSettings:
 def setting_error(err: SettingsError, cls: type, *, given: Collection[str] = ()) -> InputError:
     """A SettingsError of a settings dataclass as an InputError naming the option that sets the
     setting; `given` names the settings the user set (a conflict blames one of those)."""
-    declared = declarations(cls)
-    if err.key not in declared:
-        return InputError(str(err), fix=f"use one of {', '.join(declared)}")
-    option = option_of(err.key, declared[err.key])
-    if err.choices:
-        return InputError(
-            f"{option} {err.value!r} is not one of {', '.join(err.choices)}",
-            fix=f"pass {option} {' or '.join(err.choices)}",
-        )
-    if err.low is None or err.high is None:  # a bool: an on/off option
-        off = f"--no-{option.removeprefix('--')}"
-        fix = f"pass {option} or {off}" if declared[err.key].negatable else f"pass {option} or not"
-        return InputError(f"{option} {err.value!r} is not true or false", fix=fix)
-    between = f"{option} between {err.low} and {err.high}"
-    if isinstance(err.value, bool) or not isinstance(err.value, int):
-        return InputError(f"{option} {err.value!r} is not a whole number", fix=f"pass {between}")
-    if err.bound_by is not None and err.value > err.high:
-        return _over_bound(err.key, err.value, err.bound_by, err.high, declared, given, between)
-    return InputError(
-        f"{option} {err.value} is out of range (expected {err.low} to {err.high})",
-        fix=f"pass {between}",
-    )
-
-
-def _over_bound(
-    key: str,
-    value: int,
-    bound_key: str,
-    bound: int,
-    declared: Mapping[str, Declared],
-    given: Collection[str],
-    between: str,
-) -> InputError:
-    """A setting above the one that caps it (--explain-steps over --max-explain-steps)."""
-    option, bound_option = option_of(key, declared[key]), option_of(bound_key, declared[bound_key])
-    top = declared[bound_key].high
-    raise_bound = f"{bound_option} {value} or more" if isinstance(top, int) and value <= top else ""
-    if key not in given and bound_key in given:
-        return InputError(
-            f"{bound_option} {bound} is below the default {option} {value} "
-            f"({declared[key].meaning})",
-            fix=f"pass {raise_bound}, or add {between}" if raise_bound else f"add {between}",
-        )
-    if bound_key not in given:
-        problem = (
-            f"{option} {value} is more than the default {bound_option} {bound} "
-            f"({declared[bound_key].meaning})"
-        )
-        also = f", or add {raise_bound}" if raise_bound else ""
-    else:
-        problem = f"{option} {value} is more than {bound_option} {bound}"
-        also = f", or {raise_bound}" if raise_bound else ""
-    return InputError(problem, fix=f"pass {between}{also}")
+    message, fix = option_problem(err, cls, given=given)
+    return InputError(message, fix=fix)
 
 
 def _check(option: str, value: int, low: int, high: int) -> None:

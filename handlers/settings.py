@@ -8,7 +8,7 @@ package is installed as `scibert_pack.handlers` and shipped inside archives unde
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
@@ -268,6 +268,67 @@ def _check_range(key: str, value: object, low: int, high: int, bound_by: str | N
     else:
         return
     raise SettingsError(problem, key=key, value=value, low=low, high=high, bound_by=bound_by)
+
+
+def option_problem(
+    err: SettingsError, cls: type, *, given: Collection[str] = ()
+) -> tuple[str, str]:
+    """What a SettingsError of a settings dataclass says to a user of its options: the message
+    (option, value, what is allowed) and the fix. `given` names the settings the user set, so a
+    conflict between two blames one of those. The library raises them as an InputError."""
+    declared = declarations(cls)
+    if err.key not in declared:
+        return str(err), f"use one of {', '.join(declared)}"
+    option = option_of(err.key, declared[err.key])
+    if err.choices:
+        return (
+            f"{option} {err.value!r} is not one of {', '.join(err.choices)}",
+            f"pass {option} {' or '.join(err.choices)}",
+        )
+    if err.low is None or err.high is None:  # a bool: an on/off option
+        off = f"--no-{option.removeprefix('--')}"
+        fix = f"pass {option} or {off}" if declared[err.key].negatable else f"pass {option} or not"
+        return f"{option} {err.value!r} is not true or false", fix
+    between = f"{option} between {err.low} and {err.high}"
+    if isinstance(err.value, bool) or not isinstance(err.value, int):
+        return f"{option} {err.value!r} is not a whole number", f"pass {between}"
+    if err.bound_by is not None and err.value > err.high:
+        return _over_bound(err.key, err.value, err.bound_by, err.high, declared, given, between)
+    return (
+        f"{option} {err.value} is out of range (expected {err.low} to {err.high})",
+        f"pass {between}",
+    )
+
+
+def _over_bound(
+    key: str,
+    value: int,
+    bound_key: str,
+    bound: int,
+    declared: Mapping[str, Declared],
+    given: Collection[str],
+    between: str,
+) -> tuple[str, str]:
+    """A setting above the one that caps it (--explain-steps over --max-explain-steps)."""
+    option, bound_option = option_of(key, declared[key]), option_of(bound_key, declared[bound_key])
+    top = declared[bound_key].high
+    raise_bound = f"{bound_option} {value} or more" if isinstance(top, int) and value <= top else ""
+    if key not in given and bound_key in given:
+        return (
+            f"{bound_option} {bound} is below the default {option} {value} "
+            f"({declared[key].meaning})",
+            f"pass {raise_bound}, or add {between}" if raise_bound else f"add {between}",
+        )
+    if bound_key not in given:
+        problem = (
+            f"{option} {value} is more than the default {bound_option} {bound} "
+            f"({declared[bound_key].meaning})"
+        )
+        also = f", or add {raise_bound}" if raise_bound else ""
+    else:
+        problem = f"{option} {value} is more than {bound_option} {bound}"
+        also = f", or {raise_bound}" if raise_bound else ""
+    return problem, f"pass {between}{also}"
 
 
 # Every integer setting's fixed range, inclusive (explain_steps runs from 1 to

@@ -20,6 +20,9 @@ import yaml
 from scibert_pack import api
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli.build import build as build_command
+from scibert_pack.cli.query import explain as explain_command
+from scibert_pack.cli.query import predict as predict_command
+from scibert_pack.client.batch import BatchSettings, ExplainSettings
 from scibert_pack.errors import InputError, ModelFolderError, ScibertPackError, StoreError
 from scibert_pack.handlers.settings import (
     HandlerSettings,
@@ -88,14 +91,21 @@ def test_settings_errors_carry_their_fields() -> None:
     assert str(err) == "explain_steps must be between 1 and 500, got 600"  # the worker's words
 
 
-def _build_params() -> dict[str, click.Parameter]:
-    return {p.name: p for p in build_command.params if p.name is not None}
-
-
-@pytest.mark.parametrize("cls", [HandlerSettings, BuildSettings], ids=lambda c: c.__name__)
-def test_every_declared_setting_is_a_build_option_with_its_declaration(cls: type) -> None:
+@pytest.mark.parametrize(
+    ("command", "cls"),
+    [
+        (build_command, HandlerSettings),
+        (build_command, BuildSettings),
+        (predict_command, BatchSettings),
+        (explain_command, ExplainSettings),
+    ],
+    ids=["build-handler", "build", "predict", "explain"],
+)
+def test_every_declared_setting_is_an_option_with_its_declaration(
+    command: click.Command, cls: type
+) -> None:
     """The options are made from the declarations: same spelling, default, choices, help."""
-    params = _build_params()
+    params = {p.name: p for p in command.params if p.name is not None}
     declared = declarations(cls)
     if cls is HandlerSettings:  # build's own --max-length (None: the model's maximum) sets it
         declared.pop("max_length")
@@ -112,6 +122,24 @@ def test_every_declared_setting_is_a_build_option_with_its_declaration(cls: type
             assert tuple(param.type.choices) == d.choices, key
         if isinstance(d.high, int):
             assert param.help.endswith(f"Range: {d.low} to {d.high}."), key
+
+
+CLIENT_SETTINGS: list[tuple[str, Callable[[], object], str]] = [
+    ("predict-concurrency", lambda: BatchSettings(concurrency=0), "--concurrency 0 is out of range (expected 1 to 256); pass --concurrency between 1 and 256"),
+    ("predict-batch-texts", lambda: BatchSettings(texts_per_request=257), "--batch-texts 257 is out of range (expected 1 to 256); pass --batch-texts between 1 and 256"),
+    ("predict-retries", lambda: BatchSettings(retries=-1), "--retries -1 is out of range (expected 0 to 20); pass --retries between 0 and 20"),
+    ("explain-concurrency", lambda: ExplainSettings(concurrency=9), "--concurrency 9 is out of range (expected 1 to 8); pass --concurrency between 1 and 8"),
+    ("explain-batch-texts", lambda: ExplainSettings(texts_per_request="8"), "--batch-texts '8' is not a whole number; pass --batch-texts between 1 and 256"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("make", "message"), [c[1:] for c in CLIENT_SETTINGS], ids=[c[0] for c in CLIENT_SETTINGS]
+)
+def test_client_settings_name_their_option(make: Callable[[], object], message: str) -> None:
+    with pytest.raises(InputError) as caught:
+        make()
+    assert str(caught.value) == message
 
 
 def test_a_new_handler_setting_needs_only_its_declaration() -> None:

@@ -24,7 +24,8 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     # The build checks models against the demo corpus and copies the handlers into the archive.
     "archiver": frozenset({CORE, "config", "handlers", "demo.corpus"}),
     "serving": frozenset({CORE, "config", "archiver"}),
-    "client": frozenset({CORE, "config", "serving"}),
+    # handlers: the settings declarations (handlers/settings.py `setting`) of batch settings.
+    "client": frozenset({CORE, "config", "serving", "handlers"}),
     "kserve": frozenset({CORE, "config", "archiver", "storage"}),
     # scibert_pack/api.py: one public call per job, over every library folder.
     "api": frozenset({CORE, "config", "archiver", "handlers", "serving", "client", "storage", "kserve"}),

@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from scibert_pack.cli._console import Console
-from scibert_pack.cli._options import RenamedOption
+from scibert_pack.cli._options import RenamedOption, setting_options
+from scibert_pack.client.batch import BatchSettings, ExplainSettings
 from scibert_pack.config.properties import LOCAL_INFERENCE_URL
 
 # Labels shown per text unless --all-labels: a 100-class model would bury the answer.
@@ -94,9 +95,7 @@ def _optional_texts(func: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="JSON field or CSV column that holds the text.",
 )
-@click.option("--concurrency", default=8, show_default=True, help="Requests in flight.")
-@click.option("--batch-texts", default=16, show_default=True, help="Texts per request.")
-@click.option("--retries", default=3, show_default=True, help="Retries of a failed request.")
+@setting_options(BatchSettings, "concurrency", "texts_per_request", "retries")
 @click.option(
     "--all-labels",
     is_flag=True,
@@ -116,7 +115,7 @@ def predict(
     input_format: str | None,
     text_field: str,
     concurrency: int,
-    batch_texts: int,
+    texts_per_request: int,
     retries: int,
     all_labels: bool,
     quiet: bool,
@@ -152,7 +151,7 @@ def predict(
             output_path,
             input_format,
             text_field,
-            (concurrency, batch_texts, retries),
+            (concurrency, texts_per_request, retries),
         )
         return
     if not texts:
@@ -197,9 +196,9 @@ def _predict_file(
     import sys
 
     from scibert_pack import api
-    from scibert_pack.client.batch import BatchProgress, BatchSettings
+    from scibert_pack.client.batch import BatchProgress
 
-    concurrency, batch_texts, retries = limits
+    concurrency, texts_per_request, retries = limits
     last = [0.0]
 
     def show(p: BatchProgress) -> None:
@@ -217,7 +216,7 @@ def _predict_file(
             output_path if output_path is not None else sys.stdout,
             input_format=input_format,  # type: ignore[arg-type]  # click.Choice
             text_field=text_field,
-            settings=BatchSettings(concurrency, batch_texts, retries),
+            settings=BatchSettings(concurrency, texts_per_request, retries),
             progress=console.progress,
             on_batch=show,
         )
@@ -274,14 +273,7 @@ def _predict_file(
     help="Also write an HTML report: each word shaded by its importance, with the "
     "probabilities of every label.",
 )
-@click.option(
-    "--batch-texts",
-    default=8,
-    show_default=True,
-    help="Texts per explain request: the server caps texts (max_explain_texts, 16 by "
-    "default) and texts x steps per request.",
-)
-@click.option("--concurrency", default=1, show_default=True, help="Explain requests in flight.")
+@setting_options(ExplainSettings, "texts_per_request", "concurrency")
 def explain(
     texts: tuple[str, ...],
     url: str,
@@ -295,7 +287,7 @@ def explain(
     merge_subwords: bool | None,
     top: int,
     html_file: Path | None,
-    batch_texts: int,
+    texts_per_request: int,
     concurrency: int,
 ) -> None:
     """Explain the predictions for TEXTS (Captum integrated gradients, KServe v2 explain).
@@ -304,18 +296,17 @@ def explain(
     prints them joined into one v2 response).
     """
     from scibert_pack.api import explain_texts
-    from scibert_pack.client.batch import ExplainSettings
 
     target_value: str | int | None = int(target) if target and target.isdigit() else target
     settings = ExplainSettings(
-        texts_per_request=batch_texts,
+        texts_per_request=texts_per_request,
         concurrency=concurrency,
         target=target_value,
         n_steps=n_steps,
         merge_subwords=merge_subwords,
     )
     console = Console()
-    requests_needed = -(-len(texts) // batch_texts)
+    requests_needed = -(-len(texts) // texts_per_request)
 
     def show(done: int, total: int) -> None:
         if requests_needed > 1:
