@@ -120,6 +120,8 @@ class BuildSettings:
         0.98,
         "--runtime torch-int8: the least share of held-out demo-corpus texts whose int8 label "
         "must be fp32's, else the build fails.",
+        low=0,
+        high=1,
     )
 
     def __post_init__(self) -> None:
@@ -153,12 +155,6 @@ class BuildSettings:
             check_declared(self)
         except SettingsError as err:
             raise setting_error(err, BuildSettings) from err
-        if not 0.0 <= self.min_label_agreement <= 1.0:
-            raise InputError(
-                f"--min-label-agreement {self.min_label_agreement} is out of range "
-                "(expected 0 to 1: a share of held-out texts)",
-                fix="pass --min-label-agreement between 0 and 1, e.g. 0.98",
-            )
         if self.max_workers < self.min_workers:
             raise InputError(
                 f"--max-workers {self.max_workers} is below --min-workers {self.min_workers}",

@@ -36,9 +36,10 @@ class Declared:
 
     default: object
     help: str
-    # Inclusive bounds; `high` may name another setting whose value is the upper end.
-    low: int | None = None
-    high: int | str | None = None
+    # Inclusive bounds (whole numbers for an int setting); `high` may name another setting
+    # whose value is the upper end.
+    low: float | None = None
+    high: float | str | None = None
     choices: tuple[str, ...] = ()
     # The option's spelling ("" for --name-with-dashes) and hidden old spellings.
     option: str = ""
@@ -56,8 +57,8 @@ def setting(
     default: T,
     help: str,
     *,
-    low: int | None = None,
-    high: int | str | None = None,
+    low: float | None = None,
+    high: float | str | None = None,
     choices: tuple[str, ...] = (),
     option: str = "",
     old: tuple[str, ...] = (),
@@ -93,10 +94,10 @@ class SettingsError(ValueError):
         self,
         message: str,
         *,
-        key: str,
-        value: object,
-        low: int | None = None,
-        high: int | None = None,
+        key: str = "",
+        value: object = None,
+        low: float | None = None,
+        high: float | None = None,
         bound_by: str | None = None,
         choices: tuple[str, ...] = (),
     ) -> None:
@@ -253,17 +254,25 @@ def check_declared(settings: object) -> None:
         if isinstance(d.default, bool) and not isinstance(value, bool):
             raise SettingsError(f"{key} must be true or false, got {value!r}", key=key, value=value)
         if d.low is not None and key not in bound:
-            assert isinstance(d.high, int), key
-            _check_range(key, value, d.low, d.high)
+            assert isinstance(d.high, (int, float)), key
+            _check_range(key, value, d.low, d.high, whole=not isinstance(d.default, float))
     for key, d in bound.items():
         assert d.low is not None and isinstance(d.high, str), key
         _check_range(key, getattr(settings, key), d.low, getattr(settings, d.high), d.high)
 
 
-def _check_range(key: str, value: object, low: int, high: int, bound_by: str | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        problem = f"{key} must be an integer, got {value!r}"
-    elif not low <= value <= high:
+def _check_range(
+    key: str,
+    value: object,
+    low: float,
+    high: float,
+    bound_by: str | None = None,
+    *,
+    whole: bool = True,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+        problem = f"{key} must be {'an integer' if whole else 'a number'}, got {value!r}"
+    elif not low <= value <= high:  # NaN too
         problem = f"{key} must be between {low} and {high}, got {value}"
     else:
         return
@@ -290,8 +299,10 @@ def option_problem(
         fix = f"pass {option} or {off}" if declared[err.key].negatable else f"pass {option} or not"
         return f"{option} {err.value!r} is not true or false", fix
     between = f"{option} between {err.low} and {err.high}"
-    if isinstance(err.value, bool) or not isinstance(err.value, int):
-        return f"{option} {err.value!r} is not a whole number", f"pass {between}"
+    whole = not isinstance(declared[err.key].default, float)
+    if isinstance(err.value, bool) or not isinstance(err.value, int if whole else (int, float)):
+        kind = "a whole number" if whole else "a number"
+        return f"{option} {err.value!r} is not {kind}", f"pass {between}"
     if err.bound_by is not None and err.value > err.high:
         return _over_bound(err.key, err.value, err.bound_by, err.high, declared, given, between)
     return (
@@ -302,9 +313,9 @@ def option_problem(
 
 def _over_bound(
     key: str,
-    value: int,
+    value: float,
     bound_key: str,
-    bound: int,
+    bound: float,
     declared: Mapping[str, Declared],
     given: Collection[str],
     between: str,
@@ -331,10 +342,14 @@ def _over_bound(
     return problem, f"pass {between}{also}"
 
 
+def _int_ranges(cls: type) -> dict[str, tuple[int, int]]:
+    ranges: dict[str, tuple[int, int]] = {}
+    for key, d in declarations(cls).items():
+        if isinstance(d.low, int) and isinstance(d.high, int) and isinstance(d.default, int):
+            ranges[key] = (d.low, d.high)
+    return ranges
+
+
 # Every integer setting's fixed range, inclusive (explain_steps runs from 1 to
 # max_explain_steps; build also caps max_length at the model's own maximum).
-RANGES: dict[str, tuple[int, int]] = {
-    key: (d.low, d.high)
-    for key, d in declarations(HandlerSettings).items()
-    if d.low is not None and isinstance(d.high, int)
-}
+RANGES: dict[str, tuple[int, int]] = _int_ranges(HandlerSettings)

@@ -50,6 +50,8 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], type[ScibertPackError], str]] = [
     ("device", {"name": "m", "device": "gpu"}, InputError, "--device 'gpu' is not one of auto, cpu, cuda; pass --device auto or cpu or cuda"),
     ("merge-subwords", {"name": "m", "merge_subwords": 1}, InputError, "--merge-subwords 1 is not true or false; pass --merge-subwords or --no-merge-subwords"),
     ("name", {"name": "../evil"}, InputError, "model name '../evil' is not allowed: it is the key in request URLs and must match [A-Za-z0-9][A-Za-z0-9_.-]*, at most 200 characters; pass --model-name with letters, digits, '.', '_' or '-', e.g. --model-name scibert"),
+    ("label-agreement-nan", {"name": "m", "min_label_agreement": float("nan")}, InputError, "--min-label-agreement nan is out of range (expected 0 to 1); pass --min-label-agreement between 0 and 1"),
+    ("label-agreement-text", {"name": "m", "min_label_agreement": "high"}, InputError, "--min-label-agreement 'high' is not a number; pass --min-label-agreement between 0 and 1"),
     ("workers", {"name": "m", "min_workers": 3}, InputError, "--max-workers 2 is below --min-workers 3; pass --max-workers 3 or more"),
 ]  # fmt: skip
 
