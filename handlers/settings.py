@@ -3,6 +3,10 @@
 Runs inside the TorchServe worker, so: standard library only, and relative imports only (the
 package is installed as `scibert_pack.handlers` and shipped inside archives under another name).
 `scibert-pack build` writes these settings; the handler reads them back with `from_mapping`.
+
+Also home of `setting`, the one declaration of a setting (name, default, range, help, option
+spelling) that every settings dataclass of scibert-pack is made of: it must live where the
+worker can import it, and the rest of the library may import from here.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ OFFSET_POSITION_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longf
 
 @dataclass(frozen=True)
 class Declared:
-    """What a settings field declares besides its name and default (a field made by `setting`):
-    the help text, the range, and the option of `scibert-pack build` that sets it. Validation,
-    the click options (scibert_pack/cli/_options.py) and error messages all read it."""
+    """What a settings field declares (a field made by `setting`): its default, help text,
+    range, and the command-line option that sets it. Validation (`check_declared`), the click
+    options (scibert_pack/cli/_options.py) and the messages (`option_problem`) all read it."""
 
     default: object
     help: str
