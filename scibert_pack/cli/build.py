@@ -1,4 +1,4 @@
-"""`scibert-pack build`: options -> BuildSettings -> scibert_pack.archiver.build."""
+"""`scibert-pack build`: options -> BuildSettings -> scibert_pack.api.build."""
 
 from __future__ import annotations
 
