@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,11 @@ from scibert_pack import __version__
 from scibert_pack.archiver.archive import pack, stage_handler
 from scibert_pack.archiver.model_folder import ModelFolder, inspect_model_folder
 from scibert_pack.archiver.report import build_report, write_report
-from scibert_pack.archiver.settings import ARCHIVE_SUFFIX, BuildSettings
+from scibert_pack.archiver.settings import ARCHIVE_SUFFIX, BuildSettings, setting_error
 from scibert_pack.config import properties
 from scibert_pack.errors import BuildError, InputError, ModelFolderError
 from scibert_pack.handlers import settings as handler_settings
+from scibert_pack.handlers.settings import declarations, option_of
 from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
 from scibert_pack.progress import ProgressSink, silent
 
@@ -122,6 +123,7 @@ def _handler_settings(
         high = min(high, model_max)
     requested = settings.max_length
     if requested is not None and not low <= requested <= high:
+        option = option_of("max_length", declarations(BuildSettings)["max_length"])
         if model_max is not None and requested > model_max:
             problem = (
                 f"is more than {folder.path} can read "
@@ -129,97 +131,13 @@ def _handler_settings(
             )
         else:
             problem = f"is out of range (expected {low} to {high})"
-        raise InputError(
-            f"--max-length {requested} {problem}",
-            fix=f"pass --max-length between {low} and {high}",
-        )
+        fix = f"pass {option} between {low} and {high}"
+        raise InputError(f"{option} {requested} {problem}", fix=fix)
     max_length = requested if requested is not None else min(settings.handler.max_length, high)
     try:
-        return handler_settings.HandlerSettings.from_mapping(
-            {
-                **settings.handler.to_mapping(),
-                "max_length": max_length,
-            }
-        )
+        return dataclasses.replace(settings.handler, max_length=max_length)
     except handler_settings.SettingsError as err:
-        raise _option_error(err) from err
-
-
-def handler_settings_from_options(
-    options: Mapping[str, Any], *, defaulted: Collection[str] = ()
-) -> handler_settings.HandlerSettings:
-    """HandlerSettings from `build` options, keyed by setting name (explain_steps, ...).
-
-    A bad value is an InputError naming the option (--explain-steps, not the model-config.yaml
-    key) and a value that works. `defaulted` names the options left at their default, so that a
-    conflict between two options blames the one the user gave.
-    """
-    for key, (low, high) in handler_settings.RANGES.items():
-        if key in options:
-            _check_option(key, options[key], low, high)
-    defaults = handler_settings.HandlerSettings()
-    steps = options.get("explain_steps", defaults.explain_steps)
-    cap = options.get("max_explain_steps", defaults.max_explain_steps)
-    if isinstance(steps, int) and steps > cap:
-        raise _steps_over_cap(steps, cap, defaulted)
-    _check_option("explain_steps", steps, 1, cap)
-    try:
-        return handler_settings.HandlerSettings(**options)
-    except (handler_settings.SettingsError, TypeError) as err:
-        raise _option_error(err) from err
-
-
-def option_name(key: str) -> str:
-    """The `build` option of a handler setting: max_explain_steps -> --max-explain-steps."""
-    return "--" + key.replace("_", "-")
-
-
-def _check_option(key: str, value: object, low: int, high: int) -> None:
-    option = option_name(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(
-            f"{option} {value!r} is not a whole number",
-            fix=f"pass {option} between {low} and {high}",
-        )
-    if not low <= value <= high:
-        raise InputError(
-            f"{option} {value} is out of range (expected {low} to {high})",
-            fix=f"pass {option} between {low} and {high}",
-        )
-
-
-def _steps_over_cap(steps: int, cap: int, defaulted: Collection[str]) -> InputError:
-    """--explain-steps above --max-explain-steps: blame the option the user gave."""
-    top = handler_settings.RANGES["max_explain_steps"][1]
-    raise_cap = f"--max-explain-steps {steps} or more" if steps <= top else ""
-    lower_steps = f"--explain-steps between 1 and {cap}"
-    if "explain_steps" in defaulted and "max_explain_steps" not in defaulted:
-        return InputError(
-            f"--max-explain-steps {cap} is below the default --explain-steps {steps} "
-            "(the steps an explanation takes when a request names none)",
-            fix=f"pass {raise_cap}, or add {lower_steps}" if raise_cap else f"add {lower_steps}",
-        )
-    if "max_explain_steps" in defaulted:
-        problem = (
-            f"--explain-steps {steps} is more than the default --max-explain-steps {cap} "
-            "(the most steps a request may ask for)"
-        )
-        fix = f"pass {lower_steps}" + (f", or add {raise_cap}" if raise_cap else "")
-    else:
-        problem = f"--explain-steps {steps} is more than --max-explain-steps {cap}"
-        fix = f"pass {lower_steps}" + (f", or {raise_cap}" if raise_cap else "")
-    return InputError(problem, fix=fix)
-
-
-def _option_error(err: Exception) -> InputError:
-    # A SettingsError starts with the setting's key: show the build option in its place.
-    key, _, rest = str(err).partition(" ")
-    known = {f.name for f in dataclasses.fields(handler_settings.HandlerSettings)}
-    shown = f"{option_name(key)} {rest}" if key in known else str(err)
-    return InputError(
-        f"handler option rejected: {shown}",
-        fix="pass a value in the range the message gives (see scibert-pack build --help)",
-    )
+        raise setting_error(err, handler_settings.HandlerSettings) from err
 
 
 def _build_in(

@@ -38,6 +38,7 @@ from scibert_pack.client.inference_client import (
     ServerLimit,
 )
 from scibert_pack.errors import ClientError, InputError
+from scibert_pack.handlers.settings import SettingsError, check_declared, option_problem, setting
 
 # Rows failing alone with a 5xx, nothing answered in between, before a run stops (server down).
 SERVER_DOWN_AFTER = 3
@@ -47,19 +48,16 @@ _Out = TypeVar("_Out")
 
 @dataclass(frozen=True)
 class BatchSettings:
-    concurrency: int = 8
+    concurrency: int = setting(8, "Requests in flight.", low=1, high=256)
     # The fastest of the sizes tried (BENCHMARKS.md, "Figures behind default settings").
-    texts_per_request: int = 16
-    retries: int = 3
+    texts_per_request: int = setting(
+        16, "Texts per request.", low=1, high=256, option="--batch-texts"
+    )
+    retries: int = setting(3, "Retries of a failed request.", low=0, high=20)
     backoff_s: float = 0.5  # first retry waits this long, then doubles
 
     def __post_init__(self) -> None:
-        for option, value, low, high in (
-            ("--concurrency", self.concurrency, 1, 256),
-            ("--batch-texts", self.texts_per_request, 1, 256),
-            ("--retries", self.retries, 0, 20),
-        ):
-            _check_option(option, value, low, high)
+        _check_declared(self)
         if self.backoff_s < 0:
             raise InputError(f"backoff {self.backoff_s} s is negative", fix="pass 0 or more")
 
@@ -319,12 +317,12 @@ def _take(chunks: Iterator[_Chunk], count: int) -> list[_Chunk]:
     return taken
 
 
-def _check_option(option: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise InputError(
-            f"{option} {value} is out of range (expected {low} to {high})",
-            fix=f"pass {option} between {low} and {high}",
-        )
+def _check_declared(settings: object) -> None:
+    try:
+        check_declared(settings)
+    except SettingsError as err:
+        message, fix = option_problem(err, type(settings))
+        raise InputError(message, fix=fix) from err
 
 
 # --- explanations -----------------------------------------------------------------------------
@@ -334,15 +332,21 @@ def _check_option(option: str, value: int, low: int, high: int) -> None:
 class ExplainSettings:
     # The archive's default cap is 16 texts per explain request (max_explain_texts), and a cap
     # on texts x steps: 8 stays under both at the default 50 steps.
-    texts_per_request: int = 8
-    concurrency: int = 1
+    texts_per_request: int = setting(
+        8,
+        "Texts per explain request: the server caps texts (max_explain_texts, 16 by default) "
+        "and texts x steps per request.",
+        low=1,
+        high=256,
+        option="--batch-texts",
+    )
+    concurrency: int = setting(1, "Explain requests in flight.", low=1, high=8)
     target: str | int | None = None
     n_steps: int | None = None
     merge_subwords: bool | None = None
 
     def __post_init__(self) -> None:
-        _check_option("--batch-texts", self.texts_per_request, 1, 256)
-        _check_option("--concurrency", self.concurrency, 1, 8)
+        _check_declared(self)
 
 
 @dataclass(frozen=True)

@@ -127,8 +127,8 @@ class _Steps:
 
 
 def run_demo(settings: DemoSettings, *, progress: ProgressSink = silent) -> DemoResult:
-    from scibert_pack.archiver.build import build
-    from scibert_pack.archiver.settings import BuildSettings
+    """Every job of scibert-pack in turn, each through its `scibert_pack.api` call."""
+    from scibert_pack import api
     from scibert_pack.client.report_html import write_report
     from scibert_pack.handlers.settings import HandlerSettings
 
@@ -155,12 +155,13 @@ def run_demo(settings: DemoSettings, *, progress: ProgressSink = silent) -> Demo
 
     store = work / "store"
     with steps.step("build"):
-        build_settings = BuildSettings(
+        build_settings = api.BuildSettings(
             name=settings.model_name,
             profile="kserve",  # the store that is uploaded; serving here overrides addresses
+            # At most 128 tokens: fewer when the model reads fewer.
             handler=HandlerSettings(merge_subwords=True, max_length=128),
         )
-        build(model_dir, build_settings, store, progress=progress)
+        api.build(model_dir, store, build_settings, progress=progress)
 
     served_at, predictions, explanations = _serve_and_ask(
         settings, store, work / "run", steps, progress
@@ -180,12 +181,16 @@ def run_demo(settings: DemoSettings, *, progress: ProgressSink = silent) -> Demo
     s3_uri, endpoint = _upload_s3(settings, store, work, steps, progress)
     pvc_mount = work / "pvc"
     with steps.step("upload to PVC"):
-        pvc_uri = _upload(store, settings.pvc_uri, pvc_mount=pvc_mount)
+        pvc_mount.mkdir(parents=True, exist_ok=True)
+        pvc_uri = api.upload(store, settings.pvc_uri, pvc_mount=pvc_mount).plan.storage_uri
         progress(f"storageUri {pvc_uri} (claim mounted at {pvc_mount})")
 
     manifest, dockerfile = work / "inferenceservice.yaml", work / DOCKERFILE_NAME
     with steps.step("manifest"):
-        warnings = _write_manifest(store, s3_uri, manifest, dockerfile)
+        written = api.write_manifest(
+            {"storage_uri": s3_uri}, store=store, output=manifest, dockerfile=dockerfile
+        )
+        warnings = tuple(f"[{w.code}] {w.message}" for w in written.warnings)
         progress(f"wrote {manifest} and {dockerfile}")
 
     result = DemoResult(
@@ -215,19 +220,19 @@ def run_demo(settings: DemoSettings, *, progress: ProgressSink = silent) -> Demo
 def _serve_and_ask(
     settings: DemoSettings, store: Path, run_dir: Path, steps: _Steps, progress: ProgressSink
 ) -> tuple[str, list[ServedPrediction], list[ServedExplanation]]:
-    from scibert_pack.client.batch import explain_texts
-    from scibert_pack.client.inference_client import InferenceClient
-    from scibert_pack.serving.server import ServeSettings, TorchServeProcess
+    from scibert_pack import api
+    from scibert_pack.serving.server import ServeSettings
 
     serve = ServeSettings.on_free_ports(run_dir=run_dir, ready_timeout_s=settings.ready_timeout_s)
-    server = TorchServeProcess(store, serve, progress=progress)
+    server = api.serve(store, serve, progress=progress)
     with ExitStack() as running:
         with steps.step("serve: start TorchServe"):
             running.enter_context(server)
         with steps.step("v2 infer + explain"):
-            client = InferenceClient(server.inference_url, server.model_name, token=server.token())
             # In requests the server accepts (it caps texts per explain request), in order.
-            explained = explain_texts(client, settings.texts, with_predictions=True)
+            explained = api.explain_texts(
+                api.client_for(server), settings.texts, with_predictions=True
+            )
             predictions = list(explained.predictions or ())
             explanations = list(explained.explanations)
         with steps.step("serve: stop TorchServe"):
@@ -238,18 +243,20 @@ def _serve_and_ask(
 def _upload_s3(
     settings: DemoSettings, store: Path, work: Path, steps: _Steps, progress: ProgressSink
 ) -> tuple[str, str]:
+    from scibert_pack import api
     from scibert_pack.demo.local_services import LocalS3Server
+    from scibert_pack.storage.s3 import S3Settings
 
     with steps.step("upload to S3"), LocalS3Server(work / "s3.log") as s3:
         progress(f"local S3 server (moto) on {s3.endpoint}")
         client = _s3_client(s3.endpoint)
         client.create_bucket(Bucket=settings.bucket)
-        uri = _upload(
+        uri = api.upload(
             store,
             f"s3://{settings.bucket}/{settings.s3_prefix}",
-            s3_endpoint=s3.endpoint,
+            s3=S3Settings(endpoint_url=s3.endpoint, region=_S3_REGION),
             s3_client=client,
-        )
+        ).plan.storage_uri
         progress(f"storageUri {uri}")
         progress("stopping the local S3 server")
         return uri, s3.endpoint
@@ -267,50 +274,6 @@ def _s3_client(endpoint: str) -> Any:
         aws_access_key_id=_S3_KEY_ID,
         aws_secret_access_key=_S3_SECRET,
     )
-
-
-def _upload(
-    store: Path,
-    uri: str,
-    *,
-    pvc_mount: Path | None = None,
-    s3_endpoint: str | None = None,
-    s3_client: Any = None,
-) -> str:
-    """The storage library's path, as `scibert-pack upload` takes it; the version's URI."""
-    from scibert_pack.storage.backend_choice import backend_for
-    from scibert_pack.storage.local_store import scan_store
-    from scibert_pack.storage.sync import plan_upload, run_upload
-    from scibert_pack.storage.targets import parse_target
-
-    s3_settings = None
-    if s3_endpoint is not None:
-        from scibert_pack.storage.s3 import S3Settings
-
-        s3_settings = S3Settings(endpoint_url=s3_endpoint, region=_S3_REGION)
-    if pvc_mount is not None:
-        pvc_mount.mkdir(parents=True, exist_ok=True)
-    backend = backend_for(
-        parse_target(uri), s3_settings=s3_settings, s3_client=s3_client, pvc_mount=pvc_mount
-    )
-    plan = plan_upload(scan_store(store), backend)
-    run_upload(plan, backend)
-    return plan.storage_uri
-
-
-def _write_manifest(
-    store: Path, storage_uri: str, manifest: Path, dockerfile: Path
-) -> tuple[str, ...]:
-    from scibert_pack.kserve.manifest import build_manifest, write_manifest
-    from scibert_pack.kserve.names import isvc_name_for
-    from scibert_pack.kserve.options import ManifestOptions
-    from scibert_pack.kserve.store_info import read_store_for_manifest
-
-    info = read_store_for_manifest(store)
-    options = ManifestOptions(name=isvc_name_for(info.model_name), storage_uri=storage_uri)
-    result = build_manifest(options, info, dockerfile_name=dockerfile.name)
-    write_manifest(result, manifest, dockerfile)
-    return tuple(f"[{w.code}] {w.message}" for w in result.warnings)
 
 
 def summary_json(result: DemoResult) -> dict[str, Any]:

@@ -3,14 +3,20 @@
 Runs inside the TorchServe worker, so: standard library only, and relative imports only (the
 package is installed as `scibert_pack.handlers` and shipped inside archives under another name).
 `scibert-pack build` writes these settings; the handler reads them back with `from_mapping`.
+
+Also home of `setting`, the one declaration of a setting (name, default, range, help, option
+spelling) that every settings dataclass of scibert-pack is made of: it must live where the
+worker can import it, and the rest of the library may import from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any, Literal
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
 
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
@@ -22,82 +28,187 @@ RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "torch-int8")
 # Peak memory per token of a pass with gradients (explanations) over one without, rounded up
 # (BENCHMARKS.md, "Figures behind default settings").
 EXPLAIN_MEMORY_FACTOR = 4
-# Every integer setting's range, inclusive: the one declaration HandlerSettings checks and
-# `scibert-pack build` quotes in its messages. explain_steps runs from 1 to max_explain_steps;
-# build also caps max_length at the model's own maximum.
-RANGES: dict[str, tuple[int, int]] = {
-    "max_length": (8, 8192),
-    "max_explain_steps": (1, 10_000),
-    "internal_batch_size": (1, 4096),
-    "max_texts_per_request": (1, 100_000),
-    "max_text_chars": (1, 10_000_000),
-    "max_explain_texts": (1, 100_000),
-    "max_explain_work": (1, 10_000_000),
-    "max_batch_tokens": (64, 100_000_000),
-    "torch_threads": (0, 1024),
-}
 # These families count positions from pad_token_id + 1 (see RobertaEmbeddings).
 OFFSET_POSITION_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
 
 
+@dataclass(frozen=True)
+class Declared:
+    """What a settings field declares (a field made by `setting`): its default, help text,
+    range, and the command-line option that sets it. Validation (`check_declared`), the click
+    options (scibert_pack/cli/_options.py) and the messages (`option_problem`) all read it."""
+
+    default: object
+    help: str
+    # Inclusive bounds (whole numbers for an int setting); `high` may name another setting
+    # whose value is the upper end.
+    low: float | None = None
+    high: float | str | None = None
+    choices: tuple[str, ...] = ()
+    # The option's spelling ("" for --name-with-dashes) and hidden old spellings.
+    option: str = ""
+    old: tuple[str, ...] = ()
+    # A bool with --no-... to turn it off (one that is off by default is a plain flag).
+    negatable: bool = False
+    # What the value means, for messages: "the most steps a request may ask for".
+    meaning: str = ""
+
+
+_DECLARED = "scibert_pack.setting"
+
+
+def setting(
+    default: T,
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | str | None = None,
+    choices: tuple[str, ...] = (),
+    option: str = "",
+    old: tuple[str, ...] = (),
+    negatable: bool = False,
+    meaning: str = "",
+) -> T:
+    """A dataclass field with its declaration: `batch_size: int = setting(8, "...", low=1)`."""
+    declared = Declared(default, help, low, high, choices, option, old, negatable, meaning)
+    return field(default=default, metadata={_DECLARED: declared})
+
+
+def required_setting(help: str, *, option: str = "", old: tuple[str, ...] = ()) -> Any:
+    """A dataclass field without a default, with its declaration."""
+    declared = Declared(dataclasses.MISSING, help, option=option, old=old)
+    return field(metadata={_DECLARED: declared})
+
+
+def declarations(cls: type) -> dict[str, Declared]:
+    """Every declared setting of a settings dataclass, in field order."""
+    return {f.name: f.metadata[_DECLARED] for f in fields(cls) if _DECLARED in f.metadata}
+
+
+def option_of(key: str, declared: Declared) -> str:
+    """The option that sets a setting: its declared spelling, else --name-with-dashes."""
+    return declared.option or "--" + key.replace("_", "-")
+
+
 class SettingsError(ValueError):
-    """A handler setting has a bad value; the message names the key, the value and the range."""
+    """A setting has a bad value. The message names the model-config.yaml key (what the worker
+    reads); the fields say the same for callers that name the setting their own way."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str = "",
+        value: object = None,
+        low: float | None = None,
+        high: float | None = None,
+        bound_by: str | None = None,
+        choices: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.value = value
+        self.low = low
+        self.high = high
+        self.bound_by = bound_by  # the setting whose value is `high`
+        self.choices = choices
 
 
 @dataclass(frozen=True)
 class HandlerSettings:
     # Truncation cap in tokens; the handler also caps it at the model's own maximum.
-    max_length: int = 512
+    max_length: int = setting(512, "Truncate texts to this many tokens.", low=8, high=8192)
     # Integrated-gradients steps when a request names none, and the most a request may ask for.
-    explain_steps: int = 50
-    max_explain_steps: int = 500
+    explain_steps: int = setting(
+        50,
+        "Integrated-gradients steps of an explanation whose request names none.",
+        low=1,
+        high="max_explain_steps",
+        meaning="the steps an explanation takes when a request names none",
+    )
+    max_explain_steps: int = setting(
+        500,
+        "Most integrated-gradients steps one explain request may ask for.",
+        low=1,
+        high=10_000,
+        meaning="the most steps a request may ask for",
+    )
     # Captum's internal_batch_size: rows per forward pass inside one explanation (fewer when
     # rows x padded width would exceed max_explain_tokens).
-    internal_batch_size: int = 64
+    internal_batch_size: int = setting(
+        64, "Rows per forward pass inside one explanation (Captum).", low=1, high=4096
+    )
     # Explanations in the words of the text as written (granularity "words") unless a request
     # asks for "pieces"; False: the tokenizer's pieces ("bio", "##avail") by default.
-    merge_subwords: bool = True
+    merge_subwords: bool = setting(
+        True, "Merge word pieces into words in explanations.", negatable=True
+    )
     # Server-side limits: a request over them fails alone with a 4xx naming the limit.
-    max_texts_per_request: int = 256
-    max_text_chars: int = 100_000
+    max_texts_per_request: int = setting(
+        256, "Most texts one request may hold; bigger ones get 413.", low=1, high=100_000
+    )
+    max_text_chars: int = setting(
+        100_000, "Most characters in one text; longer ones get 413.", low=1, high=10_000_000
+    )
     # Explaining costs n_steps forward passes per text: a tighter cap keeps one explain request
     # well inside the response timeout (BENCHMARKS.md, "Figures behind default settings").
-    max_explain_texts: int = 16
+    max_explain_texts: int = setting(
+        16,
+        "Most texts one explain request may hold (each costs n_steps forward passes).",
+        low=1,
+        high=100_000,
+    )
     # Work of one explain request: texts x n_steps (every step of every text is one row through
     # the model, forward and backward). 1000 lets the default 16 texts x 50 steps through and
     # refuses 16 texts x 500 steps, which on a SciBERT-sized model on a small CPU outlasts the
     # response timeout: TorchServe would kill the worker, failing its whole batch.
     # The cost also grows with the texts' length, which this count does not see.
-    max_explain_work: int = 1000
+    max_explain_work: int = setting(
+        1000,
+        "Most texts x n_steps one explain request may ask for; bigger ones get 413 "
+        "(the default lets 16 texts x 50 steps through).",
+        low=1,
+        high=10_000_000,
+    )
     # Padded tokens (texts x longest text) per forward pass; a batch over it runs as several
     # passes, so memory stays bounded whatever batchSize x max_texts_per_request x max_length
     # allows (8 x 256 texts x 512 tokens = 1M padded tokens in one pass). 16384 (32 texts of 512
     # tokens, 256 of 64) keeps ordinary batches in one pass at a modest peak (memory per padded
     # token: BENCHMARKS.md, "Figures behind default settings"). A text longer than the budget
     # runs alone. Explanation passes get a quarter of it (EXPLAIN_MEMORY_FACTOR).
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = setting(
+        16384,
+        "Most padded tokens (texts x longest text) in one forward pass; bigger batches run as "
+        "several passes (explanations: a quarter of it). Bounds the worker's memory.",
+        low=64,
+        high=100_000_000,
+    )
     # Load pickle weights (pytorch_model.bin) when no safetensors exist: `build --allow-pickle`.
-    allow_pickle: bool = False
+    allow_pickle: bool = setting(
+        False,
+        "Accept pytorch_model.bin weights. Pickle files can run code when loaded: trust them.",
+    )
     # 0: this worker's share of the CPUs it may use (affinity and cgroup CPU limit, divided by
     # the archive's minWorkers; see threads.py), not torch's one thread per core of the node.
-    torch_threads: int = 0
-    device: Device = "auto"
-    runtime: Runtime = "torch"
+    torch_threads: int = setting(
+        0,
+        "torch threads per worker; 0: the usable CPUs (cgroup CPU limit included) divided by "
+        "--min-workers.",
+        low=0,
+        high=1024,
+    )
+    device: Device = setting("auto", "Where the model runs.", choices=DEVICES)
+    runtime: Runtime = setting(
+        "torch",
+        "What computes predictions: torch; onnx (ONNX Runtime over a model.onnx exported and "
+        "checked against torch at build time); torch-int8 (approximate, see "
+        "--min-label-agreement). Explanations always run on the fp32 torch model. See "
+        "BENCHMARKS.md.",
+        choices=RUNTIMES,
+    )
 
     def __post_init__(self) -> None:
-        for name, (low, high) in RANGES.items():
-            _check_range(name, getattr(self, name), low, high)
-        _check_range("explain_steps", self.explain_steps, 1, self.max_explain_steps)
-        if not isinstance(self.allow_pickle, bool):
-            raise SettingsError(f"allow_pickle must be true or false, got {self.allow_pickle!r}")
-        if not isinstance(self.merge_subwords, bool):
-            got = self.merge_subwords
-            raise SettingsError(f"merge_subwords must be true or false, got {got!r}")
-        if self.device not in DEVICES:
-            raise SettingsError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.runtime not in RUNTIMES:
-            got = self.runtime
-            raise SettingsError(f"runtime must be one of {', '.join(RUNTIMES)}, got {got!r}")
+        check_declared(self)
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any] | None) -> HandlerSettings:
@@ -108,7 +219,9 @@ class HandlerSettings:
         if unknown:
             raise SettingsError(
                 f"unknown handler setting(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}"
+                f"known: {', '.join(sorted(known))}",
+                key=unknown[0],
+                value=section[unknown[0]],
             )
         return cls(**section)
 
@@ -128,8 +241,119 @@ def usable_positions(model_type: str, max_position_embeddings: int, pad_token_id
     return max_position_embeddings
 
 
-def _check_range(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SettingsError(f"{name} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+def check_declared(settings: object) -> None:
+    """Check every declared setting of a settings dataclass: fixed ranges first, so a range
+    whose upper end is another setting's value is checked against a valid value."""
+    declared = declarations(type(settings))
+    bound = {k: d for k, d in declared.items() if isinstance(d.high, str)}
+    for key, d in declared.items():
+        value = getattr(settings, key)
+        if d.choices and value not in d.choices:
+            raise SettingsError(
+                f"{key} must be one of {', '.join(d.choices)}, got {value!r}",
+                key=key,
+                value=value,
+                choices=d.choices,
+            )
+        if isinstance(d.default, bool) and not isinstance(value, bool):
+            raise SettingsError(f"{key} must be true or false, got {value!r}", key=key, value=value)
+        if d.low is not None and key not in bound:
+            assert isinstance(d.high, (int, float)), key
+            _check_range(key, value, d.low, d.high, whole=not isinstance(d.default, float))
+    for key, d in bound.items():
+        assert d.low is not None and isinstance(d.high, str), key
+        _check_range(key, getattr(settings, key), d.low, getattr(settings, d.high), d.high)
+
+
+def _check_range(
+    key: str,
+    value: object,
+    low: float,
+    high: float,
+    bound_by: str | None = None,
+    *,
+    whole: bool = True,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+        problem = f"{key} must be {'an integer' if whole else 'a number'}, got {value!r}"
+    elif not low <= value <= high:  # NaN too
+        problem = f"{key} must be between {low} and {high}, got {value}"
+    else:
+        return
+    raise SettingsError(problem, key=key, value=value, low=low, high=high, bound_by=bound_by)
+
+
+def option_problem(
+    err: SettingsError, cls: type, *, given: Collection[str] = ()
+) -> tuple[str, str]:
+    """What a SettingsError of a settings dataclass says to a user of its options: the message
+    (option, value, what is allowed) and the fix. `given` names the settings the user set, so a
+    conflict between two blames one of those. The library raises them as an InputError."""
+    declared = declarations(cls)
+    if err.key not in declared:
+        return str(err), f"use one of {', '.join(declared)}"
+    option = option_of(err.key, declared[err.key])
+    if err.choices:
+        return (
+            f"{option} {err.value!r} is not one of {', '.join(err.choices)}",
+            f"pass {option} {' or '.join(err.choices)}",
+        )
+    if err.low is None or err.high is None:  # a bool: an on/off option
+        off = f"--no-{option.removeprefix('--')}"
+        fix = f"pass {option} or {off}" if declared[err.key].negatable else f"pass {option} or not"
+        return f"{option} {err.value!r} is not true or false", fix
+    between = f"{option} between {err.low} and {err.high}"
+    whole = not isinstance(declared[err.key].default, float)
+    if isinstance(err.value, bool) or not isinstance(err.value, int if whole else (int, float)):
+        kind = "a whole number" if whole else "a number"
+        return f"{option} {err.value!r} is not {kind}", f"pass {between}"
+    if err.bound_by is not None and err.value > err.high:
+        return _over_bound(err.key, err.value, err.bound_by, err.high, declared, given, between)
+    return (
+        f"{option} {err.value} is out of range (expected {err.low} to {err.high})",
+        f"pass {between}",
+    )
+
+
+def _over_bound(
+    key: str,
+    value: float,
+    bound_key: str,
+    bound: float,
+    declared: Mapping[str, Declared],
+    given: Collection[str],
+    between: str,
+) -> tuple[str, str]:
+    """A setting above the one that caps it (--explain-steps over --max-explain-steps)."""
+    option, bound_option = option_of(key, declared[key]), option_of(bound_key, declared[bound_key])
+    top = declared[bound_key].high
+    raise_bound = f"{bound_option} {value} or more" if isinstance(top, int) and value <= top else ""
+    if key not in given and bound_key in given:
+        return (
+            f"{bound_option} {bound} is below the default {option} {value} "
+            f"({declared[key].meaning})",
+            f"pass {raise_bound}, or add {between}" if raise_bound else f"add {between}",
+        )
+    if bound_key not in given:
+        problem = (
+            f"{option} {value} is more than the default {bound_option} {bound} "
+            f"({declared[bound_key].meaning})"
+        )
+        also = f", or add {raise_bound}" if raise_bound else ""
+    else:
+        problem = f"{option} {value} is more than {bound_option} {bound}"
+        also = f", or {raise_bound}" if raise_bound else ""
+    return problem, f"pass {between}{also}"
+
+
+def _int_ranges(cls: type) -> dict[str, tuple[int, int]]:
+    ranges: dict[str, tuple[int, int]] = {}
+    for key, d in declarations(cls).items():
+        if isinstance(d.low, int) and isinstance(d.high, int) and isinstance(d.default, int):
+            ranges[key] = (d.low, d.high)
+    return ranges
+
+
+# Every integer setting's fixed range, inclusive (explain_steps runs from 1 to
+# max_explain_steps; build also caps max_length at the model's own maximum).
+RANGES: dict[str, tuple[int, int]] = _int_ranges(HandlerSettings)

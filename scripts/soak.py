@@ -17,23 +17,32 @@ tests/test_faults.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from benchlib import ROOT, machine, write_section
+from benchlib import machine, write_section
 
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from support.build_and_serve import serving
-from support.s3_stores_and_proxies import kserve_download, s3_environ, tree, write_store
-from support.soak_load import (
+from scibert_pack import api
+from scibert_pack.archiver.settings import BuildSettings
+from scibert_pack.serving.server import ServeSettings, TorchServeProcess
+from scibert_pack.storage.local_store import scan_store
+from scibert_pack.testing.s3_stores_and_proxies import (
+    kserve_download,
+    s3_environ,
+    tree,
+    write_store,
+)
+from scibert_pack.testing.soak_load import (
     KILL_RESPONSE_TIMEOUT_S,
     KILL_SETTINGS,
     SOAK_SETTINGS,
@@ -42,15 +51,22 @@ from support.soak_load import (
     ready_pids,
     soak,
 )
-from support.tiny_models import make_tiny_classifier
-from support.vanishing_s3 import CLI, Moto, upload_until_s3_vanishes
-
-from scibert_pack.storage.local_store import scan_store
+from scibert_pack.testing.tiny_models import make_tiny_classifier
+from scibert_pack.testing.vanishing_s3 import CLI, Moto, upload_until_s3_vanishes
 
 EXPLAIN_EVERY = 50
 RSS_EVERY = 1000
 WARMUP = 500
 RSS_BOUND = RssBound(slack_mib=4.0, fraction=0.01)
+
+
+@contextlib.contextmanager
+def serving(model: Path, work: Path, settings: BuildSettings) -> Iterator[TorchServeProcess]:
+    """The tiny model built with `settings` and served on free loopback ports."""
+    built = api.build(model, work / "store", settings)
+    serve = ServeSettings.on_free_ports(run_dir=work / "run", ready_timeout_s=180)
+    with api.serve(built.output, serve) as server:
+        yield server
 
 
 def run_soak(model: Path, work: Path, infer_total: int, concurrency: int) -> dict[str, object]:
@@ -169,10 +185,10 @@ def markdown(
         "",
         f"Machine: {machine()}. Load average (1 min) when the run ended: "
         f"{os.getloadavg()[0]:.1f}; nothing else was run on purpose beside it.",
-        "Model: the tiny BERT test classifier (tests/support/tiny_models.py), TorchServe batch "
-        "size 8,",
-        "one worker. Load: closed loop, one keep-alive session per thread, KServe v2 JSON; every",
-        "answer is checked against the label the text gets alone (a wrong answer is an error).",
+        "Model: the tiny BERT test classifier (scibert_pack/testing/tiny_models.py), TorchServe",
+        "batch size 8, one worker. Load: closed loop, one keep-alive session per thread, KServe",
+        "v2 JSON; every answer is checked against the label the text gets alone (a wrong answer",
+        "is an error).",
         "",
         "| scenario | requests | errors | p99 | restarts | worker RSS (MiB) |",
         "|---|---:|---:|---:|---:|---|",

@@ -8,6 +8,7 @@ run record `serve` writes. A new import that breaks the map fails here, naming f
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -24,17 +25,26 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     # The build checks models against the demo corpus and copies the handlers into the archive.
     "archiver": frozenset({CORE, "config", "handlers", "demo.corpus"}),
     "serving": frozenset({CORE, "config", "archiver"}),
-    "client": frozenset({CORE, "config", "serving"}),
+    # handlers: the settings declarations (handlers/settings.py `setting`) of batch settings.
+    "client": frozenset({CORE, "config", "serving", "handlers"}),
     "kserve": frozenset({CORE, "config", "archiver", "storage"}),
-    "demo": frozenset({CORE, "config", "archiver", "handlers", "serving", "client", "storage", "kserve"}),
-    "cli": frozenset({CORE, "config", "archiver", "handlers", "serving", "client", "storage", "kserve", "demo"}),
+    # scibert_pack/api.py: one public call per job, over every library folder.
+    "api": frozenset({CORE, "config", "archiver", "handlers", "serving", "client", "storage", "kserve"}),
+    "demo": frozenset({CORE, "config", "archiver", "handlers", "serving", "client", "storage", "kserve", "api"}),
+    "cli": frozenset({CORE, "config", "archiver", "handlers", "serving", "client", "storage", "kserve", "demo", "api"}),
+    # scibert_pack/testing/: helpers the suite and scripts/ share (tiny models, soak, S3 faults).
+    "testing": frozenset({CORE, "config", "archiver", "handlers", "serving", "client", "storage", "kserve", "demo", "api"}),
 }  # fmt: skip
 
 
 def _folder(path: Path) -> str:
     parts = path.relative_to(ROOT).parts
     if parts[0] == "scibert_pack":
-        return "cli" if len(parts) > 2 and parts[1] == "cli" else CORE
+        if parts[1:] == ("api.py",):
+            return "api"
+        if len(parts) > 2 and parts[1] in ("cli", "testing"):
+            return parts[1]
+        return CORE
     return parts[0]
 
 
@@ -83,6 +93,23 @@ def test_imports_follow_the_map(path: Path) -> None:
     assert wrong == [], f"{folder}/ may import only {sorted(allowed)}"
 
 
+def _reaches_into_tests(module: str) -> bool:
+    return module.split(".")[0] in ("support", "tests", "conftest")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*_modules(), *sorted((ROOT / "scripts").glob("*.py"))],
+    ids=lambda p: p.relative_to(ROOT).as_posix(),
+)
+def test_nothing_outside_tests_imports_the_suite(path: Path) -> None:
+    """The library and scripts/ import no test helper (shared ones live in scibert_pack.testing),
+    and no script puts tests/ on sys.path."""
+    wrong = [f"{line}: {module}" for line, module in _imports(path) if _reaches_into_tests(module)]
+    assert wrong == [], f"{path.relative_to(ROOT)} imports the test suite"
+    assert not re.search(r"sys\.path.*tests|tests.*sys\.path", path.read_text(encoding="utf-8"))
+
+
 def test_the_map_covers_every_package_folder() -> None:
     folders = {init.parent.name for init in ROOT.glob("*/__init__.py")}
     assert folders <= {*MAY_IMPORT, "scibert_pack"}, "a new folder needs its row in MAY_IMPORT"
@@ -95,6 +122,8 @@ def test_the_map_covers_every_package_folder() -> None:
         ("scibert_pack.errors", CORE),
         ("scibert_pack", CORE),
         ("scibert_pack.cli.query", "cli"),
+        ("scibert_pack.api", "api"),
+        ("scibert_pack.testing.soak_load", "testing"),
         ("scibert_pack.demo.corpus", "demo.corpus"),
         ("scibert_pack.demo.run", "demo"),
         ("scibert_pack.client.batch", "client"),

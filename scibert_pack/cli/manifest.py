@@ -7,10 +7,9 @@ from typing import Any
 
 import click
 
+from scibert_pack import api
 from scibert_pack.cli._console import Console
 from scibert_pack.config.properties import Ports
-from scibert_pack.kserve.manifest import build_manifest, write_manifest
-from scibert_pack.kserve.names import isvc_name_for
 from scibert_pack.kserve.options import (
     ACCESS_MODES,
     AUTOSCALERS,
@@ -21,7 +20,6 @@ from scibert_pack.kserve.options import (
     RUNTIMES,
     ManifestOptions,
 )
-from scibert_pack.kserve.store_info import read_store_for_manifest
 from scibert_pack.storage.kubectl_steps import steps_script
 
 DOCKERFILE_NAME = "Dockerfile.scibert-pack"
@@ -138,22 +136,23 @@ def manifest(
 ) -> None:
     """Write KServe YAML for a model store, ready for `kubectl apply -f -`."""
     console = Console(quiet=quiet)
-    store = read_store_for_manifest(from_store) if from_store is not None else None
-    if values["name"] is None:
-        if store is None:
-            raise click.UsageError(
-                "Missing option '--name' (or pass --from-store OUT to use its model name)"
-            )
-        values["name"] = isvc_name_for(store.model_name)
-    options = ManifestOptions(**values)
+    if values["name"] is None and from_store is None:
+        raise click.UsageError(
+            "Missing option '--name' (or pass --from-store OUT to use its model name)"
+        )
     if dockerfile_path is None:
         dockerfile_path = (output.parent if output else Path()) / DOCKERFILE_NAME
-    result = build_manifest(options, store, dockerfile_name=dockerfile_path.name)
+    result = api.write_manifest(
+        values,
+        store=from_store,
+        output=output,
+        dockerfile=dockerfile_path,
+        write_dockerfile=not no_dockerfile,
+    )
     for warning in result.warnings:
         console.warn(f"[{warning.code}] {warning.message}\n  fix: {warning.fix}")
     if output is None:
         click.echo(result.yaml, nl=False)
-    write_manifest(result, output, None if no_dockerfile else dockerfile_path)
     if output is not None:
         console.progress(f"wrote {output}")
     if result.dockerfile is not None and not no_dockerfile:
@@ -164,7 +163,7 @@ def manifest(
     if result.next_steps:
         console.progress("then fill the PVC with this script (run it as is):")
         console.progress(steps_script(result.next_steps).rstrip("\n"))
-        if options.only == "all":
+        if values["only"] == "all":
             console.progress(
                 "tip: apply `--only storage` first and `--only serving` after the copy, so the "
                 "InferenceService never starts on an empty claim"

@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from scibert_pack.cli._console import Console
-from scibert_pack.cli._options import RenamedOption
+from scibert_pack.cli._options import RenamedOption, setting_options
+from scibert_pack.client.batch import BatchSettings, ExplainSettings
 from scibert_pack.config.properties import LOCAL_INFERENCE_URL
 
 # Labels shown per text unless --all-labels: a 100-class model would bury the answer.
@@ -94,9 +95,7 @@ def _optional_texts(func: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="JSON field or CSV column that holds the text.",
 )
-@click.option("--concurrency", default=8, show_default=True, help="Requests in flight.")
-@click.option("--batch-texts", default=16, show_default=True, help="Texts per request.")
-@click.option("--retries", default=3, show_default=True, help="Retries of a failed request.")
+@setting_options(BatchSettings, "concurrency", "texts_per_request", "retries")
 @click.option(
     "--all-labels",
     is_flag=True,
@@ -116,7 +115,7 @@ def predict(
     input_format: str | None,
     text_field: str,
     concurrency: int,
-    batch_texts: int,
+    texts_per_request: int,
     retries: int,
     all_labels: bool,
     quiet: bool,
@@ -152,7 +151,7 @@ def predict(
             output_path,
             input_format,
             text_field,
-            (concurrency, batch_texts, retries),
+            (concurrency, texts_per_request, retries),
         )
         return
     if not texts:
@@ -196,45 +195,10 @@ def _predict_file(
 ) -> None:
     import sys
 
-    from requests.adapters import HTTPAdapter
+    from scibert_pack import api
+    from scibert_pack.client.batch import BatchProgress
 
-    from scibert_pack.client.batch import BatchPredictor, BatchProgress, BatchSettings
-    from scibert_pack.client.batch_input import input_format as detect_format
-    from scibert_pack.client.batch_input import read_input
-    from scibert_pack.client.batch_output import ResultSink, ResumableOutput, StreamOutput
-
-    concurrency, batch_texts, retries = limits
-    settings = BatchSettings(concurrency, batch_texts, retries)
-    fmt = detect_format(input_path, input_format)  # type: ignore[arg-type]  # click.Choice
-    batch = read_input(input_path, fmt, text_field)
-    if batch.skipped:
-        lines = ", ".join(str(n) for n in batch.skipped[:10])
-        more = f" and {len(batch.skipped) - 10} more" if len(batch.skipped) > 10 else ""
-        console.progress(
-            f"skipped {len(batch.skipped)} records of {input_path} with an empty "
-            f"{text_field!r} (lines {lines}{more}); each result carries its input line"
-        )
-    # One pooled connection per concurrent request (requests keeps 10 by default).
-    client.session.mount("http://", HTTPAdapter(pool_maxsize=concurrency))
-    client.session.mount("https://", HTTPAdapter(pool_maxsize=concurrency))
-    sink: ResultSink
-    kept_refused = 0  # rows an earlier run wrote as refused: they stay failed
-    if output_path is not None:
-        resumable = ResumableOutput(output_path, batch.rows)
-        kept_refused = resumable.kept_refused
-        if resumable.finished or resumable.retried:
-            again = (
-                f"; {len(resumable.retried)} rows that failed on the server are asked again"
-                if resumable.retried
-                else ""
-            )
-            console.progress(
-                f"resuming {output_path}: {len(resumable.finished)} of {len(batch.rows)} rows "
-                f"already done{again}"
-            )
-        sink = resumable
-    else:
-        sink = StreamOutput(sys.stdout)
+    concurrency, texts_per_request, retries = limits
     last = [0.0]
 
     def show(p: BatchProgress) -> None:
@@ -246,7 +210,16 @@ def _predict_file(
             )
 
     try:
-        final = BatchPredictor(client, settings, progress=show).run(batch.rows, sink)
+        done = api.predict_file(
+            client,
+            input_path,
+            output_path if output_path is not None else sys.stdout,
+            input_format=input_format,  # type: ignore[arg-type]  # click.Choice
+            text_field=text_field,
+            settings=BatchSettings(concurrency, texts_per_request, retries),
+            progress=console.progress,
+            on_batch=show,
+        )
     except KeyboardInterrupt:
         if output_path is not None:
             console.warn(
@@ -256,8 +229,7 @@ def _predict_file(
         else:
             console.warn("interrupted: the rows finished so far were written to stdout")
         raise click.exceptions.Exit(130) from None
-    finally:
-        sink.close()
+    final = done.progress
     where = f" to {output_path}" if output_path else ""
     failed = ""
     if final.server_errors:
@@ -267,11 +239,12 @@ def _predict_file(
         f"wrote {final.written} rows{where} in {final.elapsed_s:.1f} s "
         f"({final.skipped} already done, {final.refused} refused by the server{failed})"
     )
-    if kept_refused:
+    if done.kept_refused:
         console.progress(
-            f"{kept_refused} rows refused by the server in an earlier run keep their error records"
+            f"{done.kept_refused} rows refused by the server in an earlier run keep their "
+            "error records"
         )
-    if final.errors or kept_refused:
+    if not done.all_predicted:
         raise click.exceptions.Exit(ROWS_FAILED_EXIT_CODE)
 
 
@@ -300,14 +273,7 @@ def _predict_file(
     help="Also write an HTML report: each word shaded by its importance, with the "
     "probabilities of every label.",
 )
-@click.option(
-    "--batch-texts",
-    default=8,
-    show_default=True,
-    help="Texts per explain request: the server caps texts (max_explain_texts, 16 by "
-    "default) and texts x steps per request.",
-)
-@click.option("--concurrency", default=1, show_default=True, help="Explain requests in flight.")
+@setting_options(ExplainSettings, "texts_per_request", "concurrency")
 def explain(
     texts: tuple[str, ...],
     url: str,
@@ -321,7 +287,7 @@ def explain(
     merge_subwords: bool | None,
     top: int,
     html_file: Path | None,
-    batch_texts: int,
+    texts_per_request: int,
     concurrency: int,
 ) -> None:
     """Explain the predictions for TEXTS (Captum integrated gradients, KServe v2 explain).
@@ -329,18 +295,18 @@ def explain(
     Any number of texts: they go in requests of --batch-texts, answers in input order (--json
     prints them joined into one v2 response).
     """
-    from scibert_pack.client.batch import ExplainSettings, explain_texts
+    from scibert_pack.api import explain_texts
 
     target_value: str | int | None = int(target) if target and target.isdigit() else target
     settings = ExplainSettings(
-        texts_per_request=batch_texts,
+        texts_per_request=texts_per_request,
         concurrency=concurrency,
         target=target_value,
         n_steps=n_steps,
         merge_subwords=merge_subwords,
     )
     console = Console()
-    requests_needed = -(-len(texts) // batch_texts)
+    requests_needed = -(-len(texts) // texts_per_request)
 
     def show(done: int, total: int) -> None:
         if requests_needed > 1:

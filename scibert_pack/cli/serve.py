@@ -56,7 +56,8 @@ def serve(
     quiet: bool,
 ) -> None:
     """Run TorchServe on the model store OUT (written by `scibert-pack build`)."""
-    from scibert_pack.serving.server import ServeSettings, TorchServeProcess, exposure_warning
+    from scibert_pack import api
+    from scibert_pack.serving.server import ServeSettings, exposure_warning
 
     console = Console(quiet=quiet)
     settings = ServeSettings(
@@ -67,7 +68,7 @@ def serve(
         grpc_port=grpc_port,
         run_dir=run_dir,
     )
-    server = TorchServeProcess(store, settings, progress=console.progress)
+    server = api.serve(store, settings, progress=console.progress)
     warning = exposure_warning(host, token_auth=server.store.token_auth)
     if warning is not None:
         console.warn(warning)

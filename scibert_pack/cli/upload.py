@@ -10,17 +10,15 @@ from pathlib import Path
 
 import click
 
+from scibert_pack import api
 from scibert_pack.cli._console import Console
-from scibert_pack.storage.backend_choice import backend_for
 from scibert_pack.storage.kubectl_steps import kubectl_steps, upload_steps_text
 from scibert_pack.storage.local_store import scan_store
 from scibert_pack.storage.sync import (
     UploadPlan,
     UploadProgress,
     plan_json,
-    plan_upload,
     result_json,
-    run_upload,
 )
 from scibert_pack.storage.targets import PvcTarget, S3Target, parse_target
 
@@ -106,9 +104,8 @@ def upload(
     target = parse_target(storage_uri)
     if create_bucket and not isinstance(target, S3Target):
         raise click.UsageError(f"--create-bucket is for s3:// URIs, not {storage_uri!r}")
-    store = scan_store(out)
     if isinstance(target, PvcTarget) and pvc_mount is None:
-        copy = kubectl_steps(store, target)
+        copy = kubectl_steps(scan_store(out), target)
         for warning in copy.warnings:
             console.warn(warning)
         if delete:
@@ -137,14 +134,16 @@ def upload(
             max_concurrency=max_concurrency,
             checksum=not no_checksum,
         )
-    backend = backend_for(target, s3_settings=s3_settings, pvc_mount=pvc_mount)
-    if create_bucket and not dry_run and isinstance(target, S3Target):
-        from scibert_pack.storage.s3 import S3Backend
-
-        assert isinstance(backend, S3Backend)
-        if backend.create_bucket():
-            console.progress(f"created bucket s3://{target.bucket}")
-    plan = plan_upload(store, backend, delete=delete)
+    planned = api.plan_upload(
+        out,
+        storage_uri,
+        s3=s3_settings,
+        pvc_mount=pvc_mount,
+        delete=delete,
+        create_bucket=create_bucket and not dry_run,
+        progress=console.progress,
+    )
+    plan, backend = planned.plan, planned.backend
     for warning in plan.warnings:
         console.warn(warning)
     if dry_run:
@@ -155,7 +154,7 @@ def upload(
         return
     bar = _ProgressLine(quiet=quiet)
     try:
-        result = run_upload(plan, backend, on_progress=bar)
+        result = planned.run(bar)
     finally:
         bar.close()
     unchanged = len(plan.files) - len(result.uploaded)
