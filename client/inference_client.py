@@ -108,6 +108,11 @@ def local_server_token(url: str, api: str = "inference") -> str | None:
     return read_token(run_dir / KEY_FILE, api)
 
 
+# The request parameters `explain` sends and the CLI options that set them: a refusal that
+# names a parameter is told as the option a CLI user typed.
+PARAMETER_OPTIONS = {"n_steps": "--explain-steps", "target": "--target"}
+
+
 def _token_fix(url: str) -> str:
     """How to send the key: when `serve` runs a server on this port under another address
     (localhost for 127.0.0.1), name the address its key is sent to and the key file."""
@@ -305,5 +310,8 @@ def _http_failure(url: str, response: requests.Response, model: str) -> tuple[st
     if code in (503, 507):
         return text, "the server is busy or restarting its worker: retry in a moment"
     if 400 <= code < 500:
+        named = [o for p, o in PARAMETER_OPTIONS.items() if message.startswith(f"{p} ")]
+        if named:
+            return text, f"pass {named[0]} as the message says"
         return text, "fix the request as the message says"
     return text, "read the server's logs (scibert-pack serve prints where they are)"

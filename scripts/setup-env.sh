@@ -44,7 +44,22 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
       # Pinned within kserve's and botocore's own ranges: pip does not weigh what is installed.
       "$VENV/bin/pip" install -q "cloudevents<2" "psutil>=5.9.6,<6" fastapi httpx orjson \
         "pandas>=2.2,<3" "protobuf>=6.33.5,<7" "python-dateutil>=2.8,<3" python-multipart pyjwt \
-        prometheus-client grpc-interceptor uvicorn timing-asgi watchfiles kubernetes tabulate
+        prometheus-client grpc-interceptor uvicorn timing-asgi watchfiles kubernetes tabulate \
+        2> >(_without_kserve_conflicts)
+  }
+  # pip then lists kserve's and kserve-storage's left-out extras as an ERROR although the
+  # install succeeded: say it once, plainly, and keep every other line pip writes.
+  _without_kserve_conflicts() {
+    local line said=""
+    while IFS= read -r line; do
+      case "$line" in
+        "ERROR: pip's dependency resolver does not currently"*) ;;
+        "kserve "*" requires "* | "kserve-storage "*" requires "*)
+          [ -n "$said" ] || log "kserve and kserve-storage are installed without their cloud extras (GCS, Azure, ...): not needed here, not an error"
+          said=1 ;;
+        *) echo "$line" >&2 ;;
+      esac
+    done
   }
   step 3 "installing scibert-pack with dev extras (pip)" _install_project
   echo "$package_files" >"$stamp"

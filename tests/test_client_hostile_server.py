@@ -75,3 +75,29 @@ def test_a_hostile_answer_is_one_client_error(
     with pytest.raises(error) as raised:
         client.infer(["cells divide"])
     assert needle in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "fix"),
+    [
+        (400, {"code": 400, "error": "n_steps must be between 1 and 500, got 100000"}, "pass --explain-steps as the message says"),
+        (400, {"code": 400, "error": "target 'biolgy' is not a label of this model (labels: ...)"}, "pass --target as the message says"),
+        (400, {"code": 400, "error": "text 0 is empty"}, "fix the request as the message says"),
+        (404, {"code": 404, "message": "Model not found: m"}, "check --model-name (is 'm' the name the store serves?) and --url"),
+        (503, {"code": 503, "message": "busy"}, "the server is busy or restarting its worker: retry in a moment"),
+    ],
+    ids=["n-steps-is-explain-steps", "target", "other-400", "404", "503"],
+)  # fmt: skip
+def test_a_refusal_is_told_in_the_clis_terms(code: int, body: dict[str, object], fix: str) -> None:
+    import json
+
+    import requests
+
+    from scibert_pack.client.inference_client import _http_failure
+
+    response = requests.Response()
+    response.status_code = code
+    response._content = json.dumps(body).encode()
+    text, told = _http_failure("http://127.0.0.1:8085/v2/models/m/explain", response, "m")
+    assert text.startswith(f"http://127.0.0.1:8085/v2/models/m/explain answered {code}: ")
+    assert told == fix

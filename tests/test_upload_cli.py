@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -438,12 +439,14 @@ def test_credentials_never_reach_output_or_storage(
 
 
 @pytest.mark.s3
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
 def test_upload_killed_midway_serves_nothing_partial_and_rerun_completes(
     moto_server: S3Server,
     s3_env: S3Server,
     bucket: str,
     make_store: Callable[..., Path],
     tmp_path: Path,
+    how: signal.Signals,
 ) -> None:
     v1 = make_store("v1", model_version="1.0")
     served = run(str(v1), f"s3://{bucket}/m").stdout.strip()
@@ -473,9 +476,21 @@ def test_upload_killed_midway_serves_nothing_partial_and_rerun_completes(
         try:
             assert proxy.stalled.wait(timeout=60), "the upload never got 1 MiB far"
         finally:
-            proc.kill()
-            stdout, _ = proc.communicate(timeout=10)
-    assert (proc.returncode, stdout) == (-9, b"")  # killed before any storageUri was printed
+            proc.send_signal(how)
+            try:
+                stdout, stderr = proc.communicate(timeout=60)
+            finally:
+                proc.kill()
+    # Stopped before any storageUri was printed; Ctrl-C says how to resume.
+    if how == signal.SIGKILL:
+        assert (proc.returncode, stdout) == (-9, b"")
+    else:
+        assert (proc.returncode, stdout) == (130, b"")
+        assert stderr.decode().splitlines()[-1] == (
+            f"Warning: interrupted: the version under s3://{bucket}/m is not complete, and "
+            "nothing serves it (its storageUri is printed only once it is); rerun the same "
+            "command to resume (files already sent are not sent again)"
+        )
 
     # The .mar did not land, and config goes last anyway (a version without it is not even
     # startable by TorchServe). The small report may or may not have landed: s3transfer submits

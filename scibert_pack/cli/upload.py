@@ -155,6 +155,14 @@ def upload(
     bar = _ProgressLine(quiet=quiet)
     try:
         result = planned.run(bar)
+    except KeyboardInterrupt:
+        bar.close()
+        console.warn(
+            f"interrupted: the version under {target.uri} is not complete, and nothing serves "
+            "it (its storageUri is printed only once it is); rerun the same command to resume "
+            "(files already sent are not sent again)"
+        )
+        raise click.exceptions.Exit(130) from None
     finally:
         bar.close()
     unchanged = len(plan.files) - len(result.uploaded)
