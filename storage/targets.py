@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,9 +207,10 @@ def parse_target(uri: str) -> Target:
         if not uri.strip():
             raise InputError("STORAGE_URI is empty", fix=_EXPECTED)
         _refuse_mistyped_scheme(uri)
-        return LocalTarget(Path(uri).expanduser().absolute())
+        # abspath, not resolve: `..` goes, a link the user named stays what they named.
+        return LocalTarget(Path(os.path.abspath(Path(uri).expanduser())))
     if uri.split("://", 1)[0].lower() == "file":
-        return LocalTarget(Path(urlsplit(uri).path).absolute())
+        return LocalTarget(Path(os.path.abspath(urlsplit(uri).path)))
     checked = check_storage_uri(
         uri, schemes=UPLOAD_SCHEMES, scheme_fix=f"{_EXPECTED} (GCS and Azure are not supported yet)"
     )

@@ -12,6 +12,7 @@ import click
 
 from scibert_pack import api
 from scibert_pack.cli._console import Console
+from scibert_pack.cli._interrupt import EXIT_INTERRUPTED, stop_within
 from scibert_pack.storage.kubectl_steps import kubectl_steps, upload_steps_text
 from scibert_pack.storage.local_store import scan_store
 from scibert_pack.storage.sync import (
@@ -26,6 +27,8 @@ from scibert_pack.storage.targets import PvcTarget, S3Target, parse_target
 _CHATTY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 # Exit code when no --pvc-mount was given: the steps are printed, nothing was copied.
 EXIT_STEPS_ONLY = 3
+# Seconds Ctrl-C waits for transfers in flight to stop in order before the command quits.
+INTERRUPT_GRACE_S = 5.0
 
 
 @click.command("upload")
@@ -153,16 +156,21 @@ def upload(
             console.data(_plan_text(plan, backend.uri_of))
         return
     bar = _ProgressLine(quiet=quiet)
-    try:
-        result = planned.run(bar)
-    except KeyboardInterrupt:
+
+    def interrupted() -> None:
         bar.close()
         console.warn(
             f"interrupted: the version under {target.uri} is not complete, and nothing serves "
             "it (its storageUri is printed only once it is); rerun the same command to resume "
             "(files already sent are not sent again)"
         )
-        raise click.exceptions.Exit(130) from None
+
+    try:
+        with stop_within(INTERRUPT_GRACE_S, interrupted):
+            result = planned.run(bar)
+    except KeyboardInterrupt:
+        interrupted()
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     finally:
         bar.close()
     unchanged = len(plan.files) - len(result.uploaded)
@@ -224,6 +232,7 @@ class _ProgressLine:
     def close(self) -> None:
         if self._drawn:
             click.echo("", err=True)
+            self._drawn = False
 
 
 def _size(n: int) -> str:
