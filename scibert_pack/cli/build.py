@@ -199,16 +199,17 @@ def _shown(value: object) -> str:
     default=_DEFAULTS.runtime,
     show_default=True,
     help="What computes predictions: torch; onnx (ONNX Runtime over a model.onnx exported and "
-    "checked against torch at build time); torch-int8 (approximate, see "
-    "--min-label-agreement). Explanations always run on the fp32 torch model. See BENCHMARKS.md.",
+    "checked against torch at build time); torch-int8 and onnx-int8 (int8 weights, approximate, "
+    "see --min-label-agreement). Explanations always run on the fp32 torch model. See "
+    "BENCHMARKS.md.",
 )
 @click.option(
     "--min-label-agreement",
     type=float,
     default=0.98,
     show_default=True,
-    help="--runtime torch-int8: the least share of held-out demo-corpus texts whose int8 label "
-    "must be fp32's, else the build fails.",
+    help="--runtime torch-int8 / onnx-int8: the least share of held-out demo-corpus texts whose "
+    "int8 label must be fp32's, else the build fails.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build result as JSON on stdout.")
