@@ -10,7 +10,9 @@ graph's weights to int8 (approximate): the build measures it as archiver/int8_ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -99,7 +101,8 @@ def export_onnx_int8(
     try:
         _export(classifier, fp32, model_dir)
         try:
-            quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8)
+            with _root_logger_untouched():
+                quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8)
         except Exception as err:  # onnxruntime.quantization raises untyped errors
             raise BuildError(
                 f"quantizing the ONNX export of {model_dir} to int8 failed: {err}",
@@ -111,6 +114,22 @@ def export_onnx_int8(
     share, worst = agreement(classifier, _session(target), texts)
     check = judge("onnx-int8", model_dir, share, worst, len(texts), min_agreement)
     return {**check, "onnx_bytes": target.stat().st_size, "versions": _versions()}
+
+
+@contextlib.contextmanager
+def _root_logger_untouched() -> Iterator[None]:
+    """onnxruntime.quantization warns through logging.warning(), which configures the root
+    logger (basicConfig to stderr) when nothing has; a library must not. A NullHandler on an
+    unconfigured root meanwhile leaves it as the application had it."""
+    root = logging.getLogger()
+    guard = None if root.handlers else logging.NullHandler()
+    if guard is not None:
+        root.addHandler(guard)
+    try:
+        yield
+    finally:
+        if guard is not None:
+            root.removeHandler(guard)
 
 
 def _classifier(model_dir: Path, handler: HandlerSettings) -> Classifier:
