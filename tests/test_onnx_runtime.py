@@ -361,3 +361,24 @@ def test_onnx_runs_on_the_workers_gpu_only_when_it_has_one_and_cuda(
     available: list[str], device: str, gpu_id: object, int8: bool, expected: list[Any]
 ) -> None:
     assert choose_providers(available, device, gpu_id, int8=int8) == expected
+
+
+def test_served_onnx_int8_answers_as_its_build_measured(tiny_bert: Path, tmp_path: Path) -> None:
+    # The int8 graph behind the same handler and protocol: the served answers are the ones the
+    # same graph gives in process (the graph the build measured), within int8's distance of
+    # fp32, and explanations say they come from the fp32 weights.
+    settings = BuildSettings(name="tiny", profile="local", max_batch_delay_ms=5, handler=ONNX_INT8)
+    texts = HELD_OUT[:24]
+    with serving(tiny_bert, tmp_path, settings) as server:
+        outputs = {o["name"]: o for o in _post(server, "infer", texts)["outputs"]}
+        items = _post(server, "explain", texts[:2])["outputs"][0]["data"]
+        store = tmp_path / "store" / "model-store" / "tiny.mar"
+        folder = shutil.copytree(tiny_bert, tmp_path / "local")
+        (folder / ONNX_INT8_FILE).write_bytes(zipfile.ZipFile(store).read(ONNX_INT8_FILE))
+    width = len(outputs["probabilities"]["data"]) // len(texts)
+    served = torch.tensor(outputs["probabilities"]["data"]).reshape(len(texts), width)
+    same_graph = _probabilities(_service(folder, ONNX_INT8).classifier, texts)
+    fp32 = _probabilities(_service(tiny_bert, TORCH).classifier, texts)
+    assert float((served - same_graph).abs().max()) <= PROBABILITY_TOLERANCE
+    assert 0 < float((served - fp32).abs().max()) < 0.01
+    assert [item["explained_with"] for item in items] == ["torch-fp32"] * 2
