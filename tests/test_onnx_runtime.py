@@ -2,7 +2,9 @@
 probability within 1e-4, every label the same) for every BERT family the tests build, in process
 and through a real TorchServe; explanations still come from the same fp32 weights; a worker
 without onnxruntime fails to load with the fix; the build checks its export and refuses one that
-answers otherwise; the Dockerfile of such a store pins onnxruntime."""
+answers otherwise; the Dockerfile of such a store pins onnxruntime. The int8 runtimes
+(torch-int8, onnx-int8) stay within int8's distance of fp32, report their agreement and are
+refused below --min-label-agreement; ONNX runs on the worker's GPU only when it has one."""
 
 from __future__ import annotations
 
