@@ -169,6 +169,13 @@ def _build_in(
 
         progress("measuring the int8 model against fp32 on held-out texts")
         check = check_int8(folder.path, handler, settings.min_label_agreement)
+    elif handler.runtime == "onnx-int8":
+        from scibert_pack.archiver.onnx_export import export_onnx_int8
+        from scibert_pack.handlers.onnx_runtime import ONNX_INT8_FILE
+
+        progress(f"exporting {ONNX_INT8_FILE} and measuring it against fp32 on held-out texts")
+        target = stage / ONNX_INT8_FILE
+        check = export_onnx_int8(folder.path, target, handler, settings.min_label_agreement)
 
     progress(f"packing {settings.archive_name} ({settings.archive_format})")
     single = [f for f in folder.weight_files if not f.endswith(".json")]

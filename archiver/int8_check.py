@@ -1,10 +1,12 @@
-"""`build --runtime torch-int8`: measure the int8 model against fp32 and refuse a poor one.
+"""`build --runtime torch-int8` / `onnx-int8`: measure the int8 model against fp32, refuse a
+poor one.
 
-Dynamic int8 quantization is approximate: the build runs the worker's own quantization step
-(handlers/int8.py) on the held-out split of the shipped demo corpus and reports how often its
-label is fp32's and the largest probability difference; below --min-label-agreement the build
-fails. The default, 0.98, lets at most 1 of the 84 held-out texts change label: a flip there is
-a near-tie, more says the quantization moves real decisions.
+Dynamic int8 quantization is approximate: the build runs the int8 model the worker will run
+(handlers/int8.py's quantization step; for onnx-int8 the graph the archive ships) on the held-out
+split of the shipped demo corpus and reports how often its label is fp32's and the largest
+probability difference; below --min-label-agreement the build fails. The default, 0.98, lets at
+most 1 of the 84 held-out texts change label: a flip there is a near-tie, more says the
+quantization moves real decisions.
 """
 
 from __future__ import annotations
@@ -33,17 +35,25 @@ def check_int8(model_dir: Path, handler: HandlerSettings, min_agreement: float) 
     classifier = Classifier.create(model, tokenizer, handler, torch.device("cpu"))
     texts = [example.text for example in load_corpus().held_out]
     share, worst = agreement(classifier, int8_logits(classifier.model), texts)
+    return judge("torch-int8", model_dir, share, worst, len(texts), min_agreement)
+
+
+def judge(
+    runtime: str, model_dir: Path, share: float, worst: float, texts: int, min_agreement: float
+) -> dict[str, Any]:
+    """The runtime_check of an int8 `runtime` that gave fp32 torch's label on `share` of `texts`
+    held-out texts; BuildError below `min_agreement`."""
     if share < min_agreement:
         raise BuildError(
-            f"the int8 model of {model_dir} gives fp32's label on {share:.2%} of {len(texts)} "
-            f"held-out texts, below --min-label-agreement {min_agreement:g} (largest "
+            f"the int8 model of {model_dir} ({runtime}) gives fp32's label on {share:.2%} of "
+            f"{texts} held-out texts, below --min-label-agreement {min_agreement:g} (largest "
             f"probability difference {worst:.3f})",
             fix="build with --runtime onnx or torch (exact), or lower --min-label-agreement "
             "if these disagreements are acceptable",
         )
     return {
-        "runtime": "torch-int8",
-        "checked_texts": len(texts),
+        "runtime": runtime,
+        "checked_texts": texts,
         "label_agreement": share,
         "max_probability_difference": worst,
         "min_label_agreement": min_agreement,

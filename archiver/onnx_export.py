@@ -1,14 +1,18 @@
-"""`build --runtime onnx`: export model.onnx at build time and check it against PyTorch.
+"""`build --runtime onnx` / `onnx-int8`: export the ONNX graph at build time, check it against
+PyTorch.
 
 The archive then serves predictions through ONNX Runtime (handlers/onnx_runtime.py) and keeps
 the safetensors for explanations. The build refuses an export whose answers are not PyTorch's:
 every probability within PROBABILITY_TOLERANCE and every label the same, over the shipped demo
-corpus plus texts at the model's longest and shortest.
+corpus plus texts at the model's longest and shortest. `onnx-int8` quantizes the exported
+graph's weights to int8 (approximate): the build measures it as archiver/int8_check.py says.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -49,7 +53,7 @@ class RuntimeCheck:
             "max_probability_difference": self.max_probability_difference,
             "tolerance": self.tolerance,
             "onnx_bytes": self.onnx_bytes,
-            "versions": {dist: _version(dist) for dist in ("onnxruntime", "onnx")},
+            "versions": _versions(),
         }
 
 
@@ -67,11 +71,76 @@ class _Logits(torch.nn.Module):  # type: ignore[misc]  # torch.nn is untyped her
 
 def export_onnx(model_dir: Path, target: Path, handler: HandlerSettings) -> RuntimeCheck:
     """Write model.onnx of the classifier in `model_dir` to `target`; BuildError if not exact."""
+    classifier = _classifier(model_dir, handler)
+    _export(classifier, target, model_dir)
+    onnx = _session(target)
+    check = compare(classifier, onnx, check_texts(classifier), target.stat().st_size)
+    if check.label_agreement < 1.0 or check.max_probability_difference > check.tolerance:
+        raise BuildError(
+            f"the ONNX export of {model_dir} does not answer as PyTorch does: labels agree on "
+            f"{check.label_agreement:.2%} of {check.texts} check texts, largest probability "
+            f"difference {check.max_probability_difference:.2e} (allowed: all labels, "
+            f"{check.tolerance:.0e})",
+            fix="build with --runtime torch (the default), and report the model type",
+        )
+    return check
+
+
+def export_onnx_int8(
+    model_dir: Path, target: Path, handler: HandlerSettings, min_agreement: float
+) -> dict[str, Any]:
+    """Write the int8 graph (fp32 export, then ONNX Runtime's dynamic quantization of its
+    weights) to `target`; its runtime_check, or BuildError when it gives fp32 torch's label on
+    fewer than `min_agreement` of the held-out texts (archiver/int8_check.py)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from scibert_pack.archiver.int8_check import judge
+
+    classifier = _classifier(model_dir, handler)
+    fp32 = target.with_name(target.name + ".fp32")
+    try:
+        _export(classifier, fp32, model_dir)
+        try:
+            with _root_logger_untouched():
+                quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8)
+        except Exception as err:  # onnxruntime.quantization raises untyped errors
+            raise BuildError(
+                f"quantizing the ONNX export of {model_dir} to int8 failed: {err}",
+                fix="build with --runtime onnx (exact) or torch-int8",
+            ) from err
+    finally:
+        fp32.unlink(missing_ok=True)
+    texts = [example.text for example in load_corpus().held_out]
+    share, worst = agreement(classifier, _session(target), texts)
+    check = judge("onnx-int8", model_dir, share, worst, len(texts), min_agreement)
+    return {**check, "onnx_bytes": target.stat().st_size, "versions": _versions()}
+
+
+@contextlib.contextmanager
+def _root_logger_untouched() -> Iterator[None]:
+    """onnxruntime.quantization warns through logging.warning(), which configures the root
+    logger (basicConfig to stderr) when nothing has; a library must not. A NullHandler on an
+    unconfigured root meanwhile leaves it as the application had it."""
+    root = logging.getLogger()
+    guard = None if root.handlers else logging.NullHandler()
+    if guard is not None:
+        root.addHandler(guard)
+    try:
+        yield
+    finally:
+        if guard is not None:
+            root.removeHandler(guard)
+
+
+def _classifier(model_dir: Path, handler: HandlerSettings) -> Classifier:
     try:
         model, tokenizer = load_pretrained(model_dir, allow_pickle=handler.allow_pickle)
     except ModelLoadError as err:
         raise BuildError(str(err), fix="build from a folder save_pretrained wrote") from err
-    classifier = Classifier.create(model, tokenizer, handler, torch.device("cpu"))
+    return Classifier.create(model, tokenizer, handler, torch.device("cpu"))
+
+
+def _export(classifier: Classifier, target: Path, model_dir: Path) -> None:
     sample = classifier.tokenize(["a short text", "a somewhat longer text that pads the first"])
     names = list(sample.inputs)
     axes = {name: {0: "texts", 1: "tokens"} for name in names}
@@ -96,20 +165,13 @@ def export_onnx(model_dir: Path, target: Path, handler: HandlerSettings) -> Runt
             f"exporting {model_dir} to ONNX failed: {err}",
             fix="build with --runtime torch (the default), which needs no export",
         ) from err
+
+
+def _session(target: Path) -> OnnxLogits:
     try:
-        onnx = OnnxLogits.load(target, torch.get_num_threads())
+        return OnnxLogits.load(target, torch.get_num_threads())
     except OnnxLoadError as err:
         raise BuildError(str(err), fix="pip install onnxruntime, or --runtime torch") from err
-    check = compare(classifier, onnx, check_texts(classifier), target.stat().st_size)
-    if check.label_agreement < 1.0 or check.max_probability_difference > check.tolerance:
-        raise BuildError(
-            f"the ONNX export of {model_dir} does not answer as PyTorch does: labels agree on "
-            f"{check.label_agreement:.2%} of {check.texts} check texts, largest probability "
-            f"difference {check.max_probability_difference:.2e} (allowed: all labels, "
-            f"{check.tolerance:.0e})",
-            fix="build with --runtime torch (the default), and report the model type",
-        )
-    return check
 
 
 def check_texts(classifier: Classifier) -> list[str]:
@@ -145,6 +207,10 @@ def compare(
         tolerance=PROBABILITY_TOLERANCE,
         onnx_bytes=onnx_bytes,
     )
+
+
+def _versions() -> dict[str, str]:
+    return {dist: _version(dist) for dist in ("onnxruntime", "onnx")}
 
 
 def _version(dist: str) -> str:

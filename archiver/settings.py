@@ -114,12 +114,12 @@ class BuildSettings:
     )
     # handler.allow_pickle (`build --allow-pickle`) also lets build read pickle weights.
     handler: HandlerSettings = field(default_factory=HandlerSettings)
-    # --runtime torch-int8: the least share of held-out texts whose int8 label must be fp32's
-    # (archiver/int8_check.py says why 0.98).
+    # --runtime torch-int8 / onnx-int8: the least share of held-out texts whose int8 label must
+    # be fp32's (archiver/int8_check.py says why 0.98).
     min_label_agreement: float = setting(
         0.98,
-        "--runtime torch-int8: the least share of held-out demo-corpus texts whose int8 label "
-        "must be fp32's, else the build fails.",
+        "--runtime torch-int8 / onnx-int8: the least share of held-out demo-corpus texts whose "
+        "int8 label must be fp32's, else the build fails.",
         low=0,
         high=1,
     )

@@ -150,13 +150,19 @@ class ClassifierService:
             device=choose_device(settings, properties.get("gpu_id")),
             response_timeout_s=_response_timeout(yaml_config),
         )
-        if settings.runtime == "onnx":
-            from .onnx_runtime import ONNX_FILE, OnnxLogits
+        if settings.runtime in ("onnx", "onnx-int8"):
+            from .onnx_runtime import INT8_EXPLAINED_WITH, OnnxLogits, onnx_file
 
+            path = Path(properties["model_dir"]) / onnx_file(settings.runtime)
             onnx = OnnxLogits.load(
-                Path(properties["model_dir"]) / ONNX_FILE, torch.get_num_threads()
+                path,
+                torch.get_num_threads(),
+                device=settings.device,
+                gpu_id=properties.get("gpu_id"),
             )
             service.classifier = dataclasses.replace(service.classifier, fast_logits=onnx)
+            if settings.runtime == "onnx-int8":
+                service.info = dataclasses.replace(service.info, explained_with=INT8_EXPLAINED_WITH)
         elif settings.runtime == "torch-int8":
             from .int8 import EXPLAINED_WITH, int8_logits
 

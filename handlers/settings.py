@@ -22,9 +22,10 @@ Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
 # What computes predictions: torch (eager), or ONNX Runtime over the model.onnx the build
 # exported and checked against torch (explanations run on torch, the same fp32 weights), or an
-# int8 copy of the torch model (approximate: explanations stay fp32 and their answers say so).
-Runtime = Literal["torch", "onnx", "torch-int8"]
-RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "torch-int8")
+# int8 copy of the torch model, or ONNX Runtime over an int8 model.onnx quantized at build time
+# (both approximate: explanations stay fp32 and their answers say so).
+Runtime = Literal["torch", "onnx", "torch-int8", "onnx-int8"]
+RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "torch-int8", "onnx-int8")
 # Peak memory per token of a pass with gradients (explanations) over one without, rounded up
 # (BENCHMARKS.md, "Figures behind default settings").
 EXPLAIN_MEMORY_FACTOR = 4
@@ -201,9 +202,9 @@ class HandlerSettings:
     runtime: Runtime = setting(
         "torch",
         "What computes predictions: torch; onnx (ONNX Runtime over a model.onnx exported and "
-        "checked against torch at build time); torch-int8 (approximate, see "
-        "--min-label-agreement). Explanations always run on the fp32 torch model. See "
-        "BENCHMARKS.md.",
+        "checked against torch at build time); torch-int8 and onnx-int8 (int8 weights, "
+        "approximate, see --min-label-agreement). Explanations always run on the fp32 torch "
+        "model. See BENCHMARKS.md.",
         choices=RUNTIMES,
     )
 

@@ -1,39 +1,47 @@
-"""Prediction backends (`build --runtime`) on MiniLM-L6, side by side in one run.
+"""Prediction backends (`build --runtime`) on MiniLM-L6 and a bert-base-sized model, in one run.
 
-In process: texts/s of tokenize + forward for torch eager (its best batch size, and at 1 and 8)
-and for ONNX Runtime at 1 and 8, in interleaved windows (best of --rounds, so a burst of load
-from other processes does not decide it), as ratios to torch's best. Served (unless --no-served):
-texts/s at concurrency 16, one text per request, each archive's size and cold start.
+Per model: builds one archive per runtime (build time, archive size, the build's runtime_check),
+then in process texts/s of tokenize + forward of the blog sentence for torch eager at batch
+1..32 (its best is the baseline) and each other runtime at 1 and 8, at 1 and 2 threads, in
+interleaved windows (best of --rounds, so a burst of load from other processes does not decide
+it); each archive's cold start (serve to first answer); then all archives served at once and
+loaded in turn (A, B, C, D, A, ...): texts/s at concurrency 16 with one text per request and
+with 8, median of --rounds windows, as ratios to the in-process torch best.
 Writes the `backends` section of BENCHMARKS.md.
 
-    .venv/bin/python scripts/bench_backends.py [--seconds 2] [--rounds 3] [--no-served]
+    .venv/bin/python scripts/bench_backends.py [--seconds 2] [--rounds 3] [--served-seconds 15]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from bench import BLOG_TEXT, cold_start, demo_model, load, served
+from bench import BLOG_TEXT, CACHE, Load, cold_start, demo_model, load, log, served
+from bench_build import scibert_sized_model
 from benchlib import machine, write_section
 
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.handlers.model import Classifier, load_pretrained
-from scibert_pack.handlers.onnx_runtime import ONNX_FILE, OnnxLogits
+from scibert_pack.handlers.onnx_runtime import OnnxLogits, onnx_file
 from scibert_pack.handlers.settings import HandlerSettings
 
-RUNTIMES = ("torch", "onnx", "torch-int8")
+RUNTIMES = ("torch", "onnx", "torch-int8", "onnx-int8")
 SIZES = (1, 8)
 TORCH_SIZES = (1, 4, 8, 16, 32)
 THREADS = (1, 2)
+PER_REQUEST = (1, 8)
 
 
 def rate(step: Callable[[list[str]], object], size: int, seconds: float) -> float:
@@ -46,7 +54,9 @@ def rate(step: Callable[[list[str]], object], size: int, seconds: float) -> floa
     return done / (time.perf_counter() - start)
 
 
-def in_process(model_dir: Path, onnx_file: Path, seconds: float, rounds: int) -> dict[str, float]:
+def in_process(
+    model_dir: Path, graphs: dict[str, Path], seconds: float, rounds: int
+) -> dict[str, float]:
     """Rates keyed runtime@batch/tTHREADS. Both 1 and 2 threads: on a loaded machine torch's
     OpenMP threads lose much time waiting for each other, so one thread can win."""
     from scibert_pack.handlers.int8 import int8_logits
@@ -54,7 +64,11 @@ def in_process(model_dir: Path, onnx_file: Path, seconds: float, rounds: int) ->
     model, tokenizer = load_pretrained(model_dir)
     classifier = Classifier.create(model, tokenizer, HandlerSettings(), torch.device("cpu"))
     int8 = int8_logits(classifier.model)
-    sessions = {threads: OnnxLogits.load(onnx_file, threads) for threads in THREADS}
+    sessions = {
+        (runtime, threads): OnnxLogits.load(path, threads)
+        for runtime, path in graphs.items()
+        for threads in THREADS
+    }
 
     def torch_step(texts: list[str]) -> None:
         classifier.probabilities(classifier.tokenize(texts).inputs)
@@ -67,13 +81,18 @@ def in_process(model_dir: Path, onnx_file: Path, seconds: float, rounds: int) ->
     for _ in range(rounds):
         for threads in THREADS:
             torch.set_num_threads(threads)
-            onnx = sessions[threads]
+            steps: list[tuple[str, Callable[[list[str]], None], tuple[int, ...]]] = [
+                ("torch", torch_step, TORCH_SIZES),
+                ("torch-int8", int8_step, SIZES),
+            ]
+            for runtime in graphs:
+                session = sessions[(runtime, threads)]
 
-            def onnx_step(texts: list[str], onnx: OnnxLogits = onnx) -> None:
-                torch.softmax(onnx(classifier.tokenize(texts).inputs), dim=-1)
+                def onnx_step(texts: list[str], session: OnnxLogits = session) -> None:
+                    torch.softmax(session(classifier.tokenize(texts).inputs), dim=-1)
 
-            steps = (("torch", torch_step, TORCH_SIZES), ("onnx", onnx_step, SIZES))
-            for key, step, sizes in (*steps, ("torch-int8", int8_step, SIZES)):
+                steps.append((runtime, onnx_step, SIZES))
+            for key, step, sizes in steps:
                 for size in sizes:
                     name = f"{key}@{size}/t{threads}"
                     rates[name] = max(rates.get(name, 0.0), rate(step, size, seconds))
@@ -86,86 +105,148 @@ def best_of(rates: dict[str, float], prefix: str) -> tuple[float, str]:
     return rates[key], key
 
 
+def measure(model_dir: Path, name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    stores: dict[str, tuple[Path, dict[str, Any], float]] = {}
+    for runtime in RUNTIMES:
+        log(f"[{name}] build --runtime {runtime}")
+        handler = HandlerSettings(runtime=runtime)  # type: ignore[arg-type]
+        # Measure the int8 runtimes whatever their agreement (reported): no refusal here.
+        settings = BuildSettings(
+            name=name, profile="local", handler=handler, min_label_agreement=0.0
+        )
+        result = build(model_dir, settings, work / runtime)
+        stores[runtime] = (result.output, result.report, result.seconds)
+    graphs = {}
+    for runtime in ("onnx", "onnx-int8"):
+        graph = work / f"{runtime}.onnx"
+        with zipfile.ZipFile(stores[runtime][0] / "model-store" / f"{name}.mar") as archive:
+            graph.write_bytes(archive.read(onnx_file(runtime)))
+        graphs[runtime] = graph
+    log(f"[{name}] in process")
+    rates = in_process(model_dir, graphs, args.seconds, args.rounds)
+    cold = {}
+    for runtime in RUNTIMES:
+        cold[runtime] = cold_start(stores[runtime][0], work / f"cold-{runtime}")
+        log(f"[{name}] cold start {runtime}: {cold[runtime]:.1f} s")
+    runs: dict[tuple[str, int], list[Load]] = {}
+    if not args.no_served:
+        with contextlib.ExitStack() as stack:
+            servers = {
+                runtime: stack.enter_context(served(stores[runtime][0], work / f"run-{runtime}"))
+                for runtime in RUNTIMES
+            }
+            for round_ in range(args.rounds):
+                for runtime in RUNTIMES:
+                    for per_request in PER_REQUEST:
+                        got = load(servers[runtime], args.served_seconds, per_request)
+                        runs.setdefault((runtime, per_request), []).append(got)
+                        log(f"[{name}] {runtime} x{per_request} round {round_ + 1}: {got}")
+    return {
+        "rates": rates,
+        "cold": cold,
+        "builds": {r: {"report": rep, "seconds": s} for r, (_, rep, s) in stores.items()},
+        "served": {
+            f"{runtime}x{per}": Load.median(loads) for (runtime, per), loads in runs.items()
+        },
+    }
+
+
+def render_model(label: str, m: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    rates = m["rates"]
+    best, best_key = best_of(rates, "torch@")
+    rows = []
+    for runtime in RUNTIMES:
+        for size in SIZES:
+            r, key = best_of(rates, f"{runtime}@{size}/")
+            threads = key.rsplit("/t", 1)[1]
+            rows.append(f"| {runtime} | {size} | {threads} | {r:.1f} | {r / best:.2f}x |")
+    served_rows = []
+    for runtime in RUNTIMES:
+        report = m["builds"][runtime]["report"]
+        line = (
+            f"| {runtime} | {report['archive']['size'] / 1e6:.1f} MB | {m['cold'][runtime]:.1f} s "
+            f"| {m['builds'][runtime]['seconds']:.1f} s |"
+        )
+        for per in PER_REQUEST:
+            got = m["served"].get(f"{runtime}x{per}")
+            if got is None:
+                line += " - | - |"
+            else:
+                line += f" {got.texts_per_s:.1f} (p99 {got.p99_ms:.0f} ms) | "
+                line += f"**{got.texts_per_s / best:.2f}x** |"
+        served_rows.append(line)
+    checks = []
+    for runtime in RUNTIMES[1:]:
+        check = m["builds"][runtime]["report"]["runtime_check"]
+        checks.append(
+            f"`{runtime}`: {check['checked_texts']} texts, labels agree "
+            f"{check['label_agreement']:.1%}, largest probability difference "
+            f"{check['max_probability_difference']:.1e}"
+        )
+    return [
+        f"### {label}",
+        "",
+        f"In process (tokenize + forward of the blog sentence; torch best: {best_key}, "
+        f"{best:.1f} texts/s):",
+        "",
+        "| runtime | batch | threads | texts/s | vs torch best |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "Served (2 workers x 1 thread, batchSize 8, concurrency 16; ratio to the in-process "
+        "torch best), archive (zip-store), cold start (serve to first answer), build time:",
+        "",
+        "| runtime | archive | cold start | build | texts/s, 1 text/request | vs torch "
+        "in process | texts/s, 8 texts/request | vs torch in process |",
+        "|---|---|---|---|---|---|---|---|",
+        *served_rows,
+        "",
+        "Build-time checks against fp32 torch: " + "; ".join(checks) + ".",
+        "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--served-seconds", type=float, default=15.0)
     parser.add_argument("--no-served", action="store_true")
+    parser.add_argument("--models", default="minilm,bert-base", help="Comma-separated.")
     args = parser.parse_args()
-    model_dir, _ = demo_model()
-    load_avg = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
-        stores = {}
-        for runtime in RUNTIMES:
-            handler = HandlerSettings(runtime=runtime)  # type: ignore[arg-type]
-            # Measure int8 whatever its agreement (reported below): no refusal here.
-            settings = BuildSettings(
-                name="minilm", profile="local", handler=handler, min_label_agreement=0.0
-            )
-            result = build(model_dir, settings, Path(tmp) / runtime)
-            stores[runtime] = (result.output, result.report, result.seconds)
-        onnx_file = Path(tmp) / ONNX_FILE
-        with zipfile.ZipFile(stores["onnx"][0] / "model-store" / "minilm.mar") as archive:
-            onnx_file.write_bytes(archive.read(ONNX_FILE))
-        rates = in_process(model_dir, onnx_file, args.seconds, args.rounds)
-        best, best_key = best_of(rates, "torch@")
-        rows = []
-        for runtime in RUNTIMES:
-            for size in SIZES:
-                r, key = best_of(rates, f"{runtime}@{size}/")
-                threads = key.rsplit("/t", 1)[1]
-                rows.append(f"| {runtime} | {size} | {threads} | {r:.1f} | {r / best:.2f}x |")
-        served_rows = []
-        for runtime in RUNTIMES:
-            output, report, seconds = stores[runtime]
-            size_mb = report["archive"]["size"] / 1e6
-            cold = cold_start(output, Path(tmp) / f"cold-{runtime}")
-            line = f"| {runtime} | {size_mb:.1f} MB | {cold:.1f} s | {seconds:.1f} s |"
-            if not args.no_served:
-                with served(output, Path(tmp) / f"run-{runtime}") as server:
-                    texts_s = load(server, args.served_seconds).texts_per_s
-                line += f" {texts_s:.1f} | {texts_s / best:.2f}x |"
-            else:
-                line += " - | - |"
-            served_rows.append(line)
-        check = stores["onnx"][1]["runtime_check"]
-        int8_check = stores["torch-int8"][1]["runtime_check"]
-    body = "\n".join(
-        [
-            "## Prediction backends (`build --runtime`), MiniLM-L6 (scripts/bench_backends.py)",
-            "",
-            f"Machine: {machine()}. **Shared and loaded while measured** (1-minute load average "
-            f"{load_avg:.1f} at the start, other sessions running): read the ratios, not the "
-            "absolute figures, and only a clear margin repeated across runs.",
-            "",
-            f"In process, tokenize + forward of the blog sentence, best of {args.rounds} "
-            f"interleaved {args.seconds:.0f}-s windows at 1 and at 2 threads (the better one "
-            "shown); ratio to torch eager at its best batch size and thread count "
-            f"({best_key}: {best:.1f} texts/s).",
-            "",
-            "| runtime | batch | threads | texts/s | vs torch best |",
-            "|---|---|---|---|---|",
-            *rows,
-            "",
-            "Archives (zip-store), cold start (serve to first answer), build time; served texts/s "
-            "at concurrency 16, one text per request, ratio to the in-process torch best.",
-            "",
-            "| runtime | archive | cold start | build | served texts/s | vs in-process best |",
-            "|---|---|---|---|---|---|",
-            *served_rows,
-            "",
-            f"ONNX build-time check: {check['checked_texts']} texts, labels agree "
-            f"{check['label_agreement']:.0%}, largest probability difference "
-            f"{check['max_probability_difference']:.1e} (tolerance {check['tolerance']:.0e}). "
-            f"int8 build-time check: {int8_check['checked_texts']} held-out texts, labels agree "
-            f"{int8_check['label_agreement']:.1%}, largest probability difference "
-            f"{int8_check['max_probability_difference']:.3f}.",
-        ]
-    )
-    write_section("backends", body)
-    print(body)
-    print(json.dumps(rates, indent=1))
+    CACHE.mkdir(exist_ok=True)
+    models = {
+        "minilm": demo_model,
+        "bert-base": lambda: (
+            scibert_sized_model(CACHE / "scibert-sized"),
+            "SciBERT-sized (bert-base shape, random weights)",
+        ),
+    }
+    load_before = os.getloadavg()[0]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-backends-", dir=CACHE) as tmp:
+        for key in args.models.split(","):
+            model_dir, label = models[key]()
+            work = Path(tmp) / key
+            work.mkdir()
+            results[key] = (label, measure(model_dir, key.replace("-", ""), work, args))
+    load_after = os.getloadavg()[0]
+    body = [
+        "## Prediction backends (`build --runtime`) (scripts/bench_backends.py)",
+        "",
+        f"Machine: {machine()}. 1-minute load average {load_before:.1f} before, "
+        f"{load_after:.1f} after. In process: best of {args.rounds} interleaved "
+        f"{args.seconds:g}-s windows at 1 and 2 threads (the better shown). Served: all four "
+        f"archives up at once, loaded in turn, median of {args.rounds} windows of "
+        f"{args.served_seconds:g} s; client and server on the same machine.",
+        "",
+    ]
+    for label, m in results.values():
+        body += render_model(label, m, args)
+    text = "\n".join(body).rstrip() + "\n"
+    write_section("backends", text)
+    print(text)
+    json.dump({k: m["rates"] for k, (_, m) in results.items()}, sys.stdout, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 probability within 1e-4, every label the same) for every BERT family the tests build, in process
 and through a real TorchServe; explanations still come from the same fp32 weights; a worker
 without onnxruntime fails to load with the fix; the build checks its export and refuses one that
-answers otherwise; the Dockerfile of such a store pins onnxruntime."""
+answers otherwise; the Dockerfile of such a store pins onnxruntime. The int8 runtimes
+(torch-int8, onnx-int8) stay within int8's distance of fp32, report their agreement and are
+refused below --min-label-agreement; ONNX runs on the worker's GPU only when it has one."""
 
 from __future__ import annotations
 
@@ -25,13 +27,24 @@ from support.tiny_models import Family
 
 from scibert_pack.archiver import onnx_export
 from scibert_pack.archiver.build import build
-from scibert_pack.archiver.onnx_export import PROBABILITY_TOLERANCE, export_onnx
+from scibert_pack.archiver.onnx_export import (
+    PROBABILITY_TOLERANCE,
+    export_onnx,
+    export_onnx_int8,
+)
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
 from scibert_pack.demo.corpus import load_corpus
 from scibert_pack.errors import BuildError, InputError
 from scibert_pack.handlers.model import Classifier
-from scibert_pack.handlers.onnx_runtime import ONNX_FILE, OnnxLoadError
+from scibert_pack.handlers.onnx_runtime import (
+    CPU,
+    CUDA,
+    ONNX_FILE,
+    ONNX_INT8_FILE,
+    OnnxLoadError,
+    choose_providers,
+)
 from scibert_pack.handlers.service import ClassifierService
 from scibert_pack.handlers.settings import HandlerSettings
 from scibert_pack.serving.server import TorchServeProcess
@@ -200,6 +213,7 @@ def test_served_onnx_predictions_and_explanations(
 # --- torch-int8: approximate, measured at build time, explanations say they are fp32 -----------
 
 INT8 = HandlerSettings(runtime="torch-int8", max_length=64)
+ONNX_INT8 = HandlerSettings(runtime="onnx-int8", max_length=64)
 HELD_OUT = [e.text for e in load_corpus().held_out]
 
 
@@ -233,13 +247,29 @@ def _near_tied(source: Path, folder: Path) -> Path:
     return folder
 
 
+INT8_RUNTIMES = ("torch-int8", "onnx-int8")
+
+
+def _int8_folder(source: Path, work: Path, runtime: str) -> Path:
+    """`source`, with the int8 graph an onnx-int8 build ships when `runtime` is onnx-int8."""
+    if runtime == "torch-int8":
+        return source
+    folder = work / "model"
+    shutil.copytree(source, folder)
+    export_onnx_int8(folder, folder / ONNX_INT8_FILE, ONNX_INT8, min_agreement=0.0)
+    return folder
+
+
+@pytest.mark.parametrize("runtime", INT8_RUNTIMES)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_int8_predicts_and_explanations_name_the_fp32_weights(
-    family: Family, tiny_models: dict[Family, Path]
+    family: Family, runtime: str, tiny_models: dict[Family, Path], tmp_path: Path
 ) -> None:
     from support.fake_context import HttpRequest, run_batch
 
-    int8, fp32 = _service(tiny_models[family], INT8), _service(tiny_models[family], TORCH)
+    folder = _int8_folder(tiny_models[family], tmp_path, runtime)
+    settings = HandlerSettings(runtime=runtime, max_length=64)  # type: ignore[arg-type]
+    int8, fp32 = _service(folder, settings), _service(folder, TORCH)
     assert int8.classifier.fast_logits is not None
     got, expected = (
         _probabilities(int8.classifier, HELD_OUT),
@@ -258,16 +288,29 @@ def test_int8_predicts_and_explanations_name_the_fp32_weights(
     assert all("explained_with" not in item for item in explained(fp32))
 
 
-def test_int8_build_reports_its_agreement(tiny_bert: Path, tmp_path: Path) -> None:
-    result = build(tiny_bert, BuildSettings(name="tiny", handler=INT8), tmp_path / "store")
+@pytest.mark.parametrize(
+    ("handler", "graph"), [(INT8, None), (ONNX_INT8, ONNX_INT8_FILE)], ids=INT8_RUNTIMES
+)
+def test_int8_build_reports_its_agreement(
+    handler: HandlerSettings, graph: str | None, tiny_bert: Path, tmp_path: Path
+) -> None:
+    result = build(tiny_bert, BuildSettings(name="tiny", handler=handler), tmp_path / "store")
     check = result.report["runtime_check"]
-    assert (check["runtime"], check["checked_texts"]) == ("torch-int8", len(HELD_OUT))
+    assert (check["runtime"], check["checked_texts"]) == (handler.runtime, len(HELD_OUT))
     assert check["label_agreement"] >= check["min_label_agreement"] == 0.98
     assert 0 < check["max_probability_difference"] < 0.01
     assert check["explained_with"] == "torch-fp32"
+    names = zipfile.ZipFile(tmp_path / "store" / "model-store" / "tiny.mar").namelist()
+    # The archive ships the graph it predicts with, and never an fp32 graph beside it.
+    assert [n for n in names if n.endswith((".onnx", ".fp32"))] == ([graph] if graph else [])
+    if graph:
+        assert check["onnx_bytes"] > 0 and check["versions"]["onnxruntime"] != "not installed"
 
 
-def test_int8_build_refuses_a_model_int8_flips(tiny_bert: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", INT8_RUNTIMES)
+def test_int8_build_refuses_a_model_int8_flips(
+    runtime: str, tiny_bert: Path, tmp_path: Path
+) -> None:
     folder = _near_tied(tiny_bert, tmp_path / "tied")
     args = [
         "build",
@@ -275,15 +318,15 @@ def test_int8_build_refuses_a_model_int8_flips(tiny_bert: Path, tmp_path: Path) 
         "--name",
         "tied",
         "--runtime",
-        "torch-int8",
+        runtime,
         "-o",
         str(tmp_path / "store"),
     ]
     ran = CliRunner().invoke(cli, args)
     assert ran.exit_code != 0
     assert re.search(
-        r"the int8 model of .* gives fp32's label on \d+\.\d+% of 84 held-out texts, "
-        r"below --min-label-agreement 0.98",
+        rf"the int8 model of .* \({runtime}\) gives fp32's label on \d+\.\d+% of 84 "
+        r"held-out texts, below --min-label-agreement 0.98",
         ran.stderr,
     ), ran.stderr
     assert "--runtime onnx or torch" in ran.stderr
@@ -299,3 +342,46 @@ def test_min_label_agreement_is_a_share(value: float) -> None:
         InputError, match=r"--min-label-agreement .* out of range \(expected 0 to 1"
     ):
         BuildSettings(name="m", min_label_agreement=value)
+
+
+@pytest.mark.parametrize(
+    ("available", "device", "gpu_id", "int8", "expected"),
+    [
+        ([CUDA, CPU], "auto", 1, False, [(CUDA, {"device_id": 1}), CPU]),
+        ([CUDA, CPU], "cuda", "0", False, [(CUDA, {"device_id": 0}), CPU]),
+        ([CUDA, CPU], "auto", None, False, [CPU]),
+        ([CUDA, CPU], "cpu", 0, False, [CPU]),
+        ([CPU], "auto", 0, False, [CPU]),
+        (["AzureExecutionProvider", CPU], "cuda", 0, False, [CPU]),
+        ([CUDA, CPU], "auto", 0, True, [CPU]),
+    ],
+    ids=[
+        "gpu-given", "device-cuda", "no-gpu-given", "device-cpu", "cpu-only-onnxruntime",
+        "other-providers", "int8-stays-on-cpu",
+    ],
+)  # fmt: skip
+def test_onnx_runs_on_the_workers_gpu_only_when_it_has_one_and_cuda(
+    available: list[str], device: str, gpu_id: object, int8: bool, expected: list[Any]
+) -> None:
+    assert choose_providers(available, device, gpu_id, int8=int8) == expected
+
+
+def test_served_onnx_int8_answers_as_its_build_measured(tiny_bert: Path, tmp_path: Path) -> None:
+    # The int8 graph behind the same handler and protocol: the served answers are the ones the
+    # same graph gives in process (the graph the build measured), within int8's distance of
+    # fp32, and explanations say they come from the fp32 weights.
+    settings = BuildSettings(name="tiny", profile="local", max_batch_delay_ms=5, handler=ONNX_INT8)
+    texts = HELD_OUT[:24]
+    with serving(tiny_bert, tmp_path, settings) as server:
+        outputs = {o["name"]: o for o in _post(server, "infer", texts)["outputs"]}
+        items = _post(server, "explain", texts[:2])["outputs"][0]["data"]
+        store = tmp_path / "store" / "model-store" / "tiny.mar"
+        folder = shutil.copytree(tiny_bert, tmp_path / "local")
+        (folder / ONNX_INT8_FILE).write_bytes(zipfile.ZipFile(store).read(ONNX_INT8_FILE))
+    width = len(outputs["probabilities"]["data"]) // len(texts)
+    served = torch.tensor(outputs["probabilities"]["data"]).reshape(len(texts), width)
+    same_graph = _probabilities(_service(folder, ONNX_INT8).classifier, texts)
+    fp32 = _probabilities(_service(tiny_bert, TORCH).classifier, texts)
+    assert float((served - same_graph).abs().max()) <= PROBABILITY_TOLERANCE
+    assert 0 < float((served - fp32).abs().max()) < 0.01
+    assert [item["explained_with"] for item in items] == ["torch-fp32"] * 2
