@@ -15,9 +15,9 @@ import sys, time
 from scibert_pack.cli._interrupt import stop_within
 
 mode = sys.argv[1]
-print("ready", flush=True)
 try:
     with stop_within(1.0, lambda: print("last words", file=sys.stderr, flush=True)):
+        print("ready", flush=True)  # the handler is in place
         try:
             time.sleep(600)
         except KeyboardInterrupt:
