@@ -17,8 +17,8 @@ from scibert_pack.cli._interrupt import stop_within
 mode = sys.argv[1]
 try:
     with stop_within(1.0, lambda: print("last words", file=sys.stderr, flush=True)):
-        print("ready", flush=True)  # the handler is in place
         try:
+            print("ready", flush=True)  # the handler and the stop below are in place
             time.sleep(600)
         except KeyboardInterrupt:
             if mode == "stuck":
