@@ -24,7 +24,14 @@ from typing import Any
 import torch
 
 from .budget import ExplainBudget, Refusal
-from .explain import ExplainJob, Explanation, explain, merge_words
+from .explain import (
+    TOLERANCE_METHOD,
+    ExplainJob,
+    Explanation,
+    explain,
+    explain_to_tolerance,
+    merge_words,
+)
 from .metrics import (
     BATCHES_TOTAL,
     EXPLAIN_MS,
@@ -113,6 +120,8 @@ class ClassifierService:
         self._clock = clock
         self.budget = ExplainBudget(response_timeout_s)
         self._after_large = False
+        # When the batch being handled started: the tolerance ladder stops within its budget.
+        self._started = 0.0
 
     @classmethod
     def from_model(
@@ -186,7 +195,7 @@ class ClassifierService:
         metrics = metrics or Metrics(None)
         metrics.count(BATCHES_TOTAL, 1)
         metrics.count(REQUESTS_TOTAL, len(raws))
-        started = self._clock()
+        started = self._started = self._clock()
         replies: dict[int, Reply] = {}
         requests: dict[int, Request] = {}
         for idx, raw in enumerate(raws):
@@ -326,10 +335,11 @@ class ClassifierService:
         return results, failures
 
     def _explain_groups(self, work: _Work, skip: set[int] | frozenset[int]) -> list[list[int]]:
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[int, int, float | None], list[int]] = {}
         for idx, request in work.requests.items():
             if request.action == "explain" and idx not in skip:
-                key = (request.options.n_steps, request.options.internal_batch_size)
+                options = request.options
+                key = (options.n_steps, options.internal_batch_size, options.tolerance)
                 groups.setdefault(key, []).append(idx)
         return list(groups.values())
 
@@ -348,15 +358,48 @@ class ClassifierService:
         )
         _load_captum()  # its first import would count as explanation time
         start = self._clock()
-        explained = dict(zip(indices, explain(self.classifier, work.batch, job), strict=True))
+        if options.tolerance is None:
+            results = explain(self.classifier, work.batch, job)
+            token_steps = self._token_steps(work, group)
+        else:
+            results = self._explain_to_tolerance(work, group, job, options.tolerance)
+            # Each text ran every rung up to its own: first + 2 first + ... + n = 2 n - first.
+            width = max(work.batch.lengths[pos] for pos in indices)
+            token_steps = sum(width * (2 * e.n_steps - job.n_steps) for e in results)
+        explained = dict(zip(indices, results, strict=True))
         elapsed = self._clock() - start
-        self.budget.learn(elapsed, self._token_steps(work, group))
+        self.budget.learn(elapsed, token_steps)
         metrics.gauge(EXPLAIN_MS, elapsed * 1000.0, "ms")
-        metrics.gauge(EXPLAIN_STEPS, options.n_steps, "count")
+        metrics.gauge(EXPLAIN_STEPS, max(e.n_steps for e in results), "count")
         return {
             idx: [self._finish(work, idx, pos, explained[pos]) for pos in work.spans[idx]]
             for idx in group
         }
+
+    def _explain_to_tolerance(
+        self, work: _Work, group: Sequence[int], job: ExplainJob, tolerance: float
+    ) -> list[Explanation]:
+        """The ladder: each text's cap is the request's max_steps and its share of
+        max_explain_work; a next rung runs only if the budget's estimate says it fits."""
+        caps = [
+            min(
+                work.requests[idx].options.max_steps,
+                self.settings.max_explain_work // len(work.spans[idx]),
+            )
+            for idx in group
+            for _ in work.spans[idx]
+        ]
+
+        def may_continue(positions: tuple[int, ...], steps: int) -> bool:
+            width = max(work.batch.lengths[pos] for pos in positions)
+            rate = self.budget.rate(work.forward_s, work.forward_tokens)
+            seconds = self.budget.overhead_s + len(positions) * width * steps * rate
+            return self._clock() - self._started + seconds <= self.budget.budget_s
+
+        rungs = dataclasses.replace(job, method=TOLERANCE_METHOD)
+        return explain_to_tolerance(
+            self.classifier, work.batch, rungs, tolerance, caps, may_continue
+        )
 
     def _target(self, work: _Work, idx: int, pos: int) -> int:
         target = work.requests[idx].target(pos - work.spans[idx].start)

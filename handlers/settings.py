@@ -8,6 +8,7 @@ package is installed as `scibert_pack.handlers` and shipped inside archives unde
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -36,6 +37,14 @@ RANGES: dict[str, tuple[int, int]] = {
     "max_batch_tokens": (64, 100_000_000),
     "torch_threads": (0, 1024),
 }
+# An explanation's tolerance: the |convergence delta| (f is a class probability, so an absolute
+# error in [0, 1]) the tolerance mode stops at. Below 1e-6 float32 noise decides; above 0.1 the
+# importances mean little. The setting's 0 turns the mode off.
+TOLERANCE_RANGE: tuple[float, float] = (1e-6, 0.1)
+DEFAULT_TOLERANCE = 1e-3
+# The tolerance mode's first rung of integration steps; each next rung doubles it, up to the
+# request's cap (max_explain_steps, max_explain_work) and the time budget.
+LADDER_START = 16
 # These families count positions from pad_token_id + 1 (see RobertaEmbeddings).
 OFFSET_POSITION_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
 
@@ -51,6 +60,10 @@ class HandlerSettings:
     # Integrated-gradients steps when a request names none, and the most a request may ask for.
     explain_steps: int = 50
     max_explain_steps: int = 500
+    # A request without n_steps (and without its own tolerance) gets the fewest steps whose
+    # |convergence delta| is at most this (handlers/explain.py, explain_to_tolerance); 0: it
+    # gets explain_steps instead (BENCHMARKS.md, "Explain").
+    explain_tolerance: float = DEFAULT_TOLERANCE
     # Captum's internal_batch_size: rows per forward pass inside one explanation (fewer when
     # rows x padded width would exceed max_explain_tokens).
     internal_batch_size: int = 64
@@ -88,6 +101,7 @@ class HandlerSettings:
         for name, (low, high) in RANGES.items():
             _check_range(name, getattr(self, name), low, high)
         _check_range("explain_steps", self.explain_steps, 1, self.max_explain_steps)
+        check_tolerance("explain_tolerance", self.explain_tolerance, allow_zero=True)
         if not isinstance(self.allow_pickle, bool):
             raise SettingsError(f"allow_pickle must be true or false, got {self.allow_pickle!r}")
         if not isinstance(self.merge_subwords, bool):
@@ -126,6 +140,25 @@ def usable_positions(model_type: str, max_position_embeddings: int, pad_token_id
     if model_type in OFFSET_POSITION_TYPES:
         return max_position_embeddings - (pad_token_id + 1)
     return max_position_embeddings
+
+
+def tolerance_problem(value: object, *, allow_zero: bool = False) -> str | None:
+    """What a usable tolerance must be, when `value` is not one (None when it is)."""
+    low, high = TOLERANCE_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "must be a number"
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if (allow_zero and value == 0) or low <= value <= high:
+        return None
+    off = " (or 0 to turn the tolerance mode off)" if allow_zero else ""
+    return f"must be between {low:g} and {high:g}{off}"
+
+
+def check_tolerance(name: str, value: object, *, allow_zero: bool = False) -> None:
+    problem = tolerance_problem(value, allow_zero=allow_zero)
+    if problem is not None:
+        raise SettingsError(f"{name} {problem}, got {value!r}")
 
 
 def _check_range(name: str, value: object, low: int, high: int) -> None:

@@ -22,6 +22,7 @@ from scibert_pack.handlers.settings import DEVICES, RUNTIMES, HandlerSettings
 _HANDLER_OPTIONS = (
     "explain_steps",
     "max_explain_steps",
+    "explain_tolerance",
     "internal_batch_size",
     "merge_subwords",
     "max_texts_per_request",
@@ -156,6 +157,15 @@ def _shown(value: object) -> str:
 )
 @click.option("--explain-steps", default=_DEFAULTS.explain_steps, show_default=True)
 @click.option("--max-explain-steps", default=_DEFAULTS.max_explain_steps, show_default=True)
+@click.option(
+    "--explain-tolerance",
+    type=float,
+    default=_DEFAULTS.explain_tolerance,
+    show_default=True,
+    help="Explain requests without n_steps get the fewest steps (16, 32, 64, ...) whose "
+    "|convergence delta| is at most this (a class probability's error; 1e-06 to 0.1); "
+    "0: they get --explain-steps.",
+)
 @click.option("--internal-batch-size", default=_DEFAULTS.internal_batch_size, show_default=True)
 @click.option(
     "--merge-subwords/--no-merge-subwords",
