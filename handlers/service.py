@@ -7,6 +7,7 @@ that breaks gets a 500.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -64,7 +65,7 @@ from .render import (
     render_predictions,
 )
 from .settings import HandlerSettings
-from .threads import usable_cpus, worker_threads
+from .threads import CoreShare, usable_cpus, worker_threads
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class ClassifierService:
         self._after_large = False
         # When the batch being handled started: the tolerance ladder stops within its budget.
         self._started = 0.0
+        # Explanations borrow idle sibling workers' CPUs (from_context sets it up).
+        self.cores = CoreShare(None, 1, 1, torch.set_num_threads)
 
     @classmethod
     def from_model(
@@ -145,7 +148,8 @@ class ClassifierService:
         """Load what TorchServe's context points at: model_dir, the handler settings, the GPU."""
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         settings = HandlerSettings.from_mapping(yaml_config.get("handler"))
-        torch.set_num_threads(_threads(settings, yaml_config))
+        threads = _threads(settings, yaml_config)
+        torch.set_num_threads(threads)
         properties = context.system_properties
         model, tokenizer = load_pretrained(
             Path(properties["model_dir"]), allow_pickle=settings.allow_pickle
@@ -159,6 +163,9 @@ class ClassifierService:
             device=choose_device(settings, properties.get("gpu_id")),
             response_timeout_s=_response_timeout(yaml_config),
         )
+        if settings.torch_threads == 0:  # an explicit thread count is kept as given
+            lock = CoreShare.sibling_lock()
+            service.cores = CoreShare(lock, threads, usable_cpus(), torch.set_num_threads)
         if settings.runtime == "onnx":
             from .onnx_runtime import ONNX_FILE, OnnxLogits
 
@@ -178,7 +185,8 @@ class ClassifierService:
         """TorchServe's per-batch call: one JSON string (or binary reply) per row, statuses set
         on the context; failed gRPC requests as oip_reply.grpc_replies says."""
         raws = [_raw_row(row, idx, context) for idx, row in enumerate(rows)]
-        replies = self.run(raws, Metrics(getattr(context, "metrics", None)))
+        with self.cores.busy():
+            replies = self.run(raws, Metrics(getattr(context, "metrics", None)))
         # TorchServe's worker holds a batch until the next one arrives: its memory is free only
         # after that next batch, so trim after a large batch and after the one that follows it.
         large = sum(_body_size(raw.body) for raw in raws) >= TRIM_AFTER_BYTES
@@ -210,7 +218,11 @@ class ClassifierService:
         replies.update(failures)
         for work in works:
             replies.update(self._refuse_over_budget(work, started))
-            explanations, explain_failures = self._explain(work, metrics, skip=set(replies))
+            explaining = any(
+                r.action == "explain" and i not in replies for i, r in work.requests.items()
+            )
+            with self.cores.all_cores() if explaining else contextlib.nullcontext():
+                explanations, explain_failures = self._explain(work, metrics, skip=set(replies))
             replies.update(explain_failures)
             for idx in work.requests:
                 if idx not in replies:
