@@ -44,7 +44,7 @@ TOLERANCE_RANGE: tuple[float, float] = (1e-6, 0.1)
 DEFAULT_TOLERANCE = 1e-3
 # The tolerance mode's first rung of integration steps; each next rung doubles it, up to the
 # request's cap (max_explain_steps, max_explain_work) and the time budget.
-LADDER_START = 16
+LADDER_START = 8
 # These families count positions from pad_token_id + 1 (see RobertaEmbeddings).
 OFFSET_POSITION_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
 

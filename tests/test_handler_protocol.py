@@ -118,20 +118,20 @@ def test_v2_id_and_explain_header() -> None:
 
 
 # (target, n_steps, internal_batch_size, merge_subwords, tolerance): without n_steps a request
-# is in tolerance mode (n_steps: the ladder's first rung, 16), with it exactly that many steps.
+# is in tolerance mode (n_steps: the ladder's first rung, 8), with it exactly that many steps.
 OPTIONS = [
-    pytest.param({}, (None, 16, 64, True, 1e-3), id="defaults-from-settings"),
-    pytest.param({"target": "physics"}, (2, 16, 64, True, 1e-3), id="target-label"),
-    pytest.param({"target": 1}, (1, 16, 64, True, 1e-3), id="target-index"),
+    pytest.param({}, (None, 8, 64, True, 1e-3), id="defaults-from-settings"),
+    pytest.param({"target": "physics"}, (2, 8, 64, True, 1e-3), id="target-label"),
+    pytest.param({"target": 1}, (1, 8, 64, True, 1e-3), id="target-index"),
     pytest.param(
         {"n_steps": 7, "internal_batch_size": 3, "merge_subwords": False},
         (None, 7, 3, False, None),
         id="overrides",
     ),
     pytest.param({"n_steps": 50}, (None, 50, 64, True, None), id="explicit-steps-no-tolerance"),
-    pytest.param({"tolerance": 0.01}, (None, 16, 64, True, 0.01), id="tolerance"),
-    pytest.param({"tolerance": 1e-6}, (None, 16, 64, True, 1e-6), id="tolerance-lowest"),
-    pytest.param({"granularity": "pieces"}, (None, 16, 64, False, 1e-3), id="granularity-pieces"),
+    pytest.param({"tolerance": 0.01}, (None, 8, 64, True, 0.01), id="tolerance"),
+    pytest.param({"tolerance": 1e-6}, (None, 8, 64, True, 1e-6), id="tolerance-lowest"),
+    pytest.param({"granularity": "pieces"}, (None, 8, 64, False, 1e-3), id="granularity-pieces"),
 ]
 
 
@@ -152,9 +152,9 @@ def test_explain_options(params: dict, expected: tuple) -> None:
     ("settings", "params", "expected"),
     [
         (HandlerSettings(explain_tolerance=0), {}, (50, None)),
-        (HandlerSettings(explain_tolerance=0), {"tolerance": 0.002}, (16, 0.002)),
-        (HandlerSettings(explain_tolerance=1e-4), {}, (16, 1e-4)),
-        (HandlerSettings(max_explain_steps=8, explain_steps=8), {}, (8, 1e-3)),
+        (HandlerSettings(explain_tolerance=0), {"tolerance": 0.002}, (8, 0.002)),
+        (HandlerSettings(explain_tolerance=1e-4), {}, (8, 1e-4)),
+        (HandlerSettings(max_explain_steps=5, explain_steps=5), {}, (5, 1e-3)),
     ],
     ids=["mode-off-uses-explain-steps", "mode-off-request-asks", "server-tolerance", "small-cap"],
 )

@@ -162,7 +162,7 @@ def _shown(value: object) -> str:
     type=float,
     default=_DEFAULTS.explain_tolerance,
     show_default=True,
-    help="Explain requests without n_steps get the fewest steps (16, 32, 64, ...) whose "
+    help="Explain requests without n_steps get the fewest steps (8, 16, 32, ...) whose "
     "|convergence delta| is at most this (a class probability's error; 1e-06 to 0.1); "
     "0: they get --explain-steps.",
 )
