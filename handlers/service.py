@@ -125,6 +125,7 @@ class ClassifierService:
         self._started = 0.0
         # Explanations borrow idle sibling workers' CPUs (from_context sets it up).
         self.cores = CoreShare(None, 1, 1, torch.set_num_threads)
+        self._slowdown = 1.0
 
     @classmethod
     def from_model(
@@ -221,8 +222,13 @@ class ClassifierService:
             explaining = any(
                 r.action == "explain" and i not in replies for i, r in work.requests.items()
             )
-            with self.cores.all_cores() if explaining else contextlib.nullcontext():
+            with self.cores.all_cores() if explaining else contextlib.nullcontext(0) as threads:
+                # The budget learns the pace of the worker's own share: an explanation on
+                # borrowed CPUs counts as if it had run on the share alone (perfect scaling, the
+                # slowest the share could be), so a later one without them is not underestimated.
+                self._slowdown = max(1.0, threads / self.cores.share)
                 explanations, explain_failures = self._explain(work, metrics, skip=set(replies))
+            self._slowdown = 1.0
             replies.update(explain_failures)
             for idx in work.requests:
                 if idx not in replies:
@@ -380,7 +386,7 @@ class ClassifierService:
             token_steps = sum(width * (2 * e.n_steps - job.n_steps) for e in results)
         explained = dict(zip(indices, results, strict=True))
         elapsed = self._clock() - start
-        self.budget.learn(elapsed, token_steps)
+        self.budget.learn(elapsed * self._slowdown, token_steps)
         metrics.gauge(EXPLAIN_MS, elapsed * 1000.0, "ms")
         metrics.gauge(EXPLAIN_STEPS, max(e.n_steps for e in results), "count")
         return {
