@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import BLOG_TEXT, CACHE, build_store, demo_model, load, log, served
+from bench import BLOG_TEXT, CACHE, demo_model, load, log, served
 from bench_build import scibert_sized_model
 from benchlib import machine, write_section
 
@@ -164,12 +164,17 @@ def served_compare(
 ) -> Served:
     import requests
 
+    from scibert_pack.archiver.build import build
+    from scibert_pack.archiver.settings import BuildSettings
     from scibert_pack.handlers.explain import TOLERANCE_METHOD
 
     theirs = Theirs(model_dir)
     targets = Ours(model_dir, TEXTS).targets
     with tempfile.TemporaryDirectory(prefix="bench-explain-") as tmp:
-        store = build_store(model_dir, Path(tmp) / "store", "m", "ours")
+        # Default settings but a long response timeout: on a busy machine the explain budget
+        # (half of it) could refuse the 8-text request, and this measures speed, not the budget.
+        store = Path(tmp) / "store"
+        build(model_dir, BuildSettings(name="m", profile="local", response_timeout_s=600), store)
         with served(store, Path(tmp) / "run") as server:
             url = f"{server.inference_url}/v2/models/{server.model_name}/explain"
             session = requests.Session()
