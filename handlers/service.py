@@ -164,7 +164,7 @@ class ClassifierService:
             device=choose_device(settings, properties.get("gpu_id")),
             response_timeout_s=_response_timeout(yaml_config),
         )
-        if settings.torch_threads == 0:  # an explicit thread count is kept as given
+        if settings.lend_idle_cpus and settings.torch_threads == 0:  # explicit counts stay
             lock = CoreShare.sibling_lock()
             service.cores = CoreShare(lock, threads, usable_cpus(), torch.set_num_threads)
         if settings.runtime == "onnx":

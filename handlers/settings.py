@@ -94,6 +94,10 @@ class HandlerSettings:
     # 0: this worker's share of the CPUs it may use (affinity and cgroup CPU limit, divided by
     # the archive's minWorkers; see threads.py), not torch's one thread per core of the node.
     torch_threads: int = 0
+    # torch_threads 0 only: a lone explanation borrows idle sibling workers' CPUs (threads.py,
+    # CoreShare). Off by default: on a busy 2-core machine it cost predict throughput under
+    # load (BENCHMARKS.md, "Explain").
+    lend_idle_cpus: bool = False
     device: Device = "auto"
     runtime: Runtime = "torch"
 
@@ -104,6 +108,9 @@ class HandlerSettings:
         check_tolerance("explain_tolerance", self.explain_tolerance, allow_zero=True)
         if not isinstance(self.allow_pickle, bool):
             raise SettingsError(f"allow_pickle must be true or false, got {self.allow_pickle!r}")
+        if not isinstance(self.lend_idle_cpus, bool):
+            got = self.lend_idle_cpus
+            raise SettingsError(f"lend_idle_cpus must be true or false, got {got!r}")
         if not isinstance(self.merge_subwords, bool):
             got = self.merge_subwords
             raise SettingsError(f"merge_subwords must be true or false, got {got!r}")

@@ -3,13 +3,14 @@
 For MiniLM-L6 and a SciBERT-sized (bert-base) model, in one run:
 1. Convergence per step in process, by Captum integration rule: |delta| and Pearson r of the
    token importances against a 300-step reference of the same rule.
-2. Served over HTTP (KServe v2 explain, the default archive: tolerance mode), seconds per text for
+2. Served over HTTP (KServe v2 explain, the default archive (tolerance mode) with
+   --lend-idle-cpus), seconds per text for
    1 text per request and 8 texts in one request, against transformers-interpret at its default
    50 steps (one text per call), interleaved; Pearson r of each against a 300-step reference of
    its own method, and |delta|.
-3. Predict under load with an explanation now and then: the default archive (a lone explanation
-   borrows the idle sibling worker's CPUs) vs the same archive with that lending off
-   (--torch-threads at the same share), alternating windows.
+3. Predict under load with an explanation now and then: the default archive vs the same with
+   --lend-idle-cpus (a lone explanation borrows the idle sibling worker's CPUs), alternating
+   windows.
 
 Run: .venv/bin/python scripts/bench_explain.py [--quick]. Writes its BENCHMARKS.md section.
 """
@@ -167,6 +168,7 @@ def served_compare(
     from scibert_pack.archiver.build import build
     from scibert_pack.archiver.settings import BuildSettings
     from scibert_pack.handlers.explain import TOLERANCE_METHOD
+    from scibert_pack.handlers.settings import HandlerSettings
 
     theirs = Theirs(model_dir)
     targets = Ours(model_dir, TEXTS).targets
@@ -174,7 +176,9 @@ def served_compare(
         # Default settings but a long response timeout: on a busy machine the explain budget
         # (half of it) could refuse the 8-text request, and this measures speed, not the budget.
         store = Path(tmp) / "store"
-        build(model_dir, BuildSettings(name="m", profile="local", response_timeout_s=600), store)
+        handler = HandlerSettings(lend_idle_cpus=True)
+        settings = BuildSettings(name="m", profile="local", response_timeout_s=600, handler=handler)
+        build(model_dir, settings, store)
         with served(store, Path(tmp) / "run") as server:
             url = f"{server.inference_url}/v2/models/{server.model_name}/explain"
             session = requests.Session()
@@ -247,19 +251,16 @@ class UnderLoad:
 
 def under_load(model_dir: Path, windows: int, seconds: float) -> list[UnderLoad]:
     """Predict load (concurrency 16) with one explain request every 0.5 s beside it: the
-    default archive vs the same with lending off (--torch-threads 1 = the same share on 2
-    CPUs), in alternating windows."""
+    default archive (no lending) vs the same with --lend-idle-cpus, in alternating windows."""
     from scibert_pack.archiver.build import build
     from scibert_pack.archiver.settings import BuildSettings
     from scibert_pack.handlers.settings import HandlerSettings
-    from scibert_pack.handlers.threads import usable_cpus, worker_threads
 
-    share = worker_threads(2, usable_cpus())
     results: list[UnderLoad] = []
     with tempfile.TemporaryDirectory(prefix="bench-explain-load-") as tmp:
         stores = {}
         for lending in (True, False):
-            handler = HandlerSettings() if lending else HandlerSettings(torch_threads=share)
+            handler = HandlerSettings(lend_idle_cpus=True) if lending else HandlerSettings()
             out = Path(tmp) / f"store-{lending}"
             build(model_dir, BuildSettings(name="m", profile="local", handler=handler), out)
             stores[lending] = out
@@ -329,7 +330,8 @@ def render(
             )
     out += [
         "",
-        f"### Served over HTTP (default archive: tolerance mode, {TOLERANCE_METHOD}, "
+        f"### Served over HTTP (default archive + --lend-idle-cpus: tolerance mode, "
+        f"{TOLERANCE_METHOD}, "
         f"abs(delta) <= {DEFAULT_TOLERANCE:g}, ladder from {LADDER_START} steps), median of "
         f"{reps}, interleaved",
         "",
@@ -375,8 +377,8 @@ def render(
             "",
             "### Predict under load with an explanation every 0.5 s (MiniLM-L6, concurrency 16)",
             "",
-            "Lending: a lone explanation borrows the idle sibling worker's CPUs. Off: the same "
-            "archive with --torch-threads set to the same share (no lending).",
+            "Lending (--lend-idle-cpus): a lone explanation borrows the idle sibling worker's "
+            "CPUs. Off: the default archive.",
             "",
             "| lending | infer texts/s | infer p99 (ms) | explain latency, median (ms) |",
             "|---|---:|---:|---:|",
@@ -384,7 +386,7 @@ def render(
         for lending in (True, False):
             mine = [x for x in loads if x.lending == lending]
             out.append(
-                f"| {'on (default)' if lending else 'off'} | "
+                f"| {'on' if lending else 'off (default)'} | "
                 f"{statistics.median(x.texts_per_s for x in mine):.1f} | "
                 f"{statistics.median(x.p99_ms for x in mine):.0f} | "
                 f"{statistics.median(x.explain_ms for x in mine):.0f} |"

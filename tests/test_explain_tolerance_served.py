@@ -1,7 +1,6 @@
 """The tolerance mode on a real TorchServe: tolerance, explicit and bad requests sent at once,
 each answered on its own (bad ones with a fixed reason phrase and the details in the body),
-no worker restarted. The session's tiny server runs two workers, so a lone explanation also
-borrows the idle sibling's CPUs here."""
+no worker restarted."""
 
 from __future__ import annotations
 

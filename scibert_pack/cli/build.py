@@ -31,6 +31,7 @@ _HANDLER_OPTIONS = (
     "max_explain_work",
     "max_batch_tokens",
     "torch_threads",
+    "lend_idle_cpus",
     "device",
     "allow_pickle",
     "runtime",
@@ -201,6 +202,13 @@ def _shown(value: object) -> str:
     show_default=True,
     help="torch threads per worker; 0: the usable CPUs (cgroup CPU limit included) divided by "
     "--min-workers.",
+)
+@click.option(
+    "--lend-idle-cpus/--no-lend-idle-cpus",
+    default=_DEFAULTS.lend_idle_cpus,
+    show_default=True,
+    help="With --torch-threads 0: a lone explanation runs on all usable CPUs while the other "
+    "workers are idle (see BENCHMARKS.md, Explain, before turning it on).",
 )
 @click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, show_default=True)
 @click.option(
