@@ -12,6 +12,7 @@ from support.fake_context import FakeContext
 
 from scibert_pack.handlers import threads
 from scibert_pack.handlers.service import ClassifierService
+from scibert_pack.handlers.settings import HandlerSettings, SettingsError
 
 
 @pytest.mark.parametrize(
@@ -184,3 +185,25 @@ def test_lock_file_symlink_is_not_followed(tmp_path: Path) -> None:
     with worker.busy(), worker.all_cores() as used:
         assert used == 1
     assert not target.exists() and counts == []
+
+
+@pytest.mark.parametrize(
+    ("handler", "lends"),
+    [
+        pytest.param({}, False, id="default-off"),
+        pytest.param({"lend_idle_cpus": True}, True, id="on"),
+        pytest.param({"lend_idle_cpus": True, "torch_threads": 1}, False, id="explicit-threads"),
+    ],
+)
+@pytest.mark.usefixtures("restore_torch_threads")
+def test_lending_is_opt_in(tiny_bert: Path, handler: dict[str, object], lends: bool) -> None:
+    context = FakeContext(tiny_bert, handler_settings=handler)
+    context.model_yaml_config["minWorkers"] = 64  # a share below the usable CPUs
+    service = ClassifierService.from_context(context)
+    lending = service.cores.cpus > service.cores.share and service.cores._fd is not None
+    assert lending == (lends and threads.usable_cpus() > 1)
+
+
+def test_lend_idle_cpus_must_be_a_bool() -> None:
+    with pytest.raises(SettingsError, match="lend_idle_cpus must be true or false, got 'yes'"):
+        HandlerSettings(lend_idle_cpus="yes")  # type: ignore[arg-type]
