@@ -344,6 +344,8 @@ class ExplainSettings:
     target: str | int | None = None
     n_steps: int | None = None
     merge_subwords: bool | None = None
+    # The |convergence delta| to reach (the server's tolerance mode); None: the server's default.
+    tolerance: float | None = None
 
     def __post_init__(self) -> None:
         _check_declared(self)
@@ -396,6 +398,7 @@ def explain_texts(
                 target=settings.target,
                 n_steps=settings.n_steps,
                 merge_subwords=settings.merge_subwords,
+                tolerance=settings.tolerance,
             )
         except RequestFailed as err:
             if err.status == 413:

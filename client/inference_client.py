@@ -70,6 +70,8 @@ class ServedExplanation:
     importances: list[float]
     delta: float
     truncated: bool
+    # Integration steps the server used (None: a server that does not say).
+    n_steps: int | None = None
 
 
 def find_token(url: str, *, token: str | None = None, key_file: Path | None = None) -> str | None:
@@ -197,12 +199,15 @@ class InferenceClient:
         n_steps: int | None = None,
         merge_subwords: bool | None = None,
         request_id: str | None = None,
+        tolerance: float | None = None,
     ) -> tuple[list[ServedExplanation], dict[str, Any]]:
         parameters: dict[str, Any] = {}
         if target is not None:
             parameters["target"] = target
         if n_steps is not None:
             parameters["n_steps"] = n_steps
+        if tolerance is not None:
+            parameters["tolerance"] = tolerance
         if merge_subwords is not None:
             parameters["merge_subwords"] = merge_subwords
         body = self._post("explain", self._payload(texts, request_id, parameters))
@@ -217,6 +222,7 @@ class InferenceClient:
                     importances=[float(v) for v in item["importances"]],
                     delta=float(item["delta"]),
                     truncated=bool(item.get("truncated", False)),
+                    n_steps=int(item["n_steps"]) if "n_steps" in item else None,
                 )
                 for text, item in zip(texts, items, strict=True)
             ]

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from . import oip_binary, oip_grpc
 from .oip_binary import OipError, OutputSpec
-from .settings import HandlerSettings
+from .settings import LADDER_START, TOLERANCE_RANGE, HandlerSettings, tolerance_problem
 
 Protocol = Literal["v2", "v1", "native"]
 Action = Literal["predict", "explain"]
@@ -102,9 +102,14 @@ class ExplainOptions:
     """Per-request explanation knobs; `target` is a label index, None = the predicted class."""
 
     target: int | None
+    # Explicit steps, or (tolerance mode) the ladder's first rung.
     n_steps: int
     internal_batch_size: int
     merge_subwords: bool
+    # Tolerance mode: the |convergence delta| to reach (None: exactly n_steps), and the most
+    # steps each text may take on the way.
+    tolerance: float | None = None
+    max_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -641,14 +646,40 @@ def _parse_options(
     if not isinstance(params, dict):
         raise bad_request(f"parameters must be an object, got {type(params).__name__}")
     cap = settings.max_explain_steps
+    tolerance = _tolerance(params, settings)
+    first = settings.explain_steps if tolerance is None else min(LADDER_START, cap)
     return ExplainOptions(
         target=_target(params.get("target"), labels, "parameters"),
-        n_steps=_int_param(params, "n_steps", settings.explain_steps, cap),
+        n_steps=_int_param(params, "n_steps", first, cap),
         internal_batch_size=_int_param(
             params, "internal_batch_size", settings.internal_batch_size, 4096
         ),
         merge_subwords=_words_wanted(params, settings.merge_subwords),
+        tolerance=tolerance,
+        max_steps=cap,
     )
+
+
+def _tolerance(params: Mapping[str, Any], settings: HandlerSettings) -> float | None:
+    """parameters.tolerance, else the server's explain_tolerance unless n_steps is given."""
+    if "tolerance" not in params:
+        if "n_steps" in params or settings.explain_tolerance == 0:
+            return None
+        return settings.explain_tolerance
+    value: object = params["tolerance"]
+    if "n_steps" in params:
+        raise bad_request(
+            "parameters give both n_steps and tolerance; send n_steps for exactly that many "
+            "integration steps or tolerance for the fewest steps that reach it, not both"
+        )
+    problem = tolerance_problem(value)
+    if problem is not None:
+        low, high = TOLERANCE_RANGE
+        raise bad_request(
+            f"tolerance {problem}, got {shown(value)}; send the |convergence delta| to reach "
+            f"(an error in the class probability), e.g. 0.001, between {low:g} and {high:g}"
+        )
+    return float(value)  # type: ignore[arg-type]
 
 
 def _words_wanted(params: Mapping[str, Any], default: bool) -> bool:

@@ -129,7 +129,10 @@ def _explanation_item(
         "target": info.labels[explanation.target],
         "truncated": prediction.truncated,
         "granularity": explanation.granularity,
+        "n_steps": explanation.n_steps,
     }
+    if explanation.tolerance is not None:
+        item.update(tolerance=explanation.tolerance, converged=explanation.converged)
     if info.explained_with is not None:
         item["explained_with"] = info.explained_with
     return item if explanation.note is None else {**item, "note": explanation.note}

@@ -7,6 +7,7 @@ that breaks gets a 500.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -24,7 +25,14 @@ from typing import Any
 import torch
 
 from .budget import ExplainBudget, Refusal
-from .explain import ExplainJob, Explanation, explain, merge_words
+from .explain import (
+    TOLERANCE_METHOD,
+    ExplainJob,
+    Explanation,
+    explain,
+    explain_to_tolerance,
+    merge_words,
+)
 from .metrics import (
     BATCHES_TOTAL,
     EXPLAIN_MS,
@@ -57,7 +65,7 @@ from .render import (
     render_predictions,
 )
 from .settings import HandlerSettings
-from .threads import usable_cpus, worker_threads
+from .threads import CoreShare, usable_cpus, worker_threads
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +121,11 @@ class ClassifierService:
         self._clock = clock
         self.budget = ExplainBudget(response_timeout_s)
         self._after_large = False
+        # When the batch being handled started: the tolerance ladder stops within its budget.
+        self._started = 0.0
+        # Explanations borrow idle sibling workers' CPUs (from_context sets it up).
+        self.cores = CoreShare(None, 1, 1, torch.set_num_threads)
+        self._slowdown = 1.0
 
     @classmethod
     def from_model(
@@ -136,7 +149,8 @@ class ClassifierService:
         """Load what TorchServe's context points at: model_dir, the handler settings, the GPU."""
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         settings = HandlerSettings.from_mapping(yaml_config.get("handler"))
-        torch.set_num_threads(_threads(settings, yaml_config))
+        threads = _threads(settings, yaml_config)
+        torch.set_num_threads(threads)
         properties = context.system_properties
         model, tokenizer = load_pretrained(
             Path(properties["model_dir"]), allow_pickle=settings.allow_pickle
@@ -150,6 +164,9 @@ class ClassifierService:
             device=choose_device(settings, properties.get("gpu_id")),
             response_timeout_s=_response_timeout(yaml_config),
         )
+        if settings.lend_idle_cpus and settings.torch_threads == 0:  # explicit counts stay
+            lock = CoreShare.sibling_lock()
+            service.cores = CoreShare(lock, threads, usable_cpus(), torch.set_num_threads)
         if settings.runtime in ("onnx", "onnx-int8"):
             from .onnx_runtime import INT8_EXPLAINED_WITH, OnnxLogits, onnx_file
 
@@ -175,7 +192,8 @@ class ClassifierService:
         """TorchServe's per-batch call: one JSON string (or binary reply) per row, statuses set
         on the context; failed gRPC requests as oip_reply.grpc_replies says."""
         raws = [_raw_row(row, idx, context) for idx, row in enumerate(rows)]
-        replies = self.run(raws, Metrics(getattr(context, "metrics", None)))
+        with self.cores.busy():
+            replies = self.run(raws, Metrics(getattr(context, "metrics", None)))
         # TorchServe's worker holds a batch until the next one arrives: its memory is free only
         # after that next batch, so trim after a large batch and after the one that follows it.
         large = sum(_body_size(raw.body) for raw in raws) >= TRIM_AFTER_BYTES
@@ -192,7 +210,7 @@ class ClassifierService:
         metrics = metrics or Metrics(None)
         metrics.count(BATCHES_TOTAL, 1)
         metrics.count(REQUESTS_TOTAL, len(raws))
-        started = self._clock()
+        started = self._started = self._clock()
         replies: dict[int, Reply] = {}
         requests: dict[int, Request] = {}
         for idx, raw in enumerate(raws):
@@ -207,7 +225,16 @@ class ClassifierService:
         replies.update(failures)
         for work in works:
             replies.update(self._refuse_over_budget(work, started))
-            explanations, explain_failures = self._explain(work, metrics, skip=set(replies))
+            explaining = any(
+                r.action == "explain" and i not in replies for i, r in work.requests.items()
+            )
+            with self.cores.all_cores() if explaining else contextlib.nullcontext(0) as threads:
+                # The budget learns the pace of the worker's own share: an explanation on
+                # borrowed CPUs counts as if it had run on the share alone (perfect scaling, the
+                # slowest the share could be), so a later one without them is not underestimated.
+                self._slowdown = max(1.0, threads / self.cores.share)
+                explanations, explain_failures = self._explain(work, metrics, skip=set(replies))
+            self._slowdown = 1.0
             replies.update(explain_failures)
             for idx in work.requests:
                 if idx not in replies:
@@ -332,10 +359,11 @@ class ClassifierService:
         return results, failures
 
     def _explain_groups(self, work: _Work, skip: set[int] | frozenset[int]) -> list[list[int]]:
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[int, int, float | None], list[int]] = {}
         for idx, request in work.requests.items():
             if request.action == "explain" and idx not in skip:
-                key = (request.options.n_steps, request.options.internal_batch_size)
+                options = request.options
+                key = (options.n_steps, options.internal_batch_size, options.tolerance)
                 groups.setdefault(key, []).append(idx)
         return list(groups.values())
 
@@ -354,15 +382,48 @@ class ClassifierService:
         )
         _load_captum()  # its first import would count as explanation time
         start = self._clock()
-        explained = dict(zip(indices, explain(self.classifier, work.batch, job), strict=True))
+        if options.tolerance is None:
+            results = explain(self.classifier, work.batch, job)
+            token_steps = self._token_steps(work, group)
+        else:
+            results = self._explain_to_tolerance(work, group, job, options.tolerance)
+            # Each text ran every rung up to its own: first + 2 first + ... + n = 2 n - first.
+            width = max(work.batch.lengths[pos] for pos in indices)
+            token_steps = sum(width * (2 * e.n_steps - job.n_steps) for e in results)
+        explained = dict(zip(indices, results, strict=True))
         elapsed = self._clock() - start
-        self.budget.learn(elapsed, self._token_steps(work, group))
+        self.budget.learn(elapsed * self._slowdown, token_steps)
         metrics.gauge(EXPLAIN_MS, elapsed * 1000.0, "ms")
-        metrics.gauge(EXPLAIN_STEPS, options.n_steps, "count")
+        metrics.gauge(EXPLAIN_STEPS, max(e.n_steps for e in results), "count")
         return {
             idx: [self._finish(work, idx, pos, explained[pos]) for pos in work.spans[idx]]
             for idx in group
         }
+
+    def _explain_to_tolerance(
+        self, work: _Work, group: Sequence[int], job: ExplainJob, tolerance: float
+    ) -> list[Explanation]:
+        """The ladder: each text's cap is the request's max_steps and its share of
+        max_explain_work; a next rung runs only if the budget's estimate says it fits."""
+        caps = [
+            min(
+                work.requests[idx].options.max_steps,
+                self.settings.max_explain_work // len(work.spans[idx]),
+            )
+            for idx in group
+            for _ in work.spans[idx]
+        ]
+
+        def may_continue(positions: tuple[int, ...], steps: int) -> bool:
+            width = max(work.batch.lengths[pos] for pos in positions)
+            rate = self.budget.rate(work.forward_s, work.forward_tokens)
+            seconds = self.budget.overhead_s + len(positions) * width * steps * rate
+            return self._clock() - self._started + seconds <= self.budget.budget_s
+
+        rungs = dataclasses.replace(job, method=TOLERANCE_METHOD)
+        return explain_to_tolerance(
+            self.classifier, work.batch, rungs, tolerance, caps, may_continue
+        )
 
     def _target(self, work: _Work, idx: int, pos: int) -> int:
         target = work.requests[idx].target(pos - work.spans[idx].start)

@@ -12,6 +12,7 @@ worker can import it, and the rest of the library may import from here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar
@@ -29,6 +30,14 @@ RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "torch-int8", "onnx-int8")
 # Peak memory per token of a pass with gradients (explanations) over one without, rounded up
 # (BENCHMARKS.md, "Figures behind default settings").
 EXPLAIN_MEMORY_FACTOR = 4
+# An explanation's tolerance: the |convergence delta| (f is a class probability, so an absolute
+# error in [0, 1]) the tolerance mode stops at. Below 1e-6 float32 noise decides; above 0.1 the
+# importances mean little. The setting's 0 turns the mode off.
+TOLERANCE_RANGE: tuple[float, float] = (1e-6, 0.1)
+DEFAULT_TOLERANCE = 1e-3
+# The tolerance mode's first rung of integration steps; each next rung doubles it, up to the
+# request's cap (max_explain_steps, max_explain_work) and the time budget.
+LADDER_START = 8
 # These families count positions from pad_token_id + 1 (see RobertaEmbeddings).
 OFFSET_POSITION_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
 
@@ -53,6 +62,8 @@ class Declared:
     negatable: bool = False
     # What the value means, for messages: "the most steps a request may ask for".
     meaning: str = ""
+    # A value outside [low, high] that turns the setting off (0 for a tolerance).
+    off: float | None = None
 
 
 _DECLARED = "scibert_pack.setting"
@@ -69,9 +80,10 @@ def setting(
     old: tuple[str, ...] = (),
     negatable: bool = False,
     meaning: str = "",
+    off: float | None = None,
 ) -> T:
     """A dataclass field with its declaration: `batch_size: int = setting(8, "...", low=1)`."""
-    declared = Declared(default, help, low, high, choices, option, old, negatable, meaning)
+    declared = Declared(default, help, low, high, choices, option, old, negatable, meaning, off)
     return field(default=default, metadata={_DECLARED: declared})
 
 
@@ -133,6 +145,19 @@ class HandlerSettings:
         low=1,
         high=10_000,
         meaning="the most steps a request may ask for",
+    )
+    # A request without n_steps (and without its own tolerance) gets the fewest steps whose
+    # |convergence delta| is at most this (handlers/explain.py, explain_to_tolerance); 0: it
+    # gets explain_steps instead (BENCHMARKS.md, "Explain").
+    explain_tolerance: float = setting(
+        DEFAULT_TOLERANCE,
+        "Explain requests without n_steps get the fewest steps (8, 16, 32, ...) whose "
+        "|convergence delta| is at most this (a class probability's error); 0: they get "
+        "--explain-steps.",
+        low=TOLERANCE_RANGE[0],
+        high=TOLERANCE_RANGE[1],
+        off=0.0,
+        meaning="the convergence target of explanations whose request names no n_steps",
     )
     # Captum's internal_batch_size: rows per forward pass inside one explanation (fewer when
     # rows x padded width would exceed max_explain_tokens).
@@ -198,6 +223,15 @@ class HandlerSettings:
         low=0,
         high=1024,
     )
+    # torch_threads 0 only: a lone explanation borrows idle sibling workers' CPUs (threads.py,
+    # CoreShare). Off by default: on a busy 2-core machine it cost predict throughput under
+    # load (BENCHMARKS.md, "Explain").
+    lend_idle_cpus: bool = setting(
+        False,
+        "With --torch-threads 0: a lone explanation runs on all usable CPUs while the other "
+        "workers are idle (see BENCHMARKS.md, Explain, before turning it on).",
+        negatable=True,
+    )
     device: Device = setting("auto", "Where the model runs.", choices=DEVICES)
     runtime: Runtime = setting(
         "torch",
@@ -235,6 +269,18 @@ class HandlerSettings:
         return max(1, self.max_batch_tokens // EXPLAIN_MEMORY_FACTOR)
 
 
+def tolerance_problem(value: object) -> str | None:
+    """What a request's tolerance must be, when `value` is not one (None when it is)."""
+    low, high = TOLERANCE_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "must be a number"
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if low <= value <= high:
+        return None
+    return f"must be between {low:g} and {high:g}"
+
+
 def usable_positions(model_type: str, max_position_embeddings: int, pad_token_id: int) -> int:
     """Tokens a model reads: RoBERTa-style position tables keep pad_token_id + 1 rows unused."""
     if model_type in OFFSET_POSITION_TYPES:
@@ -258,6 +304,8 @@ def check_declared(settings: object) -> None:
             )
         if isinstance(d.default, bool) and not isinstance(value, bool):
             raise SettingsError(f"{key} must be true or false, got {value!r}", key=key, value=value)
+        if d.off is not None and value == d.off and not isinstance(value, bool):
+            continue
         if d.low is not None and key not in bound:
             assert isinstance(d.high, (int, float)), key
             _check_range(key, value, d.low, d.high, whole=not isinstance(d.default, float))
@@ -303,17 +351,25 @@ def option_problem(
         off = f"--no-{option.removeprefix('--')}"
         fix = f"pass {option} or {off}" if declared[err.key].negatable else f"pass {option} or not"
         return f"{option} {err.value!r} is not true or false", fix
-    between = f"{option} between {err.low} and {err.high}"
+    off_value = declared[err.key].off
+    between = f"{option} between {_number(err.low)} and {_number(err.high)}" + (
+        f" (or {_number(off_value)} to turn it off)" if off_value is not None else ""
+    )
     whole = not isinstance(declared[err.key].default, float)
     if isinstance(err.value, bool) or not isinstance(err.value, int if whole else (int, float)):
         kind = "a whole number" if whole else "a number"
         return f"{option} {err.value!r} is not {kind}", f"pass {between}"
     if err.bound_by is not None and err.value > err.high:
         return _over_bound(err.key, err.value, err.bound_by, err.high, declared, given, between)
-    return (
-        f"{option} {err.value} is out of range (expected {err.low} to {err.high})",
-        f"pass {between}",
+    expected = f"{_number(err.low)} to {_number(err.high)}" + (
+        f", or {_number(off_value)}" if off_value is not None else ""
     )
+    return f"{option} {err.value} is out of range (expected {expected})", f"pass {between}"
+
+
+def _number(value: float) -> str:
+    """1e-06 for a float, 100000000 for a whole number (never 1e+08)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _over_bound(

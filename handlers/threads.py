@@ -11,8 +11,12 @@ Standard library only: runs inside the TorchServe worker.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
 import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -22,6 +26,69 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 def worker_threads(workers: int, cpus: int) -> int:
     """Threads per worker when `workers` workers share `cpus` CPUs."""
     return max(1, cpus // max(1, workers))
+
+
+class CoreShare:
+    """Lends a worker the CPUs of its idle sibling workers for an explanation.
+
+    Each worker has its share of the CPUs; an explanation alone on the server would leave the
+    others' share idle. The workers of one TorchServe front end (same parent process) share a
+    lock file: a worker holds it shared while it handles a batch, and takes it exclusively, without
+    waiting, to explain on all usable CPUs. Taking it fails while any sibling handles a batch, so
+    two workers never both raise their threads, and a worker under predict load never has a
+    sibling explaining on its cores. A sibling that starts a batch during such an explanation
+    does not wait: the two overlap on the CPUs for at most that explanation.
+    """
+
+    def __init__(
+        self, path: Path | None, share: int, cpus: int, set_threads: Callable[[int], None]
+    ) -> None:
+        self.share, self.cpus = share, cpus
+        self._set_threads = set_threads
+        self._fd: int | None = None
+        if path is not None and cpus > share:
+            with contextlib.suppress(OSError):  # another user's file, a read-only /tmp: no lending
+                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                self._fd = os.open(path, flags, 0o600)
+
+    @staticmethod
+    def sibling_lock() -> Path:
+        """The lock file of the workers started by this worker's parent (the front end)."""
+        return Path(tempfile.gettempdir()) / f"scibert-pack-workers-{os.getppid()}.lock"
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Marks this worker busy while it handles a batch (best effort, never waits)."""
+        held = self._flock(fcntl.LOCK_SH | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            if held:
+                self._flock(fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def all_cores(self) -> Iterator[int]:
+        """Runs the block on all usable CPUs when every sibling is idle; yields the threads."""
+        # Converting the shared lock to exclusive drops it first (flock(2)): on failure, retake it.
+        if not self._flock(fcntl.LOCK_EX | fcntl.LOCK_NB):
+            self._flock(fcntl.LOCK_SH | fcntl.LOCK_NB)
+            yield self.share
+            return
+        self._set_threads(self.cpus)
+        try:
+            yield self.cpus
+        finally:
+            self._set_threads(self.share)
+            self._flock(fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+    def _flock(self, operation: int) -> bool:
+        if self._fd is None:
+            return False
+        try:
+            fcntl.flock(self._fd, operation)
+        except OSError:
+            return False
+        return True
 
 
 def usable_cpus(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:

@@ -441,6 +441,11 @@ BAD_OPTIONS: list[tuple[str, list[str], str]] = [
     ("cap-under-default-steps", ["--max-explain-steps", "20"], "--max-explain-steps 20 is below the default --explain-steps 50 (the steps an explanation takes when a request names none); pass --max-explain-steps 50 or more, or add --explain-steps between 1 and 20"),
     ("steps-over-given-cap", ["--explain-steps", "60", "--max-explain-steps", "40"], "--explain-steps 60 is more than --max-explain-steps 40; pass --explain-steps between 1 and 40, or --max-explain-steps 60 or more"),
     ("steps-over-cap-default-value-given", ["--explain-steps", "50", "--max-explain-steps", "20"], "--explain-steps 50 is more than --max-explain-steps 20; pass --explain-steps between 1 and 20, or --max-explain-steps 50 or more"),
+    ("explain-tolerance-too-big", ["--explain-tolerance", "0.5"], "--explain-tolerance 0.5 is out of range (expected 1e-06 to 0.1, or 0); pass --explain-tolerance between 1e-06 and 0.1 (or 0 to turn it off)"),
+    ("explain-tolerance-negative", ["--explain-tolerance", "-0.001"], "--explain-tolerance -0.001 is out of range (expected 1e-06 to 0.1, or 0); pass --explain-tolerance between 1e-06 and 0.1 (or 0 to turn it off)"),
+    ("explain-tolerance-below-range", ["--explain-tolerance", "1e-7"], "--explain-tolerance 1e-07 is out of range (expected 1e-06 to 0.1, or 0); pass --explain-tolerance between 1e-06 and 0.1 (or 0 to turn it off)"),
+    ("explain-tolerance-nan", ["--explain-tolerance", "nan"], "--explain-tolerance nan is out of range (expected 1e-06 to 0.1, or 0); pass --explain-tolerance between 1e-06 and 0.1 (or 0 to turn it off)"),
+    ("explain-tolerance-word", ["--explain-tolerance", "tight"], "Invalid value for '--explain-tolerance': 'tight' is not a valid float."),
     ("max-explain-steps-0", ["--max-explain-steps", "0"], "--max-explain-steps 0 is out of range (expected 1 to 10000); pass --max-explain-steps between 1 and 10000"),
     ("internal-batch-size", ["--internal-batch-size", "0"], "--internal-batch-size 0 is out of range (expected 1 to 4096); pass --internal-batch-size between 1 and 4096"),
     ("max-texts-per-request", ["--max-texts-per-request", "0"], "--max-texts-per-request 0 is out of range (expected 1 to 100000); pass --max-texts-per-request between 1 and 100000"),
@@ -467,6 +472,22 @@ def test_bad_options_are_usage_errors(
     assert (code, stdout) == (2, "")
     assert stderr.splitlines()[-1] == "Error: " + message.format(m=tiny_bert)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [([], 1e-3), (["--explain-tolerance", "0.01"], 0.01), (["--explain-tolerance", "0"], 0.0)],
+    ids=["default", "given", "off"],
+)
+def test_explain_tolerance_reaches_the_archive(
+    tiny_bert: Path, tmp_path: Path, args: list[str], expected: float
+) -> None:
+    out = tmp_path / "o"
+    code, _, stderr = _build_cli(str(tiny_bert), "--name", "m", "-o", str(out), *args)
+    assert code == 0, stderr
+    archive = zipfile.ZipFile(out / "model-store" / "m.mar")
+    model_config = yaml.safe_load(archive.read("model-config.yaml"))
+    assert model_config["handler"]["explain_tolerance"] == expected
 
 
 @pytest.mark.parametrize(

@@ -117,24 +117,54 @@ def test_v2_id_and_explain_header() -> None:
     assert (request.request_id, request.action) == ("r1", "explain")
 
 
+# (target, n_steps, internal_batch_size, merge_subwords, tolerance): without n_steps a request
+# is in tolerance mode (n_steps: the ladder's first rung, 8), with it exactly that many steps.
 OPTIONS = [
-    pytest.param({}, (None, 50, 64, True), id="defaults-from-settings"),
-    pytest.param({"target": "physics"}, (2, 50, 64, True), id="target-label"),
-    pytest.param({"target": 1}, (1, 50, 64, True), id="target-index"),
+    pytest.param({}, (None, 8, 64, True, 1e-3), id="defaults-from-settings"),
+    pytest.param({"target": "physics"}, (2, 8, 64, True, 1e-3), id="target-label"),
+    pytest.param({"target": 1}, (1, 8, 64, True, 1e-3), id="target-index"),
     pytest.param(
         {"n_steps": 7, "internal_batch_size": 3, "merge_subwords": False},
-        (None, 7, 3, False),
+        (None, 7, 3, False, None),
         id="overrides",
     ),
-    pytest.param({"granularity": "pieces"}, (None, 50, 64, False), id="granularity-pieces"),
+    pytest.param({"n_steps": 50}, (None, 50, 64, True, None), id="explicit-steps-no-tolerance"),
+    pytest.param({"tolerance": 0.01}, (None, 8, 64, True, 0.01), id="tolerance"),
+    pytest.param({"tolerance": 1e-6}, (None, 8, 64, True, 1e-6), id="tolerance-lowest"),
+    pytest.param({"granularity": "pieces"}, (None, 8, 64, False, 1e-3), id="granularity-pieces"),
 ]
 
 
 @pytest.mark.parametrize(("params", "expected"), OPTIONS)
 def test_explain_options(params: dict, expected: tuple) -> None:
     options = parse(v2(["a"], parameters=params)).options
-    got = (options.target, options.n_steps, options.internal_batch_size, options.merge_subwords)
+    got = (
+        options.target,
+        options.n_steps,
+        options.internal_batch_size,
+        options.merge_subwords,
+        options.tolerance,
+    )
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("settings", "params", "expected"),
+    [
+        (HandlerSettings(explain_tolerance=0), {}, (50, None)),
+        (HandlerSettings(explain_tolerance=0), {"tolerance": 0.002}, (8, 0.002)),
+        (HandlerSettings(explain_tolerance=1e-4), {}, (8, 1e-4)),
+        (HandlerSettings(max_explain_steps=5, explain_steps=5), {}, (5, 1e-3)),
+    ],
+    ids=["mode-off-uses-explain-steps", "mode-off-request-asks", "server-tolerance", "small-cap"],
+)
+def test_tolerance_mode_choice(
+    settings: HandlerSettings, params: dict, expected: tuple[int, float | None]
+) -> None:
+    raw = RawRow(v2(["a"], parameters=params), JSON, True, "kserve")
+    options = parse_request(raw, settings, LABELS).options
+    assert (options.n_steps, options.tolerance) == expected
+    assert options.max_steps == settings.max_explain_steps
 
 
 BAD = [
@@ -323,6 +353,34 @@ BAD = [
         400,
         "n_steps must be an integer, got '5'",
         id="n-steps-string",
+    ),
+    *[
+        pytest.param(
+            v2(["a"], parameters={"tolerance": value}),
+            JSON,
+            400,
+            f"tolerance {problem}, got {shown}; send the |convergence delta| to reach (an error "
+            "in the class probability), e.g. 0.001, between 1e-06 and 0.1",
+            id=f"tolerance-{name}",
+        )
+        for name, value, problem, shown in [
+            ("zero", 0, "must be between 1e-06 and 0.1", "0"),
+            ("negative", -0.001, "must be between 1e-06 and 0.1", "-0.001"),
+            ("too-small", 1e-9, "must be between 1e-06 and 0.1", "1e-09"),
+            ("too-big", 0.5, "must be between 1e-06 and 0.1", "0.5"),
+            ("string", "0.01", "must be a number", "'0.01'"),
+            ("bool", True, "must be a number", "True"),
+            ("null", None, "must be a number", "None"),
+            ("list", [0.01], "must be a number", "[0.01]"),
+        ]
+    ],
+    pytest.param(
+        v2(["a"], parameters={"tolerance": 0.01, "n_steps": 16}),
+        JSON,
+        400,
+        "parameters give both n_steps and tolerance; send n_steps for exactly that many "
+        "integration steps or tolerance for the fewest steps that reach it, not both",
+        id="tolerance-and-n-steps",
     ),
     pytest.param(
         v2(["a"], parameters={"merge_subwords": "yes"}),
@@ -608,7 +666,10 @@ WORK = [
 @pytest.mark.parametrize(("texts", "n_steps", "message"), WORK)
 def test_explain_work_is_capped(texts: list[str], n_steps: int | None, message: str | None) -> None:
     settings = HandlerSettings(
-        max_explain_steps=100, explain_steps=100 if n_steps is None else 50, max_explain_work=120
+        max_explain_steps=100,
+        explain_steps=100 if n_steps is None else 50,
+        max_explain_work=120,
+        explain_tolerance=0,
     )
     params = {} if n_steps is None else {"n_steps": n_steps}
     raw = RawRow(v2(texts, parameters=params), JSON, True, "kserve")

@@ -222,8 +222,10 @@ def test_explanation_formats(
     items = extract(response.body)
     assert len(items) == count
     for item in items:
+        # No n_steps in the request: the tolerance mode, which says what it used and reached.
         assert set(item) == {
-            "words", "importances", "delta", "label", "target", "truncated", "granularity"
+            "words", "importances", "delta", "label", "target", "truncated", "granularity",
+            "n_steps", "tolerance", "converged",
         }  # fmt: skip
         assert len(item["words"]) == len(item["importances"]) > 2
         assert item["target"] == item["label"] and item["truncated"] is False

@@ -12,6 +12,7 @@ from support.fake_context import FakeContext
 
 from scibert_pack.handlers import threads
 from scibert_pack.handlers.service import ClassifierService
+from scibert_pack.handlers.settings import HandlerSettings, SettingsError
 
 
 @pytest.mark.parametrize(
@@ -110,3 +111,99 @@ def test_worker_sets_its_thread_count(
     torch.set_num_threads(7)
     ClassifierService.from_context(context)
     assert torch.get_num_threads() == expected
+
+
+# -- lending idle siblings' CPUs to an explanation (CoreShare) ---------------------------------
+# Two CoreShare objects open the lock file separately, as two worker processes do: flock locks
+# belong to the open file, so they conflict within one test process just as across workers.
+
+
+def _pair(
+    tmp_path: Path,
+) -> tuple[threads.CoreShare, list[int], threads.CoreShare, list[int]]:
+    """Two workers with 1 thread each on 2 CPUs, and the thread counts each one set."""
+    lock = tmp_path / "workers.lock"
+    first: list[int] = []
+    second: list[int] = []
+    return (
+        threads.CoreShare(lock, 1, 2, first.append),
+        first,
+        threads.CoreShare(lock, 1, 2, second.append),
+        second,
+    )
+
+
+def test_lone_explanation_gets_all_cores_and_gives_them_back(tmp_path: Path) -> None:
+    worker, counts, _sibling, _ = _pair(tmp_path)
+    with worker.busy(), worker.all_cores() as used:
+        assert (used, counts) == (2, [2])
+    assert counts == [2, 1]
+
+
+def test_busy_sibling_keeps_the_share(tmp_path: Path) -> None:
+    worker, counts, sibling, _ = _pair(tmp_path)
+    with sibling.busy(), worker.busy(), worker.all_cores() as used:
+        assert used == 1
+    assert counts == []
+    with worker.busy(), worker.all_cores() as used:  # the sibling is idle again
+        assert used == 2
+
+
+def test_two_explaining_workers_never_both_raise_threads(tmp_path: Path) -> None:
+    worker, _, sibling, sibling_threads = _pair(tmp_path)
+    with (
+        worker.busy(),
+        worker.all_cores() as used,
+        sibling.busy(),
+        sibling.all_cores() as sibling_used,
+    ):
+        assert (used, sibling_used) == (2, 1)
+    assert sibling_threads == []
+    with sibling.busy(), sibling.all_cores() as sibling_used:  # the first one is done
+        assert sibling_used == 2
+
+
+@pytest.mark.parametrize(
+    ("share", "cpus", "usable_path"),
+    [(2, 2, True), (1, 1, True), (1, 2, False)],
+    ids=["share-is-all-cpus", "one-cpu", "no-lock-file"],
+)
+def test_no_lending(tmp_path: Path, share: int, cpus: int, usable_path: bool) -> None:
+    counts: list[int] = []
+    path = tmp_path / "lock" if usable_path else tmp_path / "missing" / "lock"
+    worker = threads.CoreShare(path, share, cpus, counts.append)
+    with worker.busy(), worker.all_cores() as used:
+        assert used == share
+    assert counts == []
+
+
+def test_lock_file_symlink_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    (tmp_path / "lock").symlink_to(target)
+    counts: list[int] = []
+    worker = threads.CoreShare(tmp_path / "lock", 1, 2, counts.append)
+    with worker.busy(), worker.all_cores() as used:
+        assert used == 1
+    assert not target.exists() and counts == []
+
+
+@pytest.mark.parametrize(
+    ("handler", "lends"),
+    [
+        pytest.param({}, False, id="default-off"),
+        pytest.param({"lend_idle_cpus": True}, True, id="on"),
+        pytest.param({"lend_idle_cpus": True, "torch_threads": 1}, False, id="explicit-threads"),
+    ],
+)
+@pytest.mark.usefixtures("restore_torch_threads")
+def test_lending_is_opt_in(tiny_bert: Path, handler: dict[str, object], lends: bool) -> None:
+    context = FakeContext(tiny_bert, handler_settings=handler)
+    context.model_yaml_config["minWorkers"] = 64  # a share below the usable CPUs
+    service = ClassifierService.from_context(context)
+    lending = service.cores.cpus > service.cores.share and service.cores._fd is not None
+    assert lending == (lends and threads.usable_cpus() > 1)
+
+
+def test_lend_idle_cpus_must_be_a_bool() -> None:
+    with pytest.raises(SettingsError, match="lend_idle_cpus must be true or false, got 'yes'"):
+        HandlerSettings(lend_idle_cpus="yes")  # type: ignore[arg-type]

@@ -303,7 +303,15 @@ def test_serve_cli_predict_and_explain_tables(server: TorchServeProcess) -> None
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == long_text
-    match = re.fullmatch(r"  label: \S+  target: \S+  delta: (\S+)", lines[1])
+    match = re.fullmatch(r"  label: \S+  target: \S+  delta: (\S+)  steps: (\d+)", lines[1])
     assert match is not None and match.group(1) != "-0.0000", lines[1]
     assert re.fullmatch(r"0|[+-](\d\.\d{3}|\d\.\de-\d\d)", match.group(1)), lines[1]
     assert len(lines[2].split(", ")) == 3
+    for option, steps in (
+        (["--tolerance", "0.05"], {8, 16, 32, 64}),
+        (["--explain-steps", "12"], {12}),
+    ):
+        result = CliRunner().invoke(cli, ["explain", long_text, *args, *option])
+        assert result.exit_code == 0, result.output
+        match = re.fullmatch(r"  label: .*  steps: (\d+)", result.stdout.splitlines()[1])
+        assert match is not None and int(match.group(1)) in steps, result.stdout

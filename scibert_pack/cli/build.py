@@ -84,6 +84,7 @@ def _shown(value: object) -> str:
     HandlerSettings,
     "explain_steps",
     "max_explain_steps",
+    "explain_tolerance",
     "internal_batch_size",
     "merge_subwords",
     "max_texts_per_request",
@@ -92,6 +93,7 @@ def _shown(value: object) -> str:
     "max_explain_work",
     "max_batch_tokens",
     "torch_threads",
+    "lend_idle_cpus",
     "device",
     "runtime",
 )

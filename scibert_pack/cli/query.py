@@ -263,6 +263,12 @@ def _predict_file(
     "store was built with.",
 )
 @click.option(
+    "--tolerance",
+    type=float,
+    help="Use the fewest steps whose |convergence delta| is at most this (1e-06 to 0.1); "
+    "default: the store's --explain-tolerance. Not with --explain-steps.",
+)
+@click.option(
     "--merge-subwords/--no-merge-subwords", default=None, help="Merge word pieces into words."
 )
 @click.option("--top", default=8, show_default=True, help="Words to show per text.")
@@ -284,6 +290,7 @@ def explain(
     as_json: bool,
     target: str | None,
     n_steps: int | None,
+    tolerance: float | None,
     merge_subwords: bool | None,
     top: int,
     html_file: Path | None,
@@ -304,6 +311,7 @@ def explain(
         target=target_value,
         n_steps=n_steps,
         merge_subwords=merge_subwords,
+        tolerance=tolerance,
     )
     console = Console()
     requests_needed = -(-len(texts) // texts_per_request)
@@ -335,8 +343,9 @@ def explain(
         return
     for e in explained.explanations:
         console.data(_flat(e.text))
+        steps = "" if e.n_steps is None else f"  steps: {e.n_steps}"
         console.data(
-            f"  label: {e.label}  target: {e.target}  delta: {_number(e.delta, sign=True)}"
+            f"  label: {e.label}  target: {e.target}  delta: {_number(e.delta, sign=True)}{steps}"
         )
         ranked = sorted(
             (pair for pair in zip(e.words, e.importances, strict=True) if not _special(pair[0])),
