@@ -35,6 +35,19 @@ pytest_plugins = ["support.shared_servers"]
 FAMILIES: tuple[Family, ...] = ("bert", "roberta", "distilbert")
 
 
+def _restore_torch_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
+# A handler set up in process (ClassifierService.from_context) sets torch's thread count as a
+# worker does: put it back after each test and each module, or it holds for the rest of the run.
+keep_torch_threads = pytest.fixture(autouse=True)(_restore_torch_threads)
+keep_module_torch_threads = pytest.fixture(autouse=True, scope="module")(_restore_torch_threads)
+
+
 @pytest.fixture(scope="module")
 def all_cpus() -> Iterator[None]:
     """torch's own thread count in this process for a module (a user's run of the demo has it)."""
