@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 for _key, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -20,10 +21,40 @@ for _key, _value in {
 
 from support.tiny_models import Family, make_tiny_classifier  # noqa: E402
 
+# One torch thread in the test process, as each of TorchServe's two workers has (handlers/
+# threads.py). The tiny models gain nothing from a second thread, and an OpenMP thread that waits
+# for a busy core costs far more than it brings: training a tiny classifier for the handler tests
+# took 0.8 s on one thread and 10 to 40 s on two on a loaded 2-core machine. Tests that run the
+# real MiniLM in process take every CPU back with the `all_cpus` fixture.
+CPU_THREADS = torch.get_num_threads()
+torch.set_num_threads(1)
+
 # Servers shared across modules, one per configuration (started on first use).
 pytest_plugins = ["support.shared_servers"]
 
 FAMILIES: tuple[Family, ...] = ("bert", "roberta", "distilbert")
+
+
+def _restore_torch_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
+# A handler set up in process (ClassifierService.from_context) sets torch's thread count as a
+# worker does: put it back after each test and each module, or it holds for the rest of the run.
+keep_torch_threads = pytest.fixture(autouse=True)(_restore_torch_threads)
+keep_module_torch_threads = pytest.fixture(autouse=True, scope="module")(_restore_torch_threads)
+
+
+@pytest.fixture(scope="module")
+def all_cpus() -> Iterator[None]:
+    """torch's own thread count in this process for a module (a user's run of the demo has it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(CPU_THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,13 @@ import pytest
 from scibert_pack.demo.corpus import load_corpus
 from scibert_pack.demo.run import DEMO_TEXTS, DemoSettings, run_demo
 
-pytestmark = [pytest.mark.server, pytest.mark.s3, pytest.mark.slow]
+# Trained on every CPU, as a user's own run of the demo is (the suite runs torch on one).
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.s3,
+    pytest.mark.slow,
+    pytest.mark.usefixtures("all_cpus"),
+]
 
 MIN_ACCURACY = 0.8
 # The demo's own texts beyond the blog's sentence, each plainly of one field.

@@ -7,17 +7,13 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from support.build_and_serve import serving
 from support.tiny_models import LABELS
 
-from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.serving.server import TorchServeProcess
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -32,13 +28,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def server(
-    tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TorchServeProcess]:
-    # A long batch delay so that concurrent requests surely meet in one batch.
-    settings = BuildSettings(name="tiny", batch_size=8, max_batch_delay_ms=300, profile="local")
-    with serving(tiny_bert, tmp_path_factory.mktemp("served"), settings) as running:
-        yield running
+def server(tiny_server: TorchServeProcess) -> TorchServeProcess:
+    return tiny_server  # model "tiny", shared with other modules: send requests only
 
 
 def _post(server: TorchServeProcess, path: str, body: Any, **kwargs: Any) -> requests.Response:
