@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,6 +29,13 @@ from support.tiny_models import Family, make_tiny_classifier  # noqa: E402
 # real MiniLM in process take every CPU back with the `all_cpus` fixture.
 CPU_THREADS = torch.get_num_threads()
 torch.set_num_threads(1)
+
+# Started in the background by a shell without job control, pytest inherits SIGINT ignored,
+# and so would every child it starts (an ignored signal stays ignored across exec): the tests
+# that press Ctrl-C on a real `scibert-pack` process would see it ignored. Take Python's own
+# handler back; children then start with SIGINT at its default, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Servers shared across modules, one per configuration (started on first use).
 pytest_plugins = ["support.shared_servers"]
