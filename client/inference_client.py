@@ -72,6 +72,10 @@ class ServedExplanation:
     truncated: bool
     # Integration steps the server used (None: a server that does not say).
     n_steps: int | None = None
+    # Tolerance mode: False when the steps ran out before |delta| reached the tolerance.
+    converged: bool | None = None
+    # Why the explanation is not what was asked for (word pieces from a slow tokenizer, ...).
+    note: str | None = None
 
 
 def find_token(url: str, *, token: str | None = None, key_file: Path | None = None) -> str | None:
@@ -223,6 +227,8 @@ class InferenceClient:
                     delta=float(item["delta"]),
                     truncated=bool(item.get("truncated", False)),
                     n_steps=int(item["n_steps"]) if "n_steps" in item else None,
+                    converged=bool(item["converged"]) if "converged" in item else None,
+                    note=str(item["note"]) if item.get("note") else None,
                 )
                 for text, item in zip(texts, items, strict=True)
             ]

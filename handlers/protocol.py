@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -298,10 +299,24 @@ def _parse_json(text: str) -> object:
     except json.JSONDecodeError as exc:
         raise bad_request(
             f"request body is not valid JSON ({exc.msg} at line {exc.lineno} column "
-            f"{exc.colno}); send a JSON object, {KSERVE_SHAPE}"
+            f"{exc.colno}){_quoting_hint(text)}; send a JSON object, {KSERVE_SHAPE}"
         ) from None
     except (RecursionError, ValueError) as exc:
         raise _unreadable_json("request body", exc) from None
+
+
+# `"data": "{"text": ...}"`: a JSON object written into a string without escaping its quotes,
+# as the KServe blog post's explain payload does.
+_UNESCAPED_OBJECT = re.compile(r':\s*"\{\s*"')
+
+
+def _quoting_hint(text: str) -> str:
+    if _UNESCAPED_OBJECT.search(text[:100_000]) is None:
+        return ""
+    return (
+        ': a JSON object inside a string value must escape its quotes, as in "data": '
+        '"{\\"text\\": \\"...\\"}" (the KServe blog post\'s payload has none)'
+    )
 
 
 def _unreadable_json(
@@ -382,7 +397,7 @@ def _decode_body(body: object, content_type: str | None) -> object:
             if is_json:
                 raise bad_request(
                     f"request body is not valid JSON ({exc.msg} at line {exc.lineno} "
-                    f"column {exc.colno}); fix the JSON or send text/plain"
+                    f"column {exc.colno}){_quoting_hint(text)}; fix the JSON or send text/plain"
                 ) from None
         except (RecursionError, ValueError) as exc:
             if is_json:

@@ -101,3 +101,38 @@ def test_a_refusal_is_told_in_the_clis_terms(code: int, body: dict[str, object],
     text, told = _http_failure("http://127.0.0.1:8085/v2/models/m/explain", response, "m")
     assert text.startswith(f"http://127.0.0.1:8085/v2/models/m/explain answered {code}: ")
     assert told == fix
+
+
+def test_explain_shows_the_servers_note_and_an_unreached_tolerance() -> None:
+    """What the server says about an explanation reaches the person reading the CLI."""
+    import threading
+
+    from click.testing import CliRunner
+    from support.http_recorder import Recorder
+
+    from scibert_pack.cli import cli
+    from scibert_pack.serving.ports import free_ports
+
+    item = {
+        "words": ["bio", "##avail"], "importances": [0.2, -0.1], "delta": 0.004,
+        "label": "a", "target": "a", "truncated": False, "granularity": "pieces",
+        "n_steps": 64, "tolerance": 0.001, "converged": False,
+        "note": "word pieces, not words: this model's tokenizer is a slow (Python) tokenizer",
+    }  # fmt: skip
+    answer = {"outputs": [{"name": "explain", "datatype": "BYTES", "shape": [1], "data": [item]}]}
+    (port,) = free_ports(1)
+    server = Recorder("127.0.0.1", port, answer=answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = CliRunner().invoke(
+            cli, ["explain", "bioavailability", "--url", f"http://127.0.0.1:{port}", "--model", "m"]
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1:3] == [
+        "  label: a  target: a  delta: +0.004  steps: 64 (tolerance not reached: the most steps "
+        "allowed ran out)",
+        "  note: word pieces, not words: this model's tokenizer is a slow (Python) tokenizer",
+    ]

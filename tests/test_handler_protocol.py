@@ -167,7 +167,28 @@ def test_tolerance_mode_choice(
     assert options.max_steps == settings.max_explain_steps
 
 
+# The KServe blog post's explain body as printed: its inner object's quotes are not escaped.
+BLOG_EXPLAIN_AS_PRINTED = b"""{
+"id": "d3b15cad-50a2-4eaf-80ce-8b0a428bd298",
+"inputs": [{
+"name": "4b7c7d4a-51e4-43c8-af61-04639f6ef4bc",
+"shape": -1,
+"datatype": "BYTES",
+"data": "{"text":"Risk assessment implications."}"
+}
+]
+}"""
+
 BAD = [
+    pytest.param(
+        bytearray(BLOG_EXPLAIN_AS_PRINTED),
+        JSON,
+        400,
+        "request body is not valid JSON (Expecting ',' delimiter at line 7 column 12): a JSON "
+        'object inside a string value must escape its quotes, as in "data": "{\\"text\\": '
+        '\\"...\\"}" (the KServe blog post\'s payload has none); fix the JSON or send text/plain',
+        id="blog-payload-unescaped",
+    ),
     pytest.param(
         bytearray(b'{"x":'),
         JSON,

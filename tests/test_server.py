@@ -306,3 +306,10 @@ def test_serve_cli_predict_and_explain_tables(server: TorchServeProcess) -> None
         assert result.exit_code == 0, result.output
         match = re.fullmatch(r"  label: .*  steps: (\d+)", result.stdout.splitlines()[1])
         assert match is not None and int(match.group(1)) in steps, result.stdout
+    # Progress goes to stderr, and -q silences it; the answers stay on stdout.
+    two = [long_text, "cells divide", *args, "--batch-texts", "1"]
+    for quiet, said in (([], "explained 2/2 texts\n"), (["-q"], "")):
+        result = CliRunner().invoke(cli, ["explain", *two, *quiet])
+        assert result.exit_code == 0, result.output
+        assert result.stderr.endswith(said) and (said or result.stderr == "")
+        assert result.stdout.splitlines()[0] == long_text

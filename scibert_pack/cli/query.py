@@ -280,6 +280,7 @@ def _predict_file(
     "probabilities of every label.",
 )
 @setting_options(ExplainSettings, "texts_per_request", "concurrency")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def explain(
     texts: tuple[str, ...],
     url: str,
@@ -296,6 +297,7 @@ def explain(
     html_file: Path | None,
     texts_per_request: int,
     concurrency: int,
+    quiet: bool,
 ) -> None:
     """Explain the predictions for TEXTS (Captum integrated gradients, KServe v2 explain).
 
@@ -313,7 +315,7 @@ def explain(
         merge_subwords=merge_subwords,
         tolerance=tolerance,
     )
-    console = Console()
+    console = Console(quiet=quiet)
     requests_needed = -(-len(texts) // texts_per_request)
 
     def show(done: int, total: int) -> None:
@@ -344,9 +346,13 @@ def explain(
     for e in explained.explanations:
         console.data(_flat(e.text))
         steps = "" if e.n_steps is None else f"  steps: {e.n_steps}"
+        if e.converged is False:
+            steps += " (tolerance not reached: the most steps allowed ran out)"
         console.data(
             f"  label: {e.label}  target: {e.target}  delta: {_number(e.delta, sign=True)}{steps}"
         )
+        if e.note:
+            console.data(f"  note: {e.note}")
         ranked = sorted(
             (pair for pair in zip(e.words, e.importances, strict=True) if not _special(pair[0])),
             key=lambda pair: abs(pair[1]),

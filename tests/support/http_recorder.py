@@ -26,8 +26,16 @@ REFUSED = {
 class Recorder(ThreadingHTTPServer):
     """A listener that answers every POST like a v2 server and keeps the headers it got."""
 
-    def __init__(self, host: str, port: int, *, require_token: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        require_token: str | None = None,
+        answer: dict[str, Any] | None = None,
+    ) -> None:
         self.headers: list[dict[str, str]] = []
+        self.answer = answer or V2_ANSWER
         # Refuse requests without this bearer token, as TorchServe 0.12 does (400, not 401).
         self.require_token = require_token
         super().__init__((host, port), _Handler)
@@ -41,7 +49,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.headers.append(dict(self.headers.items()))
         wanted = self.server.require_token
         refused = wanted is not None and self.headers.get("Authorization") != f"Bearer {wanted}"
-        body = json.dumps(REFUSED if refused else V2_ANSWER).encode()
+        body = json.dumps(REFUSED if refused else self.server.answer).encode()
         self.send_response(400 if refused else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
