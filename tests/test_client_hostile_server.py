@@ -105,10 +105,8 @@ def test_a_refusal_is_told_in_the_clis_terms(code: int, body: dict[str, object],
 
 def test_explain_shows_the_servers_note_and_an_unreached_tolerance() -> None:
     """What the server says about an explanation reaches the person reading the CLI."""
-    import threading
-
     from click.testing import CliRunner
-    from support.http_recorder import Recorder
+    from support.http_recorder import recording
 
     from scibert_pack.cli import cli
     from scibert_pack.serving.ports import free_ports
@@ -121,15 +119,10 @@ def test_explain_shows_the_servers_note_and_an_unreached_tolerance() -> None:
     }  # fmt: skip
     answer = {"outputs": [{"name": "explain", "datatype": "BYTES", "shape": [1], "data": [item]}]}
     (port,) = free_ports(1)
-    server = Recorder("127.0.0.1", port, answer=answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with recording("127.0.0.1", port, answer=answer):
         result = CliRunner().invoke(
             cli, ["explain", "bioavailability", "--url", f"http://127.0.0.1:{port}", "--model", "m"]
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1:3] == [
         "  label: a  target: a  delta: +0.004  steps: 64 (tolerance not reached: the most steps "

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from support.http_recorder import Recorder
+from support.http_recorder import Recorder, recording
 
 from scibert_pack.cli import cli
 from scibert_pack.client.inference_client import local_server_token
@@ -84,15 +84,10 @@ def test_a_refused_key_names_the_address_serve_sends_it_to(port: int) -> None:
     """The key of `serve` on 127.0.0.1 is not sent to 127.0.0.2 (or localhost): the refusal
     says which URL gets it, and where the key file is."""
     run = write_run_folder(port, host="127.0.0.1")
-    server = Recorder("127.0.0.2", port, require_token=KEY)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with recording("127.0.0.2", port, require_token=KEY):
         result = CliRunner().invoke(
             cli, ["predict", "cells divide", "--url", f"http://127.0.0.2:{port}", "--model", "m"]
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert result.exit_code == 1, result.output
     assert f"`scibert-pack serve` runs a server on port {port} at 127.0.0.1; its key is sent " in (
         result.stderr

@@ -3,7 +3,10 @@ headers that arrive (who got sent a token)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -58,3 +61,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+@contextlib.contextmanager
+def recording(host: str, port: int, **options: Any) -> Iterator[Recorder]:
+    """A Recorder answering on `host`:`port` for the block (Recorder's options)."""
+    server = Recorder(host, port, **options)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
