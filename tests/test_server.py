@@ -299,7 +299,8 @@ def test_serve_cli_predict_and_explain_tables(server: TorchServeProcess) -> None
     assert re.fullmatch(r"0|[+-](\d\.\d{3}|\d\.\de-\d\d)", match.group(1)), lines[1]
     assert len(lines[2].split(", ")) == 3
     for option, steps in (
-        (["--tolerance", "0.05"], {8, 16, 32, 64}),
+        (["--explain-tolerance", "0.05"], {8, 16, 32, 64}),
+        (["--tolerance", "0.05"], {8, 16, 32, 64}),  # the short spelling
         (["--explain-steps", "12"], {12}),
     ):
         result = CliRunner().invoke(cli, ["explain", long_text, *args, *option])

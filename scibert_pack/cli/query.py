@@ -263,10 +263,13 @@ def _predict_file(
     "store was built with.",
 )
 @click.option(
+    "--explain-tolerance",
     "--tolerance",
+    "tolerance",
     type=float,
     help="Use the fewest steps whose |convergence delta| is at most this (1e-06 to 0.1); "
-    "default: the store's --explain-tolerance. Not with --explain-steps.",
+    "default: the tolerance the store was built with (build --explain-tolerance). Not with "
+    "--explain-steps.",
 )
 @click.option(
     "--merge-subwords/--no-merge-subwords", default=None, help="Merge word pieces into words."
