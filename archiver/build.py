@@ -31,7 +31,7 @@ from scibert_pack.config import properties
 from scibert_pack.errors import BuildError, InputError, ModelFolderError
 from scibert_pack.handlers import settings as handler_settings
 from scibert_pack.handlers.settings import declarations, option_of
-from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
+from scibert_pack.layout import CONFIG_DIR, CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
 from scibert_pack.progress import ProgressSink, silent
 
 # EFBIG: a file-size limit (ulimit -f, quotas) stops the write the same way a full disk does.
@@ -63,7 +63,7 @@ def build(
     _check_output(output, model_dir)
     # Folders this build creates: a failed build removes them again when they are left empty.
     created = [
-        *(d for d in (output / MODEL_STORE_DIR, (output / CONFIG_FILE).parent) if not d.exists()),
+        *(d for d in (output / MODEL_STORE_DIR, output / CONFIG_DIR) if not d.exists()),
         *_missing_folders(output),
     ]
     try:
@@ -231,7 +231,7 @@ def _check_output(output: Path, model_dir: Path) -> None:
     if output.resolve() == model_dir.resolve():
         raise InputError(f"output {output} is the model folder itself", fix=fix)
     # An earlier store (or part of one) is replaced; a leftover build folder is ignored.
-    ours = {REPORT_FILE, MODEL_STORE_DIR, CONFIG_FILE.split("/")[0]}
+    ours = {REPORT_FILE, MODEL_STORE_DIR, CONFIG_DIR}
     others = sorted(
         p.name for p in output.iterdir() if p.name not in ours and not p.name.startswith(".")
     )
@@ -286,7 +286,7 @@ def _publish(
     """Rename everything into place: archive, then config, then the report that marks it done."""
     store = output / MODEL_STORE_DIR
     store.mkdir(exist_ok=True)
-    (output / CONFIG_FILE).parent.mkdir(exist_ok=True)
+    (output / CONFIG_DIR).mkdir(exist_ok=True)
     target = store / settings.archive_name
     _replace(archive, target)
     for suffix in set(ARCHIVE_SUFFIX.values()) - {ARCHIVE_SUFFIX[settings.archive_format]}:

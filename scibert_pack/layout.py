@@ -17,7 +17,8 @@ from scibert_pack.config.properties import Ports
 from scibert_pack.errors import StoreError
 from scibert_pack.files import load_json
 
-CONFIG_FILE = "config/config.properties"
+CONFIG_DIR = "config"
+CONFIG_FILE = f"{CONFIG_DIR}/config.properties"
 MODEL_STORE_DIR = "model-store"
 REPORT_FILE = "build-report.json"
 REPORT_SCHEMA = "scibert-pack/build-report/v1"

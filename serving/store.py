@@ -7,7 +7,14 @@ from pathlib import Path
 
 from scibert_pack.archiver.model_folder import PICKLE, PICKLE_INDEX, SAFETENSORS, SAFETENSORS_INDEX
 from scibert_pack.errors import StoreError
-from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, StoreFacts, read_store, served_archive
+from scibert_pack.layout import (
+    CONFIG_DIR,
+    CONFIG_FILE,
+    MODEL_STORE_DIR,
+    StoreFacts,
+    read_store,
+    served_archive,
+)
 
 # What save_pretrained writes for the weights, sharded or not, safetensors or pickle.
 _WEIGHTS = (SAFETENSORS, SAFETENSORS_INDEX, PICKLE, PICKLE_INDEX)
@@ -34,10 +41,7 @@ def _store_around(path: Path) -> Path | None:
     """The store `path` is part of (its model-store/ or config/ folder, or an archive in
     model-store/), when it is one; None otherwise."""
     for part, store in ((path, path.parent), (path.parent, path.parent.parent)):
-        if (
-            part.name in (MODEL_STORE_DIR, CONFIG_FILE.split("/")[0])
-            and (store / CONFIG_FILE).is_file()
-        ):
+        if part.name in (MODEL_STORE_DIR, CONFIG_DIR) and (store / CONFIG_FILE).is_file():
             return store
     return None
 

@@ -7,6 +7,7 @@ import shutil
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -70,6 +71,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[Family, Path]:
     """One tiny saved classifier per BERT family (read-only: copy before changing)."""
     root = tmp_path_factory.mktemp("tiny-models")
     return {family: make_tiny_classifier(root / family, family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models: dict[Family, Path]) -> dict[Family, tuple[Any, Any]]:
+    """Each tiny classifier loaded in process as (model, tokenizer), once per module."""
+    from support.in_process_service import load_trained
+
+    return {family: load_trained(folder) for family, folder in tiny_models.items()}
 
 
 @pytest.fixture(scope="session")

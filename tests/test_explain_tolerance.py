@@ -4,12 +4,11 @@ tolerance, checked by invariants against the model itself and against explicit n
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import pytest
 from support.fake_context import HttpRequest
-from support.in_process_service import TEST_SETTINGS, call, load_trained, target_probability
+from support.in_process_service import TEST_SETTINGS, call, target_probability
 from support.tiny_models import Family
 
 from scibert_pack.handlers.explain import TOLERANCE_METHOD, ExplainJob, explain_to_tolerance
@@ -24,11 +23,6 @@ TEXTS = [
 ]
 LABELS = ["biology", "chemistry", "physics"]
 FAMILIES = ["bert", "roberta", "distilbert"]
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_models: dict[Family, Path]) -> dict[Family, tuple[Any, Any]]:
-    return {family: load_trained(folder) for family, folder in tiny_models.items()}
 
 
 def service(pair: tuple[Any, Any], settings: HandlerSettings = TEST_SETTINGS) -> ClassifierService:

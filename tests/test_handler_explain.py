@@ -7,7 +7,6 @@ target class) for the text and for its baseline ([CLS] [PAD]... [SEP]) on its ow
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from support.fake_context import HttpRequest
 from support.in_process_service import (
     TEST_SETTINGS,
     call,
-    load_trained,
     make_service,
     recorded_passes,
     reference_tokens,
@@ -34,11 +32,6 @@ TEXTS = [
 ]
 LABELS = ["biology", "chemistry", "physics"]
 FAMILIES = ["bert", "roberta", "distilbert"]
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_models: dict[Family, Path]) -> dict[Family, tuple[Any, Any]]:
-    return {family: load_trained(folder) for family, folder in tiny_models.items()}
 
 
 @pytest.fixture(scope="module")

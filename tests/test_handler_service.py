@@ -13,7 +13,6 @@ from support.fake_context import FakeContext, FakeMetrics, HttpRequest, MetricTy
 from support.in_process_service import (
     TEST_SETTINGS,
     call,
-    load_trained,
     make_service,
     recorded_passes,
     reference_probabilities,
@@ -48,11 +47,6 @@ BLOG = {
         }
     ],
 }
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_models: dict[Family, Path]) -> dict[Family, tuple[Any, Any]]:
-    return {family: load_trained(folder) for family, folder in tiny_models.items()}
 
 
 @pytest.fixture(scope="module")
