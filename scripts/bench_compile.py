@@ -5,12 +5,15 @@ the classifier's forward pass with
   - `aoti`: torch.export (dynamic batch and sequence) + AOTInductor (`aoti_compile_and_package`,
     what a build would do; loaded with `aoti_load_package`, no compiler needed to serve);
   - `aoti-frozen`: the same with inductor's freezing (weights folded in as constants);
+  - `aoti-autotune`: freezing + max-autotune (inductor's C++ GEMM template against MKL/oneDNN);
   - `jit`: torch.jit.trace + torch.jit.freeze + optimize_for_inference (oneDNN fusions);
 records each compile's time, checks each against eager over the demo corpus (batches of 16
 padded to their longest, and one text at a time: every label equal, largest probability
 difference), then measures in process forward + softmax of the blog sentence (tokenized once:
 tokenizing costs every path the same) at batch 1, 8 and 32 and 1 and 2 threads, every path in
-interleaved windows (eager, aoti, ..., eager, aoti, ...), best of --rounds.
+interleaved windows (eager, aoti, ..., eager, aoti, ...), best of --rounds; and, at one
+thread, the share of eager's forward spent in its Linear layers and their GFLOP/s against one
+large fp32 matmul (the ceiling of any path that keeps fp32 GEMMs).
 Writes the `compile` section of BENCHMARKS.md.
 
     .venv/bin/python scripts/bench_compile.py [--seconds 2] [--rounds 3] [--models minilm,bert-base]
