@@ -103,8 +103,17 @@ def class_probabilities(
     return forward
 
 
-def explain(classifier: Classifier, batch: Batch, job: ExplainJob) -> list[Explanation]:
-    """One explanation per text of `job`, in its order, in as few Captum calls as fit."""
+def explain(
+    classifier: Classifier,
+    batch: Batch,
+    job: ExplainJob,
+    endpoints: dict[int, tuple[float, float]] | None = None,
+) -> list[Explanation]:
+    """One explanation per text of `job`, in its order, in as few Captum calls as fit.
+
+    `endpoints` (text position -> f(baseline), f(x)) is read and filled: a caller that explains
+    the same texts again (the ladder) passes the same dict and skips their second pass.
+    """
     every_length = batch.lengths
     lengths = [every_length[i] for i in job.indices]
     results: dict[int, Explanation] = {}
@@ -112,7 +121,7 @@ def explain(classifier: Classifier, batch: Batch, job: ExplainJob) -> list[Expla
         indices = tuple(job.indices[k] for k in group)
         targets = tuple(job.targets[k] for k in group)
         rows = _rows_per_pass(job, len(group), max(lengths[k] for k in group))
-        explained = _integrate(classifier, batch, indices, targets, job, rows)
+        explained = _integrate(classifier, batch, indices, targets, job, rows, endpoints)
         results.update(zip(group, explained, strict=True))
     return [results[k] for k in range(len(job.indices))]
 
@@ -134,6 +143,7 @@ def explain_to_tolerance(
     its last rung's explanation, marked converged=False.
     """
     done: dict[int, Explanation] = {}
+    endpoints: dict[int, tuple[float, float]] = {}
     pending = list(range(len(job.indices)))
     steps = job.n_steps
     while pending:
@@ -143,7 +153,7 @@ def explain_to_tolerance(
             targets=tuple(job.targets[k] for k in pending),
             n_steps=steps,
         )
-        for k, result in zip(pending, explain(classifier, batch, rung), strict=True):
+        for k, result in zip(pending, explain(classifier, batch, rung, endpoints), strict=True):
             done[k] = dataclasses.replace(
                 result, tolerance=tolerance, converged=abs(result.delta) <= tolerance
             )
@@ -170,38 +180,78 @@ def _integrate(
     targets: tuple[int, ...],
     job: ExplainJob,
     rows_per_pass: int,
+    endpoints: dict[int, tuple[float, float]] | None = None,
 ) -> list[Explanation]:
-    from captum.attr import LayerIntegratedGradients
+    """Integrated gradients on the word-embedding output, the delta from f(baseline) and f(x).
+
+    What Captum's LayerIntegratedGradients computes, without its four extra passes of the
+    model (two to read the layer's values at the input and the baseline, two for the delta):
+    the layer's values are an embedding lookup, and f(baseline) and f(x) come from one pass
+    over both (or from `endpoints`, per text position, when an earlier rung computed them).
+    On a short text those passes cost more than the integration itself.
+    """
+    from captum.attr import IntegratedGradients
 
     inputs = batch.rows(indices)
     input_ids = inputs.pop("input_ids")
     names = tuple(sorted(inputs))
-    lig = LayerIntegratedGradients(
-        class_probabilities(classifier, names), classifier.model.get_input_embeddings()
-    )
-    attributions, deltas = lig.attribute(
-        inputs=input_ids,
-        baselines=baseline_ids(classifier, input_ids),
-        additional_forward_args=tuple(inputs[name] for name in names),
-        target=torch.tensor(targets, device=input_ids.device),
+    extra = tuple(inputs[name] for name in names)
+    baseline = baseline_ids(classifier, input_ids)
+    target = torch.tensor(targets, device=input_ids.device)
+    forward = class_probabilities(classifier, names)
+    layer = classifier.model.get_input_embeddings()
+    known = endpoints if endpoints is not None else {}
+    with torch.no_grad():
+        start, end = layer(baseline), layer(input_ids)
+        if not all(i in known for i in indices):
+            # Both ends in one pass: 2 x a pass of the integration's rows (<= max_explain_tokens)
+            # without gradients, within the predictions' max_batch_tokens.
+            both = forward(torch.cat([baseline, input_ids]), *(torch.cat([t, t]) for t in extra))
+            ends = both.gather(1, torch.cat([target, target]).unsqueeze(1)).view(2, -1).cpu()
+            for pos, fb, fx in zip(indices, ends[0].tolist(), ends[1].tolist(), strict=True):
+                known[pos] = (fb, fx)
+    ig = IntegratedGradients(_through_layer(forward, layer))
+    attributions = ig.attribute(
+        end,
+        baselines=start,
+        additional_forward_args=(input_ids, *extra),
+        target=target,
         n_steps=job.n_steps,
         method=job.method,
         internal_batch_size=rows_per_pass,
-        return_convergence_delta=True,
     )
-    scores = attributions.sum(dim=-1).detach().cpu()
+    attributions = attributions.detach()
+    # Completeness: the attributions of a text add up to f(x) - f(baseline), up to delta.
+    totals = attributions.reshape(len(indices), -1).sum(dim=1).cpu()
+    scores = attributions.sum(dim=-1).cpu()
     mask = inputs["attention_mask"].bool().cpu()
     ids = input_ids.cpu()
     return [
         Explanation(
             words=classifier.tokens(ids[row][mask[row]]),
             importances=[float(v) for v in scores[row][mask[row]]],
-            delta=float(deltas[row]),
-            target=target,
+            delta=float(totals[row]) - (known[pos][1] - known[pos][0]),
+            target=target_class,
             n_steps=job.n_steps,
         )
-        for row, target in enumerate(targets)
+        for row, (pos, target_class) in enumerate(zip(indices, targets, strict=True))
     ]
+
+
+def _through_layer(
+    forward: Callable[..., torch.Tensor], layer: torch.nn.Module
+) -> Callable[..., torch.Tensor]:
+    """forward(values, input_ids, *extra): the model on input_ids with `layer`'s output
+    replaced by `values` (the points of the integration path)."""
+
+    def run(values: torch.Tensor, input_ids: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        hook = layer.register_forward_hook(lambda _module, _args, _output: values)
+        try:
+            return forward(input_ids, *extra)
+        finally:
+            hook.remove()
+
+    return run
 
 
 def merge_words(
