@@ -65,7 +65,7 @@ from .render import (
     render_predictions,
 )
 from .settings import HandlerSettings
-from .threads import CoreShare, usable_cpus, worker_threads
+from .threads import CoreShare, cpu_pressure, usable_cpus, worker_threads
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,9 @@ class ClassifierService:
         )
         if settings.lend_idle_cpus and settings.torch_threads == 0:  # explicit counts stay
             lock = CoreShare.sibling_lock()
-            service.cores = CoreShare(lock, threads, usable_cpus(), torch.set_num_threads)
+            service.cores = CoreShare(
+                lock, threads, usable_cpus(), torch.set_num_threads, pressure=cpu_pressure
+            )
         if settings.runtime in ("onnx", "onnx-int8"):
             from .onnx_runtime import INT8_EXPLAINED_WITH, OnnxLogits, onnx_file
 
