@@ -86,6 +86,21 @@ def baseline_ids(classifier: Classifier, input_ids: torch.Tensor) -> torch.Tenso
     return torch.where(keep, input_ids, torch.full_like(input_ids, pad_id))
 
 
+def with_baselines(classifier: Classifier, batch: Batch, positions: Sequence[int]) -> Batch:
+    """`batch` followed by the baselines of its texts at `positions`: one forward pass gives the
+    predictions and f(x) and f(baseline), the explanation's ends.
+
+    Only for models that take positions as 0..n (`position_ids` None): the others would number
+    a baseline's positions around its pad tokens, where the explanation keeps the input's.
+    """
+    picked = torch.as_tensor(list(positions), dtype=torch.long)
+    inputs = {key: torch.cat([value, value[picked]]) for key, value in batch.inputs.items()}
+    ids = inputs["input_ids"]
+    ids[batch.size :] = baseline_ids(classifier, ids[batch.size :])
+    truncated = batch.truncated + tuple(batch.truncated[p] for p in positions)
+    return Batch(inputs, truncated, None, None)
+
+
 def class_probabilities(
     classifier: Classifier, names: tuple[str, ...]
 ) -> Callable[..., torch.Tensor]:
@@ -133,6 +148,7 @@ def explain_to_tolerance(
     tolerance: float,
     caps: Sequence[int],
     may_continue: Callable[[tuple[int, ...], int], bool],
+    endpoints: dict[int, tuple[float, float]] | None = None,
 ) -> list[Explanation]:
     """One explanation per text of `job`, each with the fewest ladder steps whose |delta| is at
     most `tolerance`.
@@ -140,10 +156,11 @@ def explain_to_tolerance(
     All texts run at the first rung (job.n_steps); those short of the tolerance run again at the
     next, together, while their own cap (`caps`, per text of the job) allows that many steps and
     `may_continue(indices, steps)` agrees (the time budget). A text that never got there keeps
-    its last rung's explanation, marked converged=False.
+    its last rung's explanation, marked converged=False. `endpoints` as for `explain`; the
+    rungs share them.
     """
     done: dict[int, Explanation] = {}
-    endpoints: dict[int, tuple[float, float]] = {}
+    endpoints = {} if endpoints is None else endpoints
     pending = list(range(len(job.indices)))
     steps = job.n_steps
     while pending:

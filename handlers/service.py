@@ -32,6 +32,7 @@ from .explain import (
     explain,
     explain_to_tolerance,
     merge_words,
+    with_baselines,
 )
 from .metrics import (
     BATCHES_TOTAL,
@@ -43,7 +44,14 @@ from .metrics import (
     TEXTS_PER_BATCH,
     Metrics,
 )
-from .model import Batch, Classifier, choose_device, load_pretrained, token_chunks
+from .model import (
+    Batch,
+    Classifier,
+    choose_device,
+    load_pretrained,
+    position_ids,
+    token_chunks,
+)
 from .oip_binary import HEADER_LENGTH, OutputSpec, select_outputs
 from .oip_grpc import is_grpc_request
 from .oip_reply import encode_reply, grpc_replies, header_lookup
@@ -103,6 +111,9 @@ class _Work:
     # The forward pass: seconds and padded tokens, the explanation cost estimate's first rate.
     forward_s: float = 0.0
     forward_tokens: int = 0
+    # Explain texts' probabilities at their baseline and at the text (position -> both rows),
+    # when the prediction pass computed them with the model that explains.
+    ends: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 class ClassifierService:
@@ -271,11 +282,25 @@ class ClassifierService:
             spans[idx] = range(len(texts), len(texts) + len(request.texts))
             texts.extend(request.texts)
         batch = self.classifier.tokenize(texts)
+        # An explanation's ends, f(baseline) and f(x), come from this pass when the model that
+        # predicts is the one that explains: the baselines ride along as extra rows.
+        explaining = [
+            pos for idx, r in requests.items() if r.action == "explain" for pos in spans[idx]
+        ]
+        renumbered = position_ids(self.classifier, batch.inputs["attention_mask"]) is not None
+        if self.classifier.fast_logits is not None or renumbered:
+            explaining = []
+        rows = with_baselines(self.classifier, batch, explaining) if explaining else batch
         # Padded tokens per pass stay within max_batch_tokens; a usual batch is one chunk.
-        chunks = token_chunks(batch.lengths, self.settings.max_batch_tokens)
+        chunks = token_chunks(rows.lengths, self.settings.max_batch_tokens)
         start = self._clock()
-        probabilities = self.classifier.batch_probabilities(batch, chunks)
+        probabilities = self.classifier.batch_probabilities(rows, chunks)
         forward_s = self._clock() - start
+        ends = {
+            pos: (probabilities[batch.size + k], probabilities[pos])
+            for k, pos in enumerate(explaining)
+        }
+        probabilities = probabilities[: batch.size]
         metrics.gauge(INFERENCE_MS, forward_s * 1000.0, "ms")
         metrics.gauge(TEXTS_PER_BATCH, len(texts), "count")
         metrics.count(FORWARD_PASSES_TOTAL, len(chunks))
@@ -284,8 +309,9 @@ class ClassifierService:
             Prediction(labels[int(row.argmax())], tuple(float(p) for p in row), truncated)
             for row, truncated in zip(probabilities, batch.truncated, strict=True)
         ]
-        padded = sum(len(c) * max(batch.lengths[i] for i in c) for c in chunks if c)
-        return _Work(dict(requests), batch, spans, predictions, forward_s, padded)
+        lengths = rows.lengths
+        padded = sum(len(c) * max(lengths[i] for i in c) for c in chunks if c)
+        return _Work(dict(requests), batch, spans, predictions, forward_s, padded, ends)
 
     # -- explanation ------------------------------------------------------------------------
 
@@ -382,13 +408,18 @@ class ClassifierService:
             options.internal_batch_size,
             self.settings.max_explain_tokens,
         )
+        endpoints = {
+            pos: (float(work.ends[pos][0][target]), float(work.ends[pos][1][target]))
+            for pos, target in zip(indices, targets, strict=True)
+            if pos in work.ends
+        }
         _load_captum()  # its first import would count as explanation time
         start = self._clock()
         if options.tolerance is None:
-            results = explain(self.classifier, work.batch, job)
+            results = explain(self.classifier, work.batch, job, endpoints)
             token_steps = self._token_steps(work, group)
         else:
-            results = self._explain_to_tolerance(work, group, job, options.tolerance)
+            results = self._explain_to_tolerance(work, group, job, options.tolerance, endpoints)
             # Each text ran every rung up to its own: first + 2 first + ... + n = 2 n - first.
             width = max(work.batch.lengths[pos] for pos in indices)
             token_steps = sum(width * (2 * e.n_steps - job.n_steps) for e in results)
@@ -403,7 +434,12 @@ class ClassifierService:
         }
 
     def _explain_to_tolerance(
-        self, work: _Work, group: Sequence[int], job: ExplainJob, tolerance: float
+        self,
+        work: _Work,
+        group: Sequence[int],
+        job: ExplainJob,
+        tolerance: float,
+        endpoints: dict[int, tuple[float, float]],
     ) -> list[Explanation]:
         """The ladder: each text's cap is the request's max_steps and its share of
         max_explain_work; a next rung runs only if the budget's estimate says it fits."""
@@ -424,7 +460,7 @@ class ClassifierService:
 
         rungs = dataclasses.replace(job, method=TOLERANCE_METHOD)
         return explain_to_tolerance(
-            self.classifier, work.batch, rungs, tolerance, caps, may_continue
+            self.classifier, work.batch, rungs, tolerance, caps, may_continue, endpoints
         )
 
     def _target(self, work: _Work, idx: int, pos: int) -> int:

@@ -163,21 +163,32 @@ def test_the_same_as_captums_layer_integrated_gradients(
         assert got.delta == pytest.approx(float(deltas[row]), abs=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("family", "ends_with_prediction"),
+    [("bert", True), ("distilbert", True), ("roberta", False)],
+    ids=["bert", "distilbert", "roberta-numbers-positions-from-ids"],
+)
 def test_an_explanation_costs_its_steps_and_one_pass_for_both_ends(
-    services: dict[Family, ClassifierService], trained: dict[Family, tuple[Any, Any]]
+    services: dict[Family, ClassifierService],
+    trained: dict[Family, tuple[Any, Any]],
+    family: Family,
+    ends_with_prediction: bool,
 ) -> None:
-    """Model passes of one explain request: the prediction, f(baseline) and f(x) together, the
-    integration; a ladder that climbs computes the two ends once."""
-    model, _ = trained["bert"]
+    """Model passes of one explain request: the prediction with f(x) and f(baseline) as a second
+    row (a separate pass over both where a baseline's positions would differ), then the
+    integration steps; a ladder that climbs computes the two ends once."""
+    model, _ = trained[family]
+    first = [(2, 0)] if ends_with_prediction else [(1, 0), (2, 0)]
     with recorded_passes(model) as shapes:
-        (item,) = explain(services["bert"], TEXTS[:1], n_steps=20)
+        (item,) = explain(services[family], TEXTS[:1], n_steps=20)
     width = shapes[0][1]
-    assert shapes == [(1, width), (2, width), (20, width)]
+    expected = [(rows, width) for rows, _ in first]
+    assert shapes == [*expected, (20, width)]
     with recorded_passes(model) as shapes:
-        (item,) = explain(services["bert"], TEXTS[:1], tolerance=1e-6)
+        (item,) = explain(services[family], TEXTS[:1], tolerance=1e-6)
     rungs = [8, 16, 32, 64][: [8, 16, 32, 64].index(item["n_steps"]) + 1]
     assert len(rungs) > 1  # the ladder did climb
-    assert shapes == [(1, width), (2, width)] + [(steps, width) for steps in rungs]
+    assert shapes == expected + [(steps, width) for steps in rungs]
 
 
 MERGE_CASES = [
