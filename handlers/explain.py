@@ -5,7 +5,7 @@ f(x) is the softmax probability of the target class. The baseline keeps the spec
 the input's positions (RoBERTa would otherwise renumber positions around pad tokens), so
 padding contributes exactly 0 and the importances of a text (attributions on the word-embedding
 output, summed over the embedding dimension, not normalised) add up to f(x) - f(baseline) up to
-the convergence delta Captum reports.
+the convergence delta (their sum minus f(x) - f(baseline), as Captum defines it).
 
 Captum is imported when the first explanation is computed, not with this module: its import
 costs about a second of every worker start, and most workers only predict.
