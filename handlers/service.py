@@ -234,24 +234,26 @@ class ClassifierService:
             except Exception as exc:  # one request's problem, never its batch's
                 logger.exception("reading request %d failed", idx)
                 replies[idx] = _error_reply(_unreadable(exc))
-        works, failures = self._predict(requests, metrics) if requests else ([], {})
-        replies.update(failures)
-        for work in works:
-            replies.update(self._refuse_over_budget(work, started))
-            explaining = any(
-                r.action == "explain" and i not in replies for i, r in work.requests.items()
-            )
-            with self.cores.all_cores() if explaining else contextlib.nullcontext(0) as threads:
-                # The budget learns the pace of the worker's own share: an explanation on
-                # borrowed CPUs counts as if it had run on the share alone (perfect scaling, the
-                # slowest the share could be), so a later one without them is not underestimated.
-                self._slowdown = max(1.0, threads / self.cores.share)
-                explanations, explain_failures = self._explain(work, metrics, skip=set(replies))
-            self._slowdown = 1.0
-            replies.update(explain_failures)
-            for idx in work.requests:
-                if idx not in replies:
-                    replies[idx] = self._render(idx, work, explanations.get(idx))
+        # A batch with explanations borrows idle siblings' CPUs for all of its passes: its
+        # prediction pass also computes the explanations' ends.
+        explaining = any(r.action == "explain" for r in requests.values())
+        with self.cores.all_cores() if explaining else contextlib.nullcontext(0) as threads:
+            # The budget learns the pace of the worker's own share: work on borrowed CPUs counts
+            # as if it had run on the share alone (perfect scaling, the slowest the share could
+            # be), so later work without them is not underestimated.
+            self._slowdown = max(1.0, threads / self.cores.share)
+            try:
+                works, failures = self._predict(requests, metrics) if requests else ([], {})
+                replies.update(failures)
+                for work in works:
+                    replies.update(self._refuse_over_budget(work, started))
+                    explanations, explain_failures = self._explain(work, metrics, skip=set(replies))
+                    replies.update(explain_failures)
+                    for idx in work.requests:
+                        if idx not in replies:
+                            replies[idx] = self._render(idx, work, explanations.get(idx))
+            finally:
+                self._slowdown = 1.0
         return [replies[idx] for idx in range(len(raws))]
 
     # -- prediction -------------------------------------------------------------------------
@@ -311,6 +313,8 @@ class ClassifierService:
         ]
         lengths = rows.lengths
         padded = sum(len(c) * max(lengths[i] for i in c) for c in chunks if c)
+        # The explanation cost estimate's rate is the share's (see run).
+        forward_s *= self._slowdown
         return _Work(dict(requests), batch, spans, predictions, forward_s, padded, ends)
 
     # -- explanation ------------------------------------------------------------------------
@@ -357,7 +361,7 @@ class ClassifierService:
             except Exception:  # their own explanations will report it
                 logger.exception("calibrating the explanation rate failed")
                 return
-            timings.append((self._clock() - start, lengths[pos] * steps))
+            timings.append(((self._clock() - start) * self._slowdown, lengths[pos] * steps))
         self.budget.calibrate(timings[0], timings[1])
 
     def _token_steps(self, work: _Work, group: Sequence[int]) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.fake_context import FakeContext
+from support.fake_context import FakeContext, HttpRequest, run_batch
 
 from scibert_pack.handlers import threads
 from scibert_pack.handlers.service import ClassifierService
@@ -260,3 +260,46 @@ def test_lending_is_opt_in(tiny_bert: Path, handler: dict[str, object], lends: b
 def test_lend_idle_cpus_must_be_a_bool() -> None:
     with pytest.raises(SettingsError, match="lend_idle_cpus must be true or false, got 'yes'"):
         HandlerSettings(lend_idle_cpus="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("requests", "lent"),
+    [
+        pytest.param([HttpRequest({"texts": ["cells divide"]})], False, id="predict-only"),
+        pytest.param(
+            [HttpRequest({"texts": ["cells divide"], "parameters": {"n_steps": 4}}, explain=True)],
+            True,
+            id="explain",
+        ),
+        pytest.param(
+            [
+                HttpRequest({"texts": ["photon"]}),
+                HttpRequest(
+                    {"texts": ["cells divide"], "parameters": {"n_steps": 4}}, explain=True
+                ),
+            ],
+            True,
+            id="explain-beside-predict",
+        ),
+    ],
+)
+@pytest.mark.usefixtures("restore_torch_threads")
+def test_an_explain_batch_runs_all_its_passes_on_the_lent_cpus(
+    tiny_bert: Path, tmp_path: Path, requests: list[HttpRequest], lent: bool
+) -> None:
+    """The prediction pass of an explain batch computes the explanations' ends: it borrows the
+    CPUs with the integration; a batch without explanations stays on the share."""
+    service = ClassifierService.from_context(FakeContext(tiny_bert))
+    current = [1]
+    service.cores = threads.CoreShare(tmp_path / "lock", 1, 2, lambda n: current.append(n))
+    seen: list[int] = []
+    hook = service.classifier.model.register_forward_pre_hook(
+        lambda _module, _args: seen.append(current[-1])
+    )
+    try:
+        responses = run_batch(service.handle, FakeContext(tiny_bert), requests)
+    finally:
+        hook.remove()
+    assert [r.status for r in responses] == [200] * len(requests)
+    assert seen and set(seen) == ({2} if lent else {1})
+    assert current[-1] == 1  # the share again after the batch
