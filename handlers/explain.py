@@ -5,7 +5,7 @@ f(x) is the softmax probability of the target class. The baseline keeps the spec
 the input's positions (RoBERTa would otherwise renumber positions around pad tokens), so
 padding contributes exactly 0 and the importances of a text (attributions on the word-embedding
 output, summed over the embedding dimension, not normalised) add up to f(x) - f(baseline) up to
-the convergence delta Captum reports.
+the convergence delta (their sum minus f(x) - f(baseline), as Captum defines it).
 
 Captum is imported when the first explanation is computed, not with this module: its import
 costs about a second of every worker start, and most workers only predict.
@@ -86,6 +86,21 @@ def baseline_ids(classifier: Classifier, input_ids: torch.Tensor) -> torch.Tenso
     return torch.where(keep, input_ids, torch.full_like(input_ids, pad_id))
 
 
+def with_baselines(classifier: Classifier, batch: Batch, positions: Sequence[int]) -> Batch:
+    """`batch` followed by the baselines of its texts at `positions`: one forward pass gives the
+    predictions and f(x) and f(baseline), the explanation's ends.
+
+    Only for models that take positions as 0..n (`position_ids` None): the others would number
+    a baseline's positions around its pad tokens, where the explanation keeps the input's.
+    """
+    picked = torch.as_tensor(list(positions), dtype=torch.long)
+    inputs = {key: torch.cat([value, value[picked]]) for key, value in batch.inputs.items()}
+    ids = inputs["input_ids"]
+    ids[batch.size :] = baseline_ids(classifier, ids[batch.size :])
+    truncated = batch.truncated + tuple(batch.truncated[p] for p in positions)
+    return Batch(inputs, truncated, None, None)
+
+
 def class_probabilities(
     classifier: Classifier, names: tuple[str, ...]
 ) -> Callable[..., torch.Tensor]:
@@ -103,8 +118,17 @@ def class_probabilities(
     return forward
 
 
-def explain(classifier: Classifier, batch: Batch, job: ExplainJob) -> list[Explanation]:
-    """One explanation per text of `job`, in its order, in as few Captum calls as fit."""
+def explain(
+    classifier: Classifier,
+    batch: Batch,
+    job: ExplainJob,
+    endpoints: dict[int, tuple[float, float]] | None = None,
+) -> list[Explanation]:
+    """One explanation per text of `job`, in its order, in as few Captum calls as fit.
+
+    `endpoints` (text position -> f(baseline), f(x)) is read and filled: a caller that explains
+    the same texts again (the ladder) passes the same dict and skips their second pass.
+    """
     every_length = batch.lengths
     lengths = [every_length[i] for i in job.indices]
     results: dict[int, Explanation] = {}
@@ -112,7 +136,7 @@ def explain(classifier: Classifier, batch: Batch, job: ExplainJob) -> list[Expla
         indices = tuple(job.indices[k] for k in group)
         targets = tuple(job.targets[k] for k in group)
         rows = _rows_per_pass(job, len(group), max(lengths[k] for k in group))
-        explained = _integrate(classifier, batch, indices, targets, job, rows)
+        explained = _integrate(classifier, batch, indices, targets, job, rows, endpoints)
         results.update(zip(group, explained, strict=True))
     return [results[k] for k in range(len(job.indices))]
 
@@ -124,6 +148,7 @@ def explain_to_tolerance(
     tolerance: float,
     caps: Sequence[int],
     may_continue: Callable[[tuple[int, ...], int], bool],
+    endpoints: dict[int, tuple[float, float]] | None = None,
 ) -> list[Explanation]:
     """One explanation per text of `job`, each with the fewest ladder steps whose |delta| is at
     most `tolerance`.
@@ -131,9 +156,11 @@ def explain_to_tolerance(
     All texts run at the first rung (job.n_steps); those short of the tolerance run again at the
     next, together, while their own cap (`caps`, per text of the job) allows that many steps and
     `may_continue(indices, steps)` agrees (the time budget). A text that never got there keeps
-    its last rung's explanation, marked converged=False.
+    its last rung's explanation, marked converged=False. `endpoints` as for `explain`; the
+    rungs share them.
     """
     done: dict[int, Explanation] = {}
+    endpoints = {} if endpoints is None else endpoints
     pending = list(range(len(job.indices)))
     steps = job.n_steps
     while pending:
@@ -143,7 +170,7 @@ def explain_to_tolerance(
             targets=tuple(job.targets[k] for k in pending),
             n_steps=steps,
         )
-        for k, result in zip(pending, explain(classifier, batch, rung), strict=True):
+        for k, result in zip(pending, explain(classifier, batch, rung, endpoints), strict=True):
             done[k] = dataclasses.replace(
                 result, tolerance=tolerance, converged=abs(result.delta) <= tolerance
             )
@@ -170,38 +197,78 @@ def _integrate(
     targets: tuple[int, ...],
     job: ExplainJob,
     rows_per_pass: int,
+    endpoints: dict[int, tuple[float, float]] | None = None,
 ) -> list[Explanation]:
-    from captum.attr import LayerIntegratedGradients
+    """Integrated gradients on the word-embedding output, the delta from f(baseline) and f(x).
+
+    What Captum's LayerIntegratedGradients computes, without its four extra passes of the
+    model (two to read the layer's values at the input and the baseline, two for the delta):
+    the layer's values are an embedding lookup, and f(baseline) and f(x) come from one pass
+    over both (or from `endpoints`, per text position, when an earlier rung computed them).
+    On a short text those passes cost more than the integration itself.
+    """
+    from captum.attr import IntegratedGradients
 
     inputs = batch.rows(indices)
     input_ids = inputs.pop("input_ids")
     names = tuple(sorted(inputs))
-    lig = LayerIntegratedGradients(
-        class_probabilities(classifier, names), classifier.model.get_input_embeddings()
-    )
-    attributions, deltas = lig.attribute(
-        inputs=input_ids,
-        baselines=baseline_ids(classifier, input_ids),
-        additional_forward_args=tuple(inputs[name] for name in names),
-        target=torch.tensor(targets, device=input_ids.device),
+    extra = tuple(inputs[name] for name in names)
+    baseline = baseline_ids(classifier, input_ids)
+    target = torch.tensor(targets, device=input_ids.device)
+    forward = class_probabilities(classifier, names)
+    layer = classifier.model.get_input_embeddings()
+    known = endpoints if endpoints is not None else {}
+    with torch.no_grad():
+        start, end = layer(baseline), layer(input_ids)
+        if not all(i in known for i in indices):
+            # Both ends in one pass: 2 x a pass of the integration's rows (<= max_explain_tokens)
+            # without gradients, within the predictions' max_batch_tokens.
+            both = forward(torch.cat([baseline, input_ids]), *(torch.cat([t, t]) for t in extra))
+            ends = both.gather(1, torch.cat([target, target]).unsqueeze(1)).view(2, -1).cpu()
+            for pos, fb, fx in zip(indices, ends[0].tolist(), ends[1].tolist(), strict=True):
+                known[pos] = (fb, fx)
+    ig = IntegratedGradients(_through_layer(forward, layer))
+    attributions = ig.attribute(
+        end,
+        baselines=start,
+        additional_forward_args=(input_ids, *extra),
+        target=target,
         n_steps=job.n_steps,
         method=job.method,
         internal_batch_size=rows_per_pass,
-        return_convergence_delta=True,
     )
-    scores = attributions.sum(dim=-1).detach().cpu()
+    attributions = attributions.detach()
+    # Completeness: the attributions of a text add up to f(x) - f(baseline), up to delta.
+    totals = attributions.reshape(len(indices), -1).sum(dim=1).cpu()
+    scores = attributions.sum(dim=-1).cpu()
     mask = inputs["attention_mask"].bool().cpu()
     ids = input_ids.cpu()
     return [
         Explanation(
             words=classifier.tokens(ids[row][mask[row]]),
             importances=[float(v) for v in scores[row][mask[row]]],
-            delta=float(deltas[row]),
-            target=target,
+            delta=float(totals[row]) - (known[pos][1] - known[pos][0]),
+            target=target_class,
             n_steps=job.n_steps,
         )
-        for row, target in enumerate(targets)
+        for row, (pos, target_class) in enumerate(zip(indices, targets, strict=True))
     ]
+
+
+def _through_layer(
+    forward: Callable[..., torch.Tensor], layer: torch.nn.Module
+) -> Callable[..., torch.Tensor]:
+    """forward(values, input_ids, *extra): the model on input_ids with `layer`'s output
+    replaced by `values` (the points of the integration path)."""
+
+    def run(values: torch.Tensor, input_ids: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        hook = layer.register_forward_hook(lambda _module, _args, _output: values)
+        try:
+            return forward(input_ids, *extra)
+        finally:
+            hook.remove()
+
+    return run
 
 
 def merge_words(

@@ -32,6 +32,7 @@ from .explain import (
     explain,
     explain_to_tolerance,
     merge_words,
+    with_baselines,
 )
 from .metrics import (
     BATCHES_TOTAL,
@@ -43,7 +44,14 @@ from .metrics import (
     TEXTS_PER_BATCH,
     Metrics,
 )
-from .model import Batch, Classifier, choose_device, load_pretrained, token_chunks
+from .model import (
+    Batch,
+    Classifier,
+    choose_device,
+    load_pretrained,
+    position_ids,
+    token_chunks,
+)
 from .oip_binary import HEADER_LENGTH, OutputSpec, select_outputs
 from .oip_grpc import is_grpc_request
 from .oip_reply import encode_reply, grpc_replies, header_lookup
@@ -65,7 +73,7 @@ from .render import (
     render_predictions,
 )
 from .settings import HandlerSettings
-from .threads import CoreShare, usable_cpus, worker_threads
+from .threads import CoreShare, cpu_pressure, usable_cpus, worker_threads
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +111,9 @@ class _Work:
     # The forward pass: seconds and padded tokens, the explanation cost estimate's first rate.
     forward_s: float = 0.0
     forward_tokens: int = 0
+    # Explain texts' probabilities at their baseline and at the text (position -> both rows),
+    # when the prediction pass computed them with the model that explains.
+    ends: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 class ClassifierService:
@@ -166,7 +177,9 @@ class ClassifierService:
         )
         if settings.lend_idle_cpus and settings.torch_threads == 0:  # explicit counts stay
             lock = CoreShare.sibling_lock()
-            service.cores = CoreShare(lock, threads, usable_cpus(), torch.set_num_threads)
+            service.cores = CoreShare(
+                lock, threads, usable_cpus(), torch.set_num_threads, pressure=cpu_pressure
+            )
         if settings.runtime in ("onnx", "onnx-int8"):
             from .onnx_runtime import INT8_EXPLAINED_WITH, OnnxLogits, onnx_file
 
@@ -221,24 +234,26 @@ class ClassifierService:
             except Exception as exc:  # one request's problem, never its batch's
                 logger.exception("reading request %d failed", idx)
                 replies[idx] = _error_reply(_unreadable(exc))
-        works, failures = self._predict(requests, metrics) if requests else ([], {})
-        replies.update(failures)
-        for work in works:
-            replies.update(self._refuse_over_budget(work, started))
-            explaining = any(
-                r.action == "explain" and i not in replies for i, r in work.requests.items()
-            )
-            with self.cores.all_cores() if explaining else contextlib.nullcontext(0) as threads:
-                # The budget learns the pace of the worker's own share: an explanation on
-                # borrowed CPUs counts as if it had run on the share alone (perfect scaling, the
-                # slowest the share could be), so a later one without them is not underestimated.
-                self._slowdown = max(1.0, threads / self.cores.share)
-                explanations, explain_failures = self._explain(work, metrics, skip=set(replies))
-            self._slowdown = 1.0
-            replies.update(explain_failures)
-            for idx in work.requests:
-                if idx not in replies:
-                    replies[idx] = self._render(idx, work, explanations.get(idx))
+        # A batch with explanations borrows idle siblings' CPUs for all of its passes: its
+        # prediction pass also computes the explanations' ends.
+        explaining = any(r.action == "explain" for r in requests.values())
+        with self.cores.all_cores() if explaining else contextlib.nullcontext(0) as threads:
+            # The budget learns the pace of the worker's own share: work on borrowed CPUs counts
+            # as if it had run on the share alone (perfect scaling, the slowest the share could
+            # be), so later work without them is not underestimated.
+            self._slowdown = max(1.0, threads / self.cores.share)
+            try:
+                works, failures = self._predict(requests, metrics) if requests else ([], {})
+                replies.update(failures)
+                for work in works:
+                    replies.update(self._refuse_over_budget(work, started))
+                    explanations, explain_failures = self._explain(work, metrics, skip=set(replies))
+                    replies.update(explain_failures)
+                    for idx in work.requests:
+                        if idx not in replies:
+                            replies[idx] = self._render(idx, work, explanations.get(idx))
+            finally:
+                self._slowdown = 1.0
         return [replies[idx] for idx in range(len(raws))]
 
     # -- prediction -------------------------------------------------------------------------
@@ -269,11 +284,25 @@ class ClassifierService:
             spans[idx] = range(len(texts), len(texts) + len(request.texts))
             texts.extend(request.texts)
         batch = self.classifier.tokenize(texts)
+        # An explanation's ends, f(baseline) and f(x), come from this pass when the model that
+        # predicts is the one that explains: the baselines ride along as extra rows.
+        explaining = [
+            pos for idx, r in requests.items() if r.action == "explain" for pos in spans[idx]
+        ]
+        renumbered = position_ids(self.classifier, batch.inputs["attention_mask"]) is not None
+        if self.classifier.fast_logits is not None or renumbered:
+            explaining = []
+        rows = with_baselines(self.classifier, batch, explaining) if explaining else batch
         # Padded tokens per pass stay within max_batch_tokens; a usual batch is one chunk.
-        chunks = token_chunks(batch.lengths, self.settings.max_batch_tokens)
+        chunks = token_chunks(rows.lengths, self.settings.max_batch_tokens)
         start = self._clock()
-        probabilities = self.classifier.batch_probabilities(batch, chunks)
+        probabilities = self.classifier.batch_probabilities(rows, chunks)
         forward_s = self._clock() - start
+        ends = {
+            pos: (probabilities[batch.size + k], probabilities[pos])
+            for k, pos in enumerate(explaining)
+        }
+        probabilities = probabilities[: batch.size]
         metrics.gauge(INFERENCE_MS, forward_s * 1000.0, "ms")
         metrics.gauge(TEXTS_PER_BATCH, len(texts), "count")
         metrics.count(FORWARD_PASSES_TOTAL, len(chunks))
@@ -282,8 +311,11 @@ class ClassifierService:
             Prediction(labels[int(row.argmax())], tuple(float(p) for p in row), truncated)
             for row, truncated in zip(probabilities, batch.truncated, strict=True)
         ]
-        padded = sum(len(c) * max(batch.lengths[i] for i in c) for c in chunks if c)
-        return _Work(dict(requests), batch, spans, predictions, forward_s, padded)
+        lengths = rows.lengths
+        padded = sum(len(c) * max(lengths[i] for i in c) for c in chunks if c)
+        # The explanation cost estimate's rate is the share's (see run).
+        forward_s *= self._slowdown
+        return _Work(dict(requests), batch, spans, predictions, forward_s, padded, ends)
 
     # -- explanation ------------------------------------------------------------------------
 
@@ -329,7 +361,7 @@ class ClassifierService:
             except Exception:  # their own explanations will report it
                 logger.exception("calibrating the explanation rate failed")
                 return
-            timings.append((self._clock() - start, lengths[pos] * steps))
+            timings.append(((self._clock() - start) * self._slowdown, lengths[pos] * steps))
         self.budget.calibrate(timings[0], timings[1])
 
     def _token_steps(self, work: _Work, group: Sequence[int]) -> int:
@@ -380,13 +412,18 @@ class ClassifierService:
             options.internal_batch_size,
             self.settings.max_explain_tokens,
         )
+        endpoints = {
+            pos: (float(work.ends[pos][0][target]), float(work.ends[pos][1][target]))
+            for pos, target in zip(indices, targets, strict=True)
+            if pos in work.ends
+        }
         _load_captum()  # its first import would count as explanation time
         start = self._clock()
         if options.tolerance is None:
-            results = explain(self.classifier, work.batch, job)
+            results = explain(self.classifier, work.batch, job, endpoints)
             token_steps = self._token_steps(work, group)
         else:
-            results = self._explain_to_tolerance(work, group, job, options.tolerance)
+            results = self._explain_to_tolerance(work, group, job, options.tolerance, endpoints)
             # Each text ran every rung up to its own: first + 2 first + ... + n = 2 n - first.
             width = max(work.batch.lengths[pos] for pos in indices)
             token_steps = sum(width * (2 * e.n_steps - job.n_steps) for e in results)
@@ -401,7 +438,12 @@ class ClassifierService:
         }
 
     def _explain_to_tolerance(
-        self, work: _Work, group: Sequence[int], job: ExplainJob, tolerance: float
+        self,
+        work: _Work,
+        group: Sequence[int],
+        job: ExplainJob,
+        tolerance: float,
+        endpoints: dict[int, tuple[float, float]],
     ) -> list[Explanation]:
         """The ladder: each text's cap is the request's max_steps and its share of
         max_explain_work; a next rung runs only if the budget's estimate says it fits."""
@@ -422,7 +464,7 @@ class ClassifierService:
 
         rungs = dataclasses.replace(job, method=TOLERANCE_METHOD)
         return explain_to_tolerance(
-            self.classifier, work.batch, rungs, tolerance, caps, may_continue
+            self.classifier, work.batch, rungs, tolerance, caps, may_continue, endpoints
         )
 
     def _target(self, work: _Work, idx: int, pos: int) -> int:

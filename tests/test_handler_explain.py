@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import torch
 from support.fake_context import HttpRequest
 from support.in_process_service import (
     TEST_SETTINGS,
@@ -21,7 +22,15 @@ from support.in_process_service import (
 )
 from support.tiny_models import Family
 
-from scibert_pack.handlers.explain import SLOW_TOKENIZER_NOTE, Explanation, merge_words
+from scibert_pack.handlers.explain import (
+    SLOW_TOKENIZER_NOTE,
+    ExplainJob,
+    Explanation,
+    baseline_ids,
+    class_probabilities,
+    merge_words,
+)
+from scibert_pack.handlers.explain import explain as run_explain
 from scibert_pack.handlers.service import ClassifierService
 
 TEXTS = [
@@ -115,6 +124,71 @@ def test_batch_padding_contributes_nothing(
     assert together[1]["words"] == alone["words"]
     assert together[1]["importances"] == pytest.approx(alone["importances"], abs=1e-5)
     assert together[1]["delta"] == pytest.approx(alone["delta"], abs=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["gausslegendre", "riemann_middle"])
+def test_the_same_as_captums_layer_integrated_gradients(
+    services: dict[Family, ClassifierService], family: Family, method: str
+) -> None:
+    """The explanation skips LayerIntegratedGradients' extra passes, not its arithmetic: the
+    importances are Captum's for the word-embedding layer, the delta its convergence delta."""
+    from captum.attr import LayerIntegratedGradients
+
+    classifier = services[family].classifier
+    batch = classifier.tokenize(TEXTS)
+    targets = (0, 2, 1, 0)
+    job = ExplainJob((0, 1, 2, 3), targets, 12, 64, 10**6, method=method)  # type: ignore[arg-type]
+    ours = run_explain(classifier, batch, job)
+    inputs = batch.rows(range(len(TEXTS)))
+    input_ids = inputs.pop("input_ids")
+    names = tuple(sorted(inputs))
+    lig = LayerIntegratedGradients(
+        class_probabilities(classifier, names), classifier.model.get_input_embeddings()
+    )
+    attributions, deltas = lig.attribute(
+        inputs=input_ids,
+        baselines=baseline_ids(classifier, input_ids),
+        additional_forward_args=tuple(inputs[name] for name in names),
+        target=torch.tensor(targets),
+        n_steps=12,
+        method=method,
+        internal_batch_size=64,
+        return_convergence_delta=True,
+    )
+    mask = inputs["attention_mask"].bool()
+    scores = attributions.sum(dim=-1)
+    for row, got in enumerate(ours):
+        assert got.importances == pytest.approx(scores[row][mask[row]].tolist(), abs=1e-6)
+        assert got.delta == pytest.approx(float(deltas[row]), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("family", "ends_with_prediction"),
+    [("bert", True), ("distilbert", True), ("roberta", False)],
+    ids=["bert", "distilbert", "roberta-numbers-positions-from-ids"],
+)
+def test_an_explanation_costs_its_steps_and_one_pass_for_both_ends(
+    services: dict[Family, ClassifierService],
+    trained: dict[Family, tuple[Any, Any]],
+    family: Family,
+    ends_with_prediction: bool,
+) -> None:
+    """Model passes of one explain request: the prediction with f(x) and f(baseline) as a second
+    row (a separate pass over both where a baseline's positions would differ), then the
+    integration steps; a ladder that climbs computes the two ends once."""
+    model, _ = trained[family]
+    first = [(2, 0)] if ends_with_prediction else [(1, 0), (2, 0)]
+    with recorded_passes(model) as shapes:
+        (item,) = explain(services[family], TEXTS[:1], n_steps=20)
+    width = shapes[0][1]
+    expected = [(rows, width) for rows, _ in first]
+    assert shapes == [*expected, (20, width)]
+    with recorded_passes(model) as shapes:
+        (item,) = explain(services[family], TEXTS[:1], tolerance=1e-6)
+    rungs = [8, 16, 32, 64][: [8, 16, 32, 64].index(item["n_steps"]) + 1]
+    assert len(rungs) > 1  # the ladder did climb
+    assert shapes == expected + [(steps, width) for steps in rungs]
 
 
 MERGE_CASES = [

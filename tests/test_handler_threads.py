@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.fake_context import FakeContext
+from support.fake_context import FakeContext, HttpRequest, run_batch
 
 from scibert_pack.handlers import threads
 from scibert_pack.handlers.service import ClassifierService
@@ -164,6 +164,59 @@ def test_two_explaining_workers_never_both_raise_threads(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
+    ("pressure", "expected"),
+    [(None, 2), (0.0, 2), (threads.BUSY_PRESSURE, 2), (threads.BUSY_PRESSURE + 0.1, 1), (95.0, 1)],
+    ids=["no-psi", "idle", "at-the-bound", "just-above", "contended"],
+)
+def test_no_lending_while_other_processes_contend_for_the_cpus(
+    tmp_path: Path, pressure: float | None, expected: int
+) -> None:
+    counts: list[int] = []
+    worker = threads.CoreShare(tmp_path / "lock", 1, 2, counts.append, pressure=lambda: pressure)
+    with worker.busy(), worker.all_cores() as used:
+        assert used == expected
+    assert counts == ([2, 1] if expected == 2 else [])
+
+
+PSI = (
+    "some avg10={} avg60=1.00 avg300=0.50 total=123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0"
+)
+# (files under the cgroup root, /proc/self/cgroup, /proc/pressure/cpu) -> some avg10
+PRESSURES = [
+    pytest.param(
+        {"pod/cpu.pressure": PSI.format("42.50")},
+        "0::/pod\n",
+        PSI.format("3.00"),
+        42.5,
+        id="own-cgroup-first",
+    ),
+    pytest.param({}, "0::/pod\n", PSI.format("3.00"), 3.0, id="machine-without-cgroup-psi"),
+    pytest.param({}, "", None, None, id="no-psi"),
+    pytest.param({}, "0::/\n", "some avg10=high", None, id="unreadable-value"),
+]
+
+
+@pytest.mark.parametrize(("files", "proc", "machine", "expected"), PRESSURES)
+def test_cpu_pressure(
+    tmp_path: Path,
+    files: dict[str, str],
+    proc: str,
+    machine: str | None,
+    expected: float | None,
+) -> None:
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    proc_file = tmp_path / "proc-self-cgroup"
+    proc_file.write_text(proc)
+    machine_file = tmp_path / "pressure-cpu"
+    if machine is not None:
+        machine_file.write_text(machine + "\n")
+    assert threads.cpu_pressure(root, proc_file, machine_file) == expected
+
+
+@pytest.mark.parametrize(
     ("share", "cpus", "usable_path"),
     [(2, 2, True), (1, 1, True), (1, 2, False)],
     ids=["share-is-all-cpus", "one-cpu", "no-lock-file"],
@@ -207,3 +260,46 @@ def test_lending_is_opt_in(tiny_bert: Path, handler: dict[str, object], lends: b
 def test_lend_idle_cpus_must_be_a_bool() -> None:
     with pytest.raises(SettingsError, match="lend_idle_cpus must be true or false, got 'yes'"):
         HandlerSettings(lend_idle_cpus="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("requests", "lent"),
+    [
+        pytest.param([HttpRequest({"texts": ["cells divide"]})], False, id="predict-only"),
+        pytest.param(
+            [HttpRequest({"texts": ["cells divide"], "parameters": {"n_steps": 4}}, explain=True)],
+            True,
+            id="explain",
+        ),
+        pytest.param(
+            [
+                HttpRequest({"texts": ["photon"]}),
+                HttpRequest(
+                    {"texts": ["cells divide"], "parameters": {"n_steps": 4}}, explain=True
+                ),
+            ],
+            True,
+            id="explain-beside-predict",
+        ),
+    ],
+)
+@pytest.mark.usefixtures("restore_torch_threads")
+def test_an_explain_batch_runs_all_its_passes_on_the_lent_cpus(
+    tiny_bert: Path, tmp_path: Path, requests: list[HttpRequest], lent: bool
+) -> None:
+    """The prediction pass of an explain batch computes the explanations' ends: it borrows the
+    CPUs with the integration; a batch without explanations stays on the share."""
+    service = ClassifierService.from_context(FakeContext(tiny_bert))
+    current = [1]
+    service.cores = threads.CoreShare(tmp_path / "lock", 1, 2, lambda n: current.append(n))
+    seen: list[int] = []
+    hook = service.classifier.model.register_forward_pre_hook(
+        lambda _module, _args: seen.append(current[-1])
+    )
+    try:
+        responses = run_batch(service.handle, FakeContext(tiny_bert), requests)
+    finally:
+        hook.remove()
+    assert [r.status for r in responses] == [200] * len(requests)
+    assert seen and set(seen) == ({2} if lent else {1})
+    assert current[-1] == 1  # the share again after the batch
