@@ -133,6 +133,17 @@ def build_store(model: Path, out: Path, name: str, kind: str) -> Path:
     return out
 
 
+def benchmark_models() -> dict[str, Callable[[], tuple[Path, str]]]:
+    """The models the backend and compiler benchmarks compare, by their --models key."""
+    return {
+        "minilm": demo_model,
+        "bert-base": lambda: (
+            scibert_sized_model(CACHE / "scibert-sized"),
+            "SciBERT-sized (bert-base shape, random weights)",
+        ),
+    }
+
+
 @contextlib.contextmanager
 def served(store: Path, run_dir: Path) -> Iterator[Any]:
     from scibert_pack.serving.server import ServeSettings, TorchServeProcess

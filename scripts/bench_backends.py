@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench import BLOG_TEXT, CACHE, Load, cold_start, demo_model, load, log, served
-from bench_build import scibert_sized_model
+from bench import BLOG_TEXT, CACHE, Load, benchmark_models, cold_start, load, log, served
 from benchlib import machine, write_section
 
 from scibert_pack.archiver.build import build
@@ -215,13 +214,7 @@ def main() -> None:
     parser.add_argument("--models", default="minilm,bert-base", help="Comma-separated.")
     args = parser.parse_args()
     CACHE.mkdir(exist_ok=True)
-    models = {
-        "minilm": demo_model,
-        "bert-base": lambda: (
-            scibert_sized_model(CACHE / "scibert-sized"),
-            "SciBERT-sized (bert-base shape, random weights)",
-        ),
-    }
+    models = benchmark_models()
     load_before = os.getloadavg()[0]
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-backends-", dir=CACHE) as tmp:

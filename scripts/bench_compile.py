@@ -36,8 +36,7 @@ from typing import Any
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 
 import torch
-from bench import BLOG_TEXT, CACHE, demo_model, log
-from bench_build import scibert_sized_model
+from bench import BLOG_TEXT, CACHE, benchmark_models, log
 from benchlib import machine, write_section
 
 from scibert_pack.demo.corpus import load_corpus
@@ -301,13 +300,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="Print only, keep BENCHMARKS.md.")
     args = parser.parse_args()
     CACHE.mkdir(exist_ok=True)
-    models = {
-        "minilm": demo_model,
-        "bert-base": lambda: (
-            scibert_sized_model(CACHE / "scibert-sized"),
-            "SciBERT-sized (bert-base shape, random weights)",
-        ),
-    }
+    models = benchmark_models()
     load_before = os.getloadavg()[0]
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-compile-", dir=CACHE) as tmp:

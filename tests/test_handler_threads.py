@@ -60,16 +60,22 @@ QUOTAS = [
 ]
 
 
-@pytest.mark.parametrize(("files", "proc", "expected"), QUOTAS)
-def test_cgroup_cpu_quota(
-    tmp_path: Path, files: dict[str, str], proc: str, expected: float | None
-) -> None:
+def _cgroup_tree(tmp_path: Path, files: dict[str, str], proc: str) -> tuple[Path, Path]:
+    """A cgroup folder holding `files` and a /proc/self/cgroup file saying `proc`."""
     root = tmp_path / "cgroup"
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text + "\n")
     proc_file = tmp_path / "proc-self-cgroup"
     proc_file.write_text(proc)
+    return root, proc_file
+
+
+@pytest.mark.parametrize(("files", "proc", "expected"), QUOTAS)
+def test_cgroup_cpu_quota(
+    tmp_path: Path, files: dict[str, str], proc: str, expected: float | None
+) -> None:
+    root, proc_file = _cgroup_tree(tmp_path, files, proc)
     assert threads.cgroup_cpu_quota(root, proc_file) == expected
 
 
@@ -204,12 +210,7 @@ def test_cpu_pressure(
     machine: str | None,
     expected: float | None,
 ) -> None:
-    root = tmp_path / "cgroup"
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text + "\n")
-    proc_file = tmp_path / "proc-self-cgroup"
-    proc_file.write_text(proc)
+    root, proc_file = _cgroup_tree(tmp_path, files, proc)
     machine_file = tmp_path / "pressure-cpu"
     if machine is not None:
         machine_file.write_text(machine + "\n")
