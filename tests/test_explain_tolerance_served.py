@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import requests
+from support.shared_servers import worker_states
 
 from scibert_pack.handlers.render import reason_phrase
 from scibert_pack.handlers.settings import DEFAULT_TOLERANCE, LADDER_START
@@ -25,11 +26,6 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def server(tiny_server: TorchServeProcess) -> TorchServeProcess:
     return tiny_server  # model "tiny", shared with other modules: send requests only
-
-
-def workers(server: TorchServeProcess) -> list[tuple[int, str]]:
-    described = requests.get(f"{server.management_url}/models/{MODEL}", timeout=10).json()
-    return sorted((int(w["pid"]), str(w["status"])) for w in described[0]["workers"])
 
 
 def post(server: TorchServeProcess, texts: list[Any], parameters: object) -> requests.Response:
@@ -57,7 +53,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
 
 
 def test_tolerance_requests_served_beside_bad_ones(server: TorchServeProcess) -> None:
-    before = workers(server)
+    before = worker_states(server)
     jobs = [(name, texts, params) for name, texts, params, _ in GOOD]
     jobs += [(name, TEXTS[:1], params) for name, params, _ in BAD]
     with ThreadPoolExecutor(len(jobs)) as pool:
@@ -86,4 +82,4 @@ def test_tolerance_requests_served_beside_bad_ones(server: TorchServeProcess) ->
         assert (reply.status_code, reply.reason) == (400, reason_phrase(400)), name
         body = reply.json()
         assert body["code"] == 400 and body["error"].startswith(message), (name, body)
-    assert workers(server) == before
+    assert worker_states(server) == before

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import pytest
 import requests
 from support.build_and_serve import serving
+from support.shared_servers import worker_states
 from support.tiny_models import CORPUS, LABELS
 
 from scibert_pack.archiver.settings import BuildSettings
@@ -330,11 +331,6 @@ def alone(server: TorchServeProcess) -> dict[str, list[float]]:
         route_id: result(route, send(server, route, good(route)))
         for route_id, route in ROUTES.items()
     }
-
-
-def worker_states(server: TorchServeProcess) -> list[tuple[int, str]]:
-    described = requests.get(f"{server.management_url}/models/{MODEL}", timeout=10).json()
-    return sorted((int(w["pid"]), str(w["status"])) for w in described[0]["workers"])
 
 
 def good(route: Route) -> Body:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from support.shared_servers import worker_pids
 from support.tiny_models import LABELS
 
 from scibert_pack.serving.server import TorchServeProcess
@@ -54,11 +55,6 @@ def server(tiny_server: TorchServeProcess) -> TorchServeProcess:
 @pytest.fixture(scope="module")
 def workers(server: TorchServeProcess) -> list[int]:
     return worker_pids(server)
-
-
-def worker_pids(server: TorchServeProcess) -> list[int]:
-    described = requests.get(f"{server.management_url}/models/{MODEL}", timeout=10).json()
-    return sorted(int(w["pid"]) for w in described[0]["workers"])
 
 
 def rest(server: TorchServeProcess, texts: list[str], action: str = "infer") -> dict[str, Any]:

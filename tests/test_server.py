@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import requests
+from support.shared_servers import worker_pids
 from support.tiny_models import LABELS
 
 from scibert_pack.serving.server import TorchServeProcess
@@ -53,11 +54,6 @@ def _probabilities(body: dict[str, Any]) -> list[list[float]]:
     out = {o["name"]: o for o in body["outputs"]}["probabilities"]
     n, width = out["shape"]
     return [out["data"][i * width : (i + 1) * width] for i in range(n)]
-
-
-def _worker_pids(server: TorchServeProcess) -> list[int]:
-    described = requests.get(f"{server.management_url}/models/tiny", timeout=10).json()
-    return sorted(int(w["pid"]) for w in described[0]["workers"])
 
 
 def test_v2_infer(server: TorchServeProcess) -> None:
@@ -209,7 +205,7 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
 def test_bad_request_fails_alone(
     server: TorchServeProcess, path: str, body: Any, code: int, needle: str
 ) -> None:
-    pids = _worker_pids(server)
+    pids = worker_pids(server)
     barrier = threading.Barrier(3)
 
     def send(which: str) -> requests.Response:
@@ -228,7 +224,7 @@ def test_bad_request_fails_alone(
     for good, rid in ((good1, "good-1"), (good2, "good-2")):
         assert good.status_code == 200, good.text
         assert good.json()["id"] == rid
-    assert _worker_pids(server) == pids, "the worker restarted"
+    assert worker_pids(server) == pids, "the worker restarted"
 
 
 def test_explanations_hold_their_invariants(server: TorchServeProcess) -> None:

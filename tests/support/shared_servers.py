@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from scibert_pack.archiver.settings import BuildSettings
@@ -54,3 +55,14 @@ def secured(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     serve = ServeSettings.on_free_ports(run_dir=work / "run", ready_timeout_s=180)
     with TorchServeProcess(store, serve) as server:
         yield Secured(store, server, [built.stdout, built.stderr])
+
+
+def worker_states(server: TorchServeProcess) -> list[tuple[int, str]]:
+    """(pid, status) of each of the model's workers, from the management API: a test compares
+    them before and after to show that no worker restarted."""
+    described = requests.get(f"{server.management_url}/models/{server.model_name}", timeout=10)
+    return sorted((int(w["pid"]), str(w["status"])) for w in described.json()[0]["workers"])
+
+
+def worker_pids(server: TorchServeProcess) -> list[int]:
+    return [pid for pid, _ in worker_states(server)]
