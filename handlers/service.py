@@ -289,9 +289,11 @@ class ClassifierService:
         explaining = [
             pos for idx, r in requests.items() if r.action == "explain" for pos in spans[idx]
         ]
-        renumbered = position_ids(self.classifier, batch.inputs["attention_mask"]) is not None
-        if self.classifier.fast_logits is not None or renumbered:
-            explaining = []
+        if explaining and (
+            self.classifier.fast_logits is not None
+            or position_ids(self.classifier, batch.inputs["attention_mask"]) is not None
+        ):
+            explaining = []  # not the explaining model, or positions a baseline would move
         rows = with_baselines(self.classifier, batch, explaining) if explaining else batch
         # Padded tokens per pass stay within max_batch_tokens; a usual batch is one chunk.
         chunks = token_chunks(rows.lengths, self.settings.max_batch_tokens)

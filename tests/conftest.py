@@ -122,6 +122,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # fixtures are still set up once with or without xdist.
     module_rank: dict[Path, int] = {}
     for item in items:
-        module_rank[item.path] = min(rank(item), module_rank.get(item.path, rank(item)))
+        own = rank(item)
+        module_rank[item.path] = min(own, module_rank.get(item.path, own))
     first_seen = {path: k for k, path in enumerate(module_rank)}
     items.sort(key=lambda item: (module_rank[item.path], first_seen[item.path]))
