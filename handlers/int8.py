@@ -17,9 +17,16 @@ EXPLAINED_WITH = "torch-fp32"
 
 
 def int8_logits(model: Any) -> Callable[[Mapping[str, torch.Tensor]], torch.Tensor]:
-    """Logits from an int8 copy of `model` (weights int8, activations quantized per batch)."""
+    """Logits from an int8 copy of `model` (weights int8 with a scale per output channel,
+    activations quantized per batch).
+
+    Per channel, not per tensor: on the demo classifier (MiniLM-L6) the largest probability
+    difference from fp32 on the held-out texts fell from 0.22 to 0.07 and label agreement rose
+    from 98.8% to 100%, for ~4% of speed (BENCHMARKS.md, "Prediction backends").
+    """
+    linear = {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
     quantized = torch.ao.quantization.quantize_dynamic(
-        copy.deepcopy(model).cpu(), {torch.nn.Linear}, dtype=torch.qint8
+        copy.deepcopy(model).cpu(), linear, dtype=torch.qint8
     )
 
     def logits(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

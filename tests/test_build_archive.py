@@ -105,7 +105,7 @@ DEFAULT_SNAPSHOT_VERSION = {
     "minWorkers": 2,
     "maxWorkers": 2,
     "batchSize": 8,
-    "maxBatchDelay": 10,
+    "maxBatchDelay": 5,
     "responseTimeout": 120,
     "startupTimeout": 120,
 }
