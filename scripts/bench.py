@@ -189,14 +189,14 @@ class Load:
         )
 
 
-def load(server: Any, duration_s: float, texts_per_request: int = 1) -> Load:
+def load(server: Any, duration_s: float, texts_per_request: int = 1, concurrency: int = 16) -> Load:
     from scibert_pack.client.load_generator import LoadRunner, LoadSettings, default_payload
 
     report = LoadRunner(
         LoadSettings(
             url=server.inference_url,
             model=server.model_name,
-            concurrency=16,
+            concurrency=concurrency,
             duration_s=duration_s,
             payload=default_payload(texts_per_request),
             warmup_requests=16,

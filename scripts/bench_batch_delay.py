@@ -17,41 +17,16 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import BLOG_TEXT, benchmark_models, log, served
+from bench import BLOG_TEXT, Load, benchmark_models, load, log, served
 from benchlib import machine, write_section
 
 DELAYS_MS = (10, 5, 2)
 CONCURRENCIES = (16, 4, 1)
 # Seconds between lone explanations: the worker is idle when the next one arrives.
 EXPLAIN_GAP_S = 0.1
-
-
-@dataclass(frozen=True)
-class Window:
-    texts_per_s: float
-    p50_ms: float
-    p99_ms: float
-    failed: int
-
-
-def window(server: Any, concurrency: int, seconds: float) -> Window:
-    from scibert_pack.client.load_generator import LoadRunner, LoadSettings, default_payload
-
-    report = LoadRunner(
-        LoadSettings(
-            url=server.inference_url,
-            model=server.model_name,
-            concurrency=concurrency,
-            duration_s=seconds,
-            payload=default_payload(1),
-            warmup_requests=2 * concurrency,
-        )
-    ).run()
-    return Window(report.texts_per_s, report.p50_ms, report.p99_ms, report.requests - report.ok)
 
 
 def lone_explanations(server: Any, count: int) -> list[float]:
@@ -77,7 +52,7 @@ def measure(model_dir: Path, label: str, seconds: float, rounds: int) -> str:
     from scibert_pack.archiver.build import build
     from scibert_pack.archiver.settings import BuildSettings
 
-    loads: dict[tuple[int, int], list[Window]] = {}
+    loads: dict[tuple[int, int], list[Load]] = {}
     explains: dict[int, list[float]] = {delay: [] for delay in DELAYS_MS}
     with tempfile.TemporaryDirectory(prefix="bench-delay-") as tmp, contextlib.ExitStack() as up:
         servers = {}
@@ -86,13 +61,13 @@ def measure(model_dir: Path, label: str, seconds: float, rounds: int) -> str:
             build(model_dir, BuildSettings(name="m", max_batch_delay_ms=delay), store)
             servers[delay] = up.enter_context(served(store, Path(tmp) / f"run-{delay}"))
         for server in servers.values():  # every worker has run both request kinds
-            window(server, 16, 1.0)
+            load(server, 1.0)
             lone_explanations(server, 4)
         for rnd in range(rounds):
             order = DELAYS_MS if rnd % 2 == 0 else DELAYS_MS[::-1]
             for concurrency in CONCURRENCIES:
                 for delay in order:
-                    got = window(servers[delay], concurrency, seconds)
+                    got = load(servers[delay], seconds, concurrency=concurrency)
                     loads.setdefault((delay, concurrency), []).append(got)
                     log(
                         f"  [{label}] delay {delay} ms, concurrency {concurrency}: "
@@ -111,13 +86,10 @@ def measure(model_dir: Path, label: str, seconds: float, rounds: int) -> str:
     for delay in DELAYS_MS:
         cells = []
         for concurrency in CONCURRENCIES:
-            runs = loads[(delay, concurrency)]
-            rate = statistics.median(r.texts_per_s for r in runs)
-            p50 = statistics.median(r.p50_ms for r in runs)
-            p99 = statistics.median(r.p99_ms for r in runs)
-            failed = sum(r.failed for r in runs)
+            got = Load.median(loads[(delay, concurrency)])
             cells.append(
-                f"{rate:.1f} ({p50:.0f} / {p99:.0f})" + (f", {failed} failed" if failed else "")
+                f"{got.texts_per_s:.1f} ({got.p50_ms:.0f} / {got.p99_ms:.0f})"
+                + (f", {got.errors} failed" if got.errors else "")
             )
         lone = statistics.median(explains[delay]) * 1000
         lines.append(f"| {delay} ms | " + " | ".join(cells) + f" | {lone:.0f} |")
@@ -127,15 +99,14 @@ def measure(model_dir: Path, label: str, seconds: float, rounds: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short windows (a smoke run)")
-    parser.add_argument(
-        "--models", nargs="+", default=list(benchmark_models()), choices=list(benchmark_models())
-    )
+    models = benchmark_models()
+    parser.add_argument("--models", nargs="+", default=list(models), choices=list(models))
     args = parser.parse_args()
     seconds, rounds = (2.0, 1) if args.quick else (10.0, 3)
     before = os.getloadavg()[0]
     sections = []
     for key in args.models:
-        model_dir, label = benchmark_models()[key]()
+        model_dir, label = models[key]()
         log(f"[{label}]")
         sections.append(measure(model_dir, label, seconds, rounds))
     after = os.getloadavg()[0]

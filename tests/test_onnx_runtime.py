@@ -299,7 +299,7 @@ def test_int8_weights_have_a_scale_per_output_channel(
     from scibert_pack.handlers.int8 import int8_model
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
-    # out_features of every Linear layer, in the order the graph or the model lists them.
+    # out_features of every Linear layer, sorted: one scale per output channel of each.
     outputs = sorted(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
     if runtime == "torch-int8":
         quantized = [m for m in int8_model(model).modules() if callable(getattr(m, "weight", 0))]
