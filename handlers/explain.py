@@ -1,4 +1,6 @@
-"""Integrated-gradients explanations with Captum, many texts in one call.
+"""Integrated-gradients explanations, many texts in one call: the attributions and convergence
+delta of Captum's LayerIntegratedGradients on the word-embedding layer, with Captum's quadrature
+rules, in fewer passes of the model (tests compare the two).
 
 f(x) is the softmax probability of the target class. The baseline keeps the special tokens
 ([CLS]/[SEP], <s>/</s>) and the padding of the input and puts the pad token everywhere else, at
@@ -6,6 +8,11 @@ the input's positions (RoBERTa would otherwise renumber positions around pad tok
 padding contributes exactly 0 and the importances of a text (attributions on the word-embedding
 output, summed over the embedding dimension, not normalised) add up to f(x) - f(baseline) up to
 the convergence delta (their sum minus f(x) - f(baseline), as Captum defines it).
+
+A text's first pass holds, beside its path points, two rows for f(x) and f(baseline): they give
+the delta, the text's prediction and, when the request named none, its target. An explained
+text needs no prediction pass of its own, which on a short text after an idle spell (weights
+out of the CPU's cache) cost more than the two extra rows (BENCHMARKS.md, explain section).
 
 Captum is imported when the first explanation is computed, not with this module: its import
 costs about a second of every worker start, and most workers only predict.
@@ -59,12 +66,14 @@ class Explanation:
 class ExplainJob:
     """Texts (indices into a Batch) explained together with the same integration settings.
 
-    Each Captum pass (forward and backward) takes at most `internal_batch_size` rows and at most
-    `max_tokens` padded tokens (rows x longest text), a lone over-long text excepted.
+    Each pass (forward and backward) takes at most `internal_batch_size` rows and at most
+    `max_tokens` padded tokens (rows x longest text), a lone over-long text excepted; a text's
+    first pass also holds its two ends, in place of steps. A target of None: the text's
+    predicted class, which its first pass computes.
     """
 
     indices: tuple[int, ...]
-    targets: tuple[int, ...]
+    targets: tuple[int | None, ...]
     n_steps: int
     internal_batch_size: int
     max_tokens: int
@@ -86,25 +95,10 @@ def baseline_ids(classifier: Classifier, input_ids: torch.Tensor) -> torch.Tenso
     return torch.where(keep, input_ids, torch.full_like(input_ids, pad_id))
 
 
-def with_baselines(classifier: Classifier, batch: Batch, positions: Sequence[int]) -> Batch:
-    """`batch` followed by the baselines of its texts at `positions`: one forward pass gives the
-    predictions and f(x) and f(baseline), the explanation's ends.
-
-    Only for models that take positions as 0..n (`position_ids` None): the others would number
-    a baseline's positions around its pad tokens, where the explanation keeps the input's.
-    """
-    picked = torch.as_tensor(list(positions), dtype=torch.long)
-    inputs = {key: torch.cat([value, value[picked]]) for key, value in batch.inputs.items()}
-    ids = inputs["input_ids"]
-    ids[batch.size :] = baseline_ids(classifier, ids[batch.size :])
-    truncated = batch.truncated + tuple(batch.truncated[p] for p in positions)
-    return Batch(inputs, truncated, None, None)
-
-
 def class_probabilities(
     classifier: Classifier, names: tuple[str, ...]
 ) -> Callable[..., torch.Tensor]:
-    """The forward function Captum integrates; Captum picks the target column of its output."""
+    """The function integrated: class probabilities, one row per input row."""
     model = classifier.model
 
     def forward(input_ids: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
@@ -123,11 +117,14 @@ def explain(
     batch: Batch,
     job: ExplainJob,
     endpoints: dict[int, tuple[float, float]] | None = None,
+    predicted: dict[int, torch.Tensor] | None = None,
 ) -> list[Explanation]:
-    """One explanation per text of `job`, in its order, in as few Captum calls as fit.
+    """One explanation per text of `job`, in its order, in as few passes as fit.
 
-    `endpoints` (text position -> f(baseline), f(x)) is read and filled: a caller that explains
-    the same texts again (the ladder) passes the same dict and skips their second pass.
+    `endpoints` (text position -> f(baseline), f(x) of its target) is read and filled: a caller
+    that explains the same texts again (the ladder) passes the same dict, and their passes hold
+    no extra rows. `predicted` (position -> class probabilities at x) is filled for the texts
+    whose ends were computed: the prediction of an explained text, without a pass of its own.
     """
     every_length = batch.lengths
     lengths = [every_length[i] for i in job.indices]
@@ -136,7 +133,7 @@ def explain(
         indices = tuple(job.indices[k] for k in group)
         targets = tuple(job.targets[k] for k in group)
         rows = _rows_per_pass(job, len(group), max(lengths[k] for k in group))
-        explained = _integrate(classifier, batch, indices, targets, job, rows, endpoints)
+        explained = _integrate(classifier, batch, indices, targets, job, rows, endpoints, predicted)
         results.update(zip(group, explained, strict=True))
     return [results[k] for k in range(len(job.indices))]
 
@@ -149,6 +146,7 @@ def explain_to_tolerance(
     caps: Sequence[int],
     may_continue: Callable[[tuple[int, ...], int], bool],
     endpoints: dict[int, tuple[float, float]] | None = None,
+    predicted: dict[int, torch.Tensor] | None = None,
 ) -> list[Explanation]:
     """One explanation per text of `job`, each with the fewest ladder steps whose |delta| is at
     most `tolerance`.
@@ -156,8 +154,9 @@ def explain_to_tolerance(
     All texts run at the first rung (job.n_steps); those short of the tolerance run again at the
     next, together, while their own cap (`caps`, per text of the job) allows that many steps and
     `may_continue(indices, steps)` agrees (the time budget). A text that never got there keeps
-    its last rung's explanation, marked converged=False. `endpoints` as for `explain`; the
-    rungs share them.
+    its last rung's explanation, marked converged=False. `endpoints` and `predicted` as for
+    `explain`: the first rung computes the ends (and picks the targets left None), the later
+    rungs reuse them.
     """
     done: dict[int, Explanation] = {}
     endpoints = {} if endpoints is None else endpoints
@@ -167,10 +166,11 @@ def explain_to_tolerance(
         rung = dataclasses.replace(
             job,
             indices=tuple(job.indices[k] for k in pending),
-            targets=tuple(job.targets[k] for k in pending),
+            targets=tuple(done[k].target if k in done else job.targets[k] for k in pending),
             n_steps=steps,
         )
-        for k, result in zip(pending, explain(classifier, batch, rung, endpoints), strict=True):
+        explained = explain(classifier, batch, rung, endpoints, predicted)
+        for k, result in zip(pending, explained, strict=True):
             done[k] = dataclasses.replace(
                 result, tolerance=tolerance, converged=abs(result.delta) <= tolerance
             )
@@ -182,10 +182,10 @@ def explain_to_tolerance(
 
 
 def _rows_per_pass(job: ExplainJob, texts: int, width: int) -> int:
-    """Captum's internal_batch_size for `texts` texts padded to `width` tokens.
+    """Rows per pass for `texts` texts padded to `width` tokens.
 
-    Captum runs (internal_batch_size // texts) steps of every text per pass, and all the texts
-    at once when internal_batch_size is smaller than their number, so never go below `texts`.
+    As Captum's internal_batch_size: (rows // texts) steps of every text per pass, and all the
+    texts at once when internal_batch_size is smaller than their number, so never below `texts`.
     """
     return max(texts, min(job.internal_batch_size, job.max_tokens // width))
 
@@ -194,52 +194,77 @@ def _integrate(
     classifier: Classifier,
     batch: Batch,
     indices: tuple[int, ...],
-    targets: tuple[int, ...],
+    targets: tuple[int | None, ...],
     job: ExplainJob,
     rows_per_pass: int,
     endpoints: dict[int, tuple[float, float]] | None = None,
+    predicted: dict[int, torch.Tensor] | None = None,
 ) -> list[Explanation]:
     """Integrated gradients on the word-embedding output, the delta from f(baseline) and f(x).
 
-    What Captum's LayerIntegratedGradients computes, without its four extra passes of the
-    model (two to read the layer's values at the input and the baseline, two for the delta):
-    the layer's values are an embedding lookup, and f(baseline) and f(x) come from one pass
-    over both (or from `endpoints`, per text position, when an earlier rung computed them).
-    On a short text those passes cost more than the integration itself.
+    What Captum's LayerIntegratedGradients computes (its quadrature rules, its path, its sum),
+    without its four extra passes of the model (two to read the layer's values at the input
+    and the baseline, two for the delta): the layer's values are an embedding lookup, and a
+    text's f(x) and f(baseline) ride along as two extra rows of its first pass. Those rows are
+    also the text's prediction (`predicted`, position -> probabilities) and pick its target
+    when it has none (None: the predicted class). `endpoints` (position -> f(baseline), f(x)
+    of the target) is read and filled, so a later rung adds no extra rows.
     """
-    from captum.attr import IntegratedGradients
-
     inputs = batch.rows(indices)
     input_ids = inputs.pop("input_ids")
     names = tuple(sorted(inputs))
     extra = tuple(inputs[name] for name in names)
-    baseline = baseline_ids(classifier, input_ids)
-    target = torch.tensor(targets, device=input_ids.device)
-    forward = class_probabilities(classifier, names)
     layer = classifier.model.get_input_embeddings()
+    forward = _through_layer(class_probabilities(classifier, names), layer)
     known = endpoints if endpoints is not None else {}
+    chosen = list(targets)
     with torch.no_grad():
-        start, end = layer(baseline), layer(input_ids)
-        if not all(i in known for i in indices):
-            # Both ends in one pass: 2 x a pass of the integration's rows (<= max_explain_tokens)
-            # without gradients, within the predictions' max_batch_tokens.
-            both = forward(torch.cat([baseline, input_ids]), *(torch.cat([t, t]) for t in extra))
-            ends = both.gather(1, torch.cat([target, target]).unsqueeze(1)).view(2, -1).cpu()
-            for pos, fb, fx in zip(indices, ends[0].tolist(), ends[1].tolist(), strict=True):
-                known[pos] = (fb, fx)
-    ig = IntegratedGradients(_through_layer(forward, layer))
-    attributions = ig.attribute(
-        end,
-        baselines=start,
-        additional_forward_args=(input_ids, *extra),
-        target=target,
-        n_steps=job.n_steps,
-        method=job.method,
-        internal_batch_size=rows_per_pass,
-    )
-    attributions = attributions.detach()
+        start, end = layer(baseline_ids(classifier, input_ids)), layer(input_ids)
+    texts = len(indices)
+    # Ends first needed by this call: their x and baseline rows join the first pass.
+    ends = [k for k, pos in enumerate(indices) if pos not in known or chosen[k] is None]
+    step_sizes, alphas = _quadrature(job.method, job.n_steps, start.device)
+    steps_per_pass = max(1, rows_per_pass // texts)
+    width = int(input_ids.shape[1])
+    if ends and job.max_tokens // width < texts + 2 * len(ends):
+        # No room for them beside a step of every text: a pass of their own, without
+        # gradients (a quarter of the memory per token, so within max_batch_tokens).
+        picked = torch.tensor(ends, dtype=torch.long, device=input_ids.device)
+        rows = torch.cat([picked, picked])
+        with torch.no_grad():
+            at_ends = forward(
+                torch.cat([end[picked], start[picked]]), input_ids[rows], *(t[rows] for t in extra)
+            )
+        _keep_ends(at_ends, ends, indices, chosen, known, predicted)
+        ends = []
+    total = torch.zeros_like(end)
+    done = 0
+    while done < job.n_steps:
+        with_ends = ends if done == 0 else []
+        # The extra rows may take the place of steps, not the tokens' bound.
+        room = max(1, (job.max_tokens // width - 2 * len(with_ends)) // texts)
+        count = min(steps_per_pass, room, job.n_steps - done)
+        alpha = alphas[done : done + count].view(-1, 1, 1, 1)
+        path = (start + alpha * (end - start)).reshape(count * texts, *end.shape[1:])
+        path.requires_grad_()
+        picked = torch.tensor(with_ends, dtype=torch.long, device=input_ids.device)
+        values = torch.cat([path, end[picked], start[picked]])
+        steps = torch.arange(texts, device=input_ids.device).repeat(count)
+        rows = torch.cat([steps, picked, picked])
+        with torch.enable_grad():
+            probabilities = forward(values, input_ids[rows], *(t[rows] for t in extra))
+            if with_ends:
+                at_ends = probabilities[count * texts :].detach()
+                _keep_ends(at_ends, with_ends, indices, chosen, known, predicted)
+            target = torch.tensor(chosen, device=probabilities.device).repeat(count)
+            out = probabilities[: count * texts].gather(1, target.unsqueeze(1)).sum()
+            (grads,) = torch.autograd.grad(out, path)
+        weights = step_sizes[done : done + count].view(-1, 1, 1, 1)
+        total += (grads.view(count, *end.shape) * weights).sum(dim=0)
+        done += count
+    attributions = ((end - start) * total).detach()
     # Completeness: the attributions of a text add up to f(x) - f(baseline), up to delta.
-    totals = attributions.reshape(len(indices), -1).sum(dim=1).cpu()
+    totals = attributions.reshape(texts, -1).sum(dim=1).cpu()
     scores = attributions.sum(dim=-1).cpu()
     mask = inputs["attention_mask"].bool().cpu()
     ids = input_ids.cpu()
@@ -248,11 +273,43 @@ def _integrate(
             words=classifier.tokens(ids[row][mask[row]]),
             importances=[float(v) for v in scores[row][mask[row]]],
             delta=float(totals[row]) - (known[pos][1] - known[pos][0]),
-            target=target_class,
+            target=int(target_class),  # type: ignore[arg-type]  # set by the first pass
             n_steps=job.n_steps,
         )
-        for row, (pos, target_class) in enumerate(zip(indices, targets, strict=True))
+        for row, (pos, target_class) in enumerate(zip(indices, chosen, strict=True))
     ]
+
+
+def _keep_ends(
+    at_ends: torch.Tensor,
+    rows: Sequence[int],
+    indices: tuple[int, ...],
+    chosen: list[int | None],
+    known: dict[int, tuple[float, float]],
+    predicted: dict[int, torch.Tensor] | None,
+) -> None:
+    """Targets, ends and predictions from the probabilities of the x rows then the baselines."""
+    at_x, at_baseline = at_ends[: len(rows)], at_ends[len(rows) :]
+    for j, k in enumerate(rows):
+        target = chosen[k]
+        if target is None:
+            target = chosen[k] = int(at_x[j].argmax())
+        known[indices[k]] = (float(at_baseline[j, target]), float(at_x[j, target]))
+        if predicted is not None:
+            predicted[indices[k]] = at_x[j].cpu()
+
+
+def _quadrature(
+    method: Method, n_steps: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captum's step sizes and path points (alphas) of `method` with `n_steps` points."""
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    sizes, alphas = approximation_parameters(method)
+    return (
+        torch.tensor(sizes(n_steps), device=device),
+        torch.tensor(alphas(n_steps), device=device),
+    )
 
 
 def _through_layer(

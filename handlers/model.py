@@ -148,7 +148,8 @@ class Classifier:
         return torch.softmax(logits.float(), dim=-1).cpu()
 
     def batch_probabilities(self, batch: Batch, chunks: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Probabilities of every text of `batch` (in its order), one forward pass per chunk."""
+        """Probabilities of the texts in `chunks` at their positions in `batch` (the rows of
+        texts in no chunk are left unset), one forward pass per chunk."""
         if len(chunks) == 1 and len(chunks[0]) == batch.size:
             return self.probabilities(batch.inputs)
         out = torch.empty(batch.size, len(self.labels))

@@ -32,7 +32,6 @@ from .explain import (
     explain,
     explain_to_tolerance,
     merge_words,
-    with_baselines,
 )
 from .metrics import (
     BATCHES_TOTAL,
@@ -49,7 +48,6 @@ from .model import (
     Classifier,
     choose_device,
     load_pretrained,
-    position_ids,
     token_chunks,
 )
 from .oip_binary import HEADER_LENGTH, OutputSpec, select_outputs
@@ -107,13 +105,13 @@ class _Work:
     requests: dict[int, Request]
     batch: Batch
     spans: dict[int, range]
-    predictions: list[Prediction] = field(default_factory=list)
-    # The forward pass: seconds and padded tokens, the explanation cost estimate's first rate.
+    # Per text; None until explained for the texts the explaining model predicts in their
+    # explanation's first pass (see explain.py).
+    predictions: list[Prediction | None] = field(default_factory=list)
+    # The forward pass: seconds and padded tokens, the explanation cost estimate's first rate
+    # (none when every text is predicted by its explanation).
     forward_s: float = 0.0
     forward_tokens: int = 0
-    # Explain texts' probabilities at their baseline and at the text (position -> both rows),
-    # when the prediction pass computed them with the model that explains.
-    ends: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 class ClassifierService:
@@ -284,40 +282,43 @@ class ClassifierService:
             spans[idx] = range(len(texts), len(texts) + len(request.texts))
             texts.extend(request.texts)
         batch = self.classifier.tokenize(texts)
-        # An explanation's ends, f(baseline) and f(x), come from this pass when the model that
-        # predicts is the one that explains: the baselines ride along as extra rows.
-        explaining = [
-            pos for idx, r in requests.items() if r.action == "explain" for pos in spans[idx]
-        ]
-        if explaining and (
-            self.classifier.fast_logits is not None
-            or position_ids(self.classifier, batch.inputs["attention_mask"]) is not None
-        ):
-            explaining = []  # not the explaining model, or positions a baseline would move
-        rows = with_baselines(self.classifier, batch, explaining) if explaining else batch
+        # An explained text's prediction comes from its explanation's first pass when the model
+        # that predicts is the one that explains (explain.py): this pass is for the others.
+        explained_later = (
+            set()
+            if self.classifier.fast_logits is not None
+            else {pos for idx, r in requests.items() if r.action == "explain" for pos in spans[idx]}
+        )
+        predicted = [pos for pos in range(batch.size) if pos not in explained_later]
+        lengths = batch.lengths
         # Padded tokens per pass stay within max_batch_tokens; a usual batch is one chunk.
-        chunks = token_chunks(rows.lengths, self.settings.max_batch_tokens)
-        start = self._clock()
-        probabilities = self.classifier.batch_probabilities(rows, chunks)
-        forward_s = self._clock() - start
-        ends = {
-            pos: (probabilities[batch.size + k], probabilities[pos])
-            for k, pos in enumerate(explaining)
-        }
-        probabilities = probabilities[: batch.size]
-        metrics.gauge(INFERENCE_MS, forward_s * 1000.0, "ms")
+        chunks = [
+            tuple(predicted[k] for k in chunk)
+            for chunk in token_chunks(
+                [lengths[p] for p in predicted], self.settings.max_batch_tokens
+            )
+        ]
+        predictions: list[Prediction | None] = [None] * batch.size
+        forward_s = 0.0
+        if predicted:
+            start = self._clock()
+            probabilities = self.classifier.batch_probabilities(batch, chunks)
+            forward_s = self._clock() - start
+            metrics.gauge(INFERENCE_MS, forward_s * 1000.0, "ms")
+            for pos in predicted:
+                predictions[pos] = self._prediction(probabilities[pos], batch.truncated[pos])
         metrics.gauge(TEXTS_PER_BATCH, len(texts), "count")
         metrics.count(FORWARD_PASSES_TOTAL, len(chunks))
-        labels = self.info.labels
-        predictions = [
-            Prediction(labels[int(row.argmax())], tuple(float(p) for p in row), truncated)
-            for row, truncated in zip(probabilities, batch.truncated, strict=True)
-        ]
-        lengths = rows.lengths
         padded = sum(len(c) * max(lengths[i] for i in c) for c in chunks if c)
         # The explanation cost estimate's rate is the share's (see run).
         forward_s *= self._slowdown
-        return _Work(dict(requests), batch, spans, predictions, forward_s, padded, ends)
+        return _Work(dict(requests), batch, spans, predictions, forward_s, padded)
+
+    def _prediction(self, probabilities: torch.Tensor, truncated: bool) -> Prediction:
+        labels = self.info.labels
+        return Prediction(
+            labels[int(probabilities.argmax())], tuple(float(p) for p in probabilities), truncated
+        )
 
     # -- explanation ------------------------------------------------------------------------
 
@@ -325,15 +326,16 @@ class ClassifierService:
         """Explain requests that would keep the batch past its time budget, each refused.
 
         Before any explanation was measured the rate is the forward pass's, which a cold or
-        busy worker inflates many times: when it would refuse a request, a short calibration
-        explanation measures the real rate first, so no request is judged on a guess.
+        busy worker inflates many times: when it would refuse a request, or when the batch had
+        no forward pass (every text is explained), a short calibration explanation measures the
+        real rate first, so no request is judged on a guess.
         """
         explain = [i for i, r in work.requests.items() if r.action == "explain"]
         if not explain:
             return {}
         costs = [self._token_steps(work, [idx]) for idx in explain]
         verdicts = self._admit(work, costs, started)
-        if not self.budget.measured and any(verdicts):
+        if not self.budget.measured and (any(verdicts) or not work.forward_tokens):
             self._calibrate(work, explain)
             verdicts = self._admit(work, costs, started)
         return {
@@ -355,15 +357,20 @@ class ClassifierService:
         target = self._target(work, idx, pos)
         _load_captum()
         timings: list[tuple[float, int]] = []
-        for steps in (CALIBRATION_STEPS, CALIBRATION_STEPS * CALIBRATION_SPREAD):
+        ends: dict[int, tuple[float, float]] = {}  # the first run computes them: 2 more rows
+        for steps, rows in (
+            (CALIBRATION_STEPS, CALIBRATION_STEPS + 2),
+            (CALIBRATION_STEPS * CALIBRATION_SPREAD, CALIBRATION_STEPS * CALIBRATION_SPREAD),
+        ):
             job = ExplainJob((pos,), (target,), steps, steps, self.settings.max_explain_tokens)
             start = self._clock()
             try:
-                explain(self.classifier, work.batch, job)
+                (result,) = explain(self.classifier, work.batch, job, ends)
             except Exception:  # their own explanations will report it
                 logger.exception("calibrating the explanation rate failed")
                 return
-            timings.append(((self._clock() - start) * self._slowdown, lengths[pos] * steps))
+            target = result.target
+            timings.append(((self._clock() - start) * self._slowdown, lengths[pos] * rows))
         self.budget.calibrate(timings[0], timings[1])
 
     def _token_steps(self, work: _Work, group: Sequence[int]) -> int:
@@ -414,21 +421,25 @@ class ClassifierService:
             options.internal_batch_size,
             self.settings.max_explain_tokens,
         )
-        endpoints = {
-            pos: (float(work.ends[pos][0][target]), float(work.ends[pos][1][target]))
-            for pos, target in zip(indices, targets, strict=True)
-            if pos in work.ends
-        }
+        endpoints: dict[int, tuple[float, float]] = {}
+        predicted: dict[int, torch.Tensor] = {}
         _load_captum()  # its first import would count as explanation time
         start = self._clock()
+        width = max(work.batch.lengths[pos] for pos in indices)
         if options.tolerance is None:
-            results = explain(self.classifier, work.batch, job, endpoints)
+            results = explain(self.classifier, work.batch, job, endpoints, predicted)
             token_steps = self._token_steps(work, group)
         else:
-            results = self._explain_to_tolerance(work, group, job, options.tolerance, endpoints)
+            results = self._explain_to_tolerance(
+                work, group, job, options.tolerance, endpoints, predicted
+            )
             # Each text ran every rung up to its own: first + 2 first + ... + n = 2 n - first.
-            width = max(work.batch.lengths[pos] for pos in indices)
             token_steps = sum(width * (2 * e.n_steps - job.n_steps) for e in results)
+        # The first pass of each text also held its two ends.
+        token_steps += 2 * width * len(indices)
+        for pos, probabilities in predicted.items():
+            if work.predictions[pos] is None:
+                work.predictions[pos] = self._prediction(probabilities, work.batch.truncated[pos])
         explained = dict(zip(indices, results, strict=True))
         elapsed = self._clock() - start
         self.budget.learn(elapsed * self._slowdown, token_steps)
@@ -446,6 +457,7 @@ class ClassifierService:
         job: ExplainJob,
         tolerance: float,
         endpoints: dict[int, tuple[float, float]],
+        predicted: dict[int, torch.Tensor],
     ) -> list[Explanation]:
         """The ladder: each text's cap is the request's max_steps and its share of
         max_explain_work; a next rung runs only if the budget's estimate says it fits."""
@@ -466,14 +478,17 @@ class ClassifierService:
 
         rungs = dataclasses.replace(job, method=TOLERANCE_METHOD)
         return explain_to_tolerance(
-            self.classifier, work.batch, rungs, tolerance, caps, may_continue, endpoints
+            self.classifier, work.batch, rungs, tolerance, caps, may_continue, endpoints, predicted
         )
 
-    def _target(self, work: _Work, idx: int, pos: int) -> int:
+    def _target(self, work: _Work, idx: int, pos: int) -> int | None:
+        """The request's target for this text, else its predicted class (None: predicted by
+        its explanation's first pass)."""
         target = work.requests[idx].target(pos - work.spans[idx].start)
         if target is not None:
             return target
-        return self.info.labels.index(work.predictions[pos].label)
+        prediction = work.predictions[pos]
+        return None if prediction is None else self.info.labels.index(prediction.label)
 
     def _finish(self, work: _Work, idx: int, pos: int, explanation: Explanation) -> Explanation:
         request = work.requests[idx]
@@ -489,8 +504,10 @@ class ClassifierService:
 
     def _render(self, idx: int, work: _Work, explanations: list[Explanation] | None) -> Reply:
         request = work.requests[idx]
-        predictions = [work.predictions[pos] for pos in work.spans[idx]]
         try:
+            predictions = [p for p in (work.predictions[pos] for pos in work.spans[idx]) if p]
+            if len(predictions) != len(work.spans[idx]):
+                raise RuntimeError("an explained text has no prediction")
             if request.action == "explain":
                 assert explanations is not None
                 body = render_explanations(request, predictions, explanations, self.info)

@@ -163,32 +163,24 @@ def test_the_same_as_captums_layer_integrated_gradients(
         assert got.delta == pytest.approx(float(deltas[row]), abs=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("family", "ends_with_prediction"),
-    [("bert", True), ("distilbert", True), ("roberta", False)],
-    ids=["bert", "distilbert", "roberta-numbers-positions-from-ids"],
-)
-def test_an_explanation_costs_its_steps_and_one_pass_for_both_ends(
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_explanation_is_its_steps_plus_two_rows_and_no_prediction_pass(
     services: dict[Family, ClassifierService],
     trained: dict[Family, tuple[Any, Any]],
     family: Family,
-    ends_with_prediction: bool,
 ) -> None:
-    """Model passes of one explain request: the prediction with f(x) and f(baseline) as a second
-    row (a separate pass over both where a baseline's positions would differ), then the
-    integration steps; a ladder that climbs computes the two ends once."""
+    """Model passes of one explain request: the integration steps, the first pass with two more
+    rows (f(x), also the prediction, and f(baseline)); a ladder that climbs adds them once."""
     model, _ = trained[family]
-    first = [(2, 0)] if ends_with_prediction else [(1, 0), (2, 0)]
     with recorded_passes(model) as shapes:
         (item,) = explain(services[family], TEXTS[:1], n_steps=20)
     width = shapes[0][1]
-    expected = [(rows, width) for rows, _ in first]
-    assert shapes == [*expected, (20, width)]
+    assert shapes == [(20 + 2, width)]
     with recorded_passes(model) as shapes:
         (item,) = explain(services[family], TEXTS[:1], tolerance=1e-6)
     rungs = [8, 16, 32, 64][: [8, 16, 32, 64].index(item["n_steps"]) + 1]
     assert len(rungs) > 1  # the ladder did climb
-    assert shapes == expected + [(steps, width) for steps in rungs]
+    assert shapes == [(8 + 2, width)] + [(steps, width) for steps in rungs[1:]]
 
 
 MERGE_CASES = [

@@ -565,14 +565,16 @@ class PoisonedModel(torch.nn.Module):
 
 
 @pytest.mark.parametrize(
-    ("in_gradients", "stage"),
-    [(False, "prediction"), (True, "explanation")],
-    ids=["forward-pass", "explanation"],
+    ("in_gradients", "poisoned_explains", "stage"),
+    [(False, False, "prediction"), (False, True, "explanation"), (True, True, "explanation")],
+    # An explained text is predicted by its explanation's first pass: no prediction stage.
+    ids=["forward-pass-predict", "forward-pass-explain", "gradients"],
 )
 def test_a_failing_request_gets_500_and_its_neighbours_succeed(
     trained: dict[Family, tuple[Any, Any]],
     bert: ClassifierService,
     in_gradients: bool,
+    poisoned_explains: bool,
     stage: str,
 ) -> None:
     model, tokenizer = trained["bert"]
@@ -580,7 +582,7 @@ def test_a_failing_request_gets_500_and_its_neighbours_succeed(
     service = make_service(PoisonedModel(model, poison_id, in_gradients=in_gradients), tokenizer)
     requests = [
         HttpRequest({"texts": TEXTS[:2]}, explain=True),
-        HttpRequest({"text": "the magnetic field"}, explain=True),
+        HttpRequest({"text": "the magnetic field"}, explain=poisoned_explains),
         HttpRequest(BLOG),
     ]
     first, poisoned, third = call(service, requests)
