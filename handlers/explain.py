@@ -9,10 +9,11 @@ padding contributes exactly 0 and the importances of a text (attributions on the
 output, summed over the embedding dimension, not normalised) add up to f(x) - f(baseline) up to
 the convergence delta (their sum minus f(x) - f(baseline), as Captum defines it).
 
-A text's first pass holds, beside its path points, two rows for f(x) and f(baseline): they give
-the delta, the text's prediction and, when the request named none, its target. An explained
-text needs no prediction pass of its own, which on a short text after an idle spell (weights
-out of the CPU's cache) cost more than the two extra rows (BENCHMARKS.md, explain section).
+Each explained text gets two rows for f(x) and f(baseline): they give the delta, the text's
+prediction and, when the request named none, its target, so an explained text needs no
+prediction pass of its own. For a short text they ride in the integration's first pass, which
+costs less than a pass of two rows after an idle spell (weights out of the CPU's cache); many
+texts' ends get a pass of their own without gradients (FUSED_ENDS_TOKENS).
 
 Captum is imported when the first explanation is computed, not with this module: its import
 costs about a second of every worker start, and most workers only predict.
@@ -39,6 +40,12 @@ Granularity = Literal["words", "pieces"]
 # (BENCHMARKS.md, "Explain: convergence per step").
 Method = Literal["gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left"]
 TOLERANCE_METHOD: Method = "riemann_middle"
+# A group's f(x) and f(baseline) rows join its first pass (forward and backward) up to this many
+# padded tokens; more get a pass of their own without gradients. A pass of few rows costs the
+# reading of the weights, which a fused row saves; a fused row costs its backward, which many
+# rows do not repay. Served, against a separate pass (BENCHMARKS.md, explain section): fusing
+# made one text 1.21x and 1.06x faster (MiniLM, bert-base), eight texts 1.05x and 1.13x slower.
+FUSED_ENDS_TOKENS = 64
 SLOW_TOKENIZER_NOTE = (
     "word pieces, not words: this model's tokenizer is a slow (Python) tokenizer without "
     "character offsets; save the model with a fast tokenizer (tokenizer.json) for whole words"
@@ -205,10 +212,11 @@ def _integrate(
     What Captum's LayerIntegratedGradients computes (its quadrature rules, its path, its sum),
     without its four extra passes of the model (two to read the layer's values at the input
     and the baseline, two for the delta): the layer's values are an embedding lookup, and a
-    text's f(x) and f(baseline) ride along as two extra rows of its first pass. Those rows are
-    also the text's prediction (`predicted`, position -> probabilities) and pick its target
-    when it has none (None: the predicted class). `endpoints` (position -> f(baseline), f(x)
-    of the target) is read and filled, so a later rung adds no extra rows.
+    text's f(x) and f(baseline) are two more rows, of its first pass or of a pass of their own
+    (FUSED_ENDS_TOKENS). Those rows are also the text's prediction (`predicted`, position ->
+    probabilities) and pick its target when it has none (None: the predicted class).
+    `endpoints` (position -> f(baseline), f(x) of the target) is read and filled, so a later
+    rung adds no extra rows.
     """
     inputs = batch.rows(indices)
     input_ids = inputs.pop("input_ids")
@@ -226,9 +234,11 @@ def _integrate(
     step_sizes, alphas = _quadrature(job.method, job.n_steps, start.device)
     steps_per_pass = max(1, rows_per_pass // texts)
     width = int(input_ids.shape[1])
-    if ends and job.max_tokens // width < texts + 2 * len(ends):
-        # No room for them beside a step of every text: a pass of their own, without
-        # gradients (a quarter of the memory per token, so within max_batch_tokens).
+    if ends and (
+        2 * len(ends) * width > FUSED_ENDS_TOKENS or job.max_tokens // width < texts + 2 * len(ends)
+    ):
+        # Too many for the first pass, or no room beside a step of every text: a pass of their
+        # own, without gradients (a quarter of the memory per token: within max_batch_tokens).
         picked = torch.tensor(ends, dtype=torch.long, device=input_ids.device)
         rows = torch.cat([picked, picked])
         with torch.no_grad():

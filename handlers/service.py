@@ -232,8 +232,8 @@ class ClassifierService:
             except Exception as exc:  # one request's problem, never its batch's
                 logger.exception("reading request %d failed", idx)
                 replies[idx] = _error_reply(_unreadable(exc))
-        # A batch with explanations borrows idle siblings' CPUs for all of its passes: its
-        # prediction pass also computes the explanations' ends.
+        # A batch with explanations borrows idle siblings' CPUs for all of its passes, the
+        # prediction of its other texts included.
         explaining = any(r.action == "explain" for r in requests.values())
         with self.cores.all_cores() if explaining else contextlib.nullcontext(0) as threads:
             # The budget learns the pace of the worker's own share: work on borrowed CPUs counts

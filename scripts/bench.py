@@ -582,8 +582,8 @@ def render(
         "own forward and backward pass over the 50 interpolation points, which integrated "
         f"gradients cannot skip; even an explainer with no other cost would be "
         f"{e.theirs_s / e.floor_s:.2f}x faster than transformers-interpret at n_steps 50 on this "
-        f"machine. Ours takes {e.ours_s / e.floor_s:.2f}x the floor (the pass for f(x) and "
-        "f(baseline), tokenizing, and Captum scaling and summing the gradients).",
+        f"machine. Ours takes {e.ours_s / e.floor_s:.2f}x the floor (two more rows for f(x) "
+        "and f(baseline), tokenizing, and scaling and summing the gradients).",
         f"- Agreement: Pearson r = **{e.pearson_r:.4f}** between the token importances "
         f"(same baseline: [CLS] [PAD]... [SEP]; goal 0.99, {_verdict(e.pearson_r >= 0.99)}).",
         f"- |convergence delta|: ours {e.ours_delta:.2e}, theirs {e.theirs_delta:.2e} "

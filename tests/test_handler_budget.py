@@ -219,3 +219,34 @@ def test_a_cold_first_forward_pass_does_not_refuse_an_ordinary_explanation(
     # That measured rate still refuses what is really too big.
     service.budget.seconds_per_token_step = 1.0
     assert call(service, [_explain("cells divide", 50)])[0].status == 413
+
+
+class RecordedBudget(ExplainBudget):
+    """An ExplainBudget that records when it is calibrated and when it learns."""
+
+    def __init__(self, response_timeout_s: float) -> None:
+        super().__init__(response_timeout_s)
+        self.calls: list[str] = []
+
+    def calibrate(self, small: tuple[float, int], large: tuple[float, int]) -> None:
+        self.calls.append("calibrate")
+        super().calibrate(small, large)
+
+    def learn(self, seconds: float, token_steps: int) -> None:
+        self.calls.append("learn")
+        super().learn(seconds, token_steps)
+
+
+def test_an_explain_only_batch_is_judged_on_a_measured_rate(model: tuple[Any, Any]) -> None:
+    """Explained texts are predicted by their explanations, so a batch of explain requests has
+    no forward pass to estimate from: a fresh worker measures the rate before it judges (a rate
+    of 0 would let anything through)."""
+    service = ClassifierService.from_model(*model, TEST_SETTINGS, name="scibert", version="2.1")
+    service.budget = budget = RecordedBudget(service.budget.response_timeout_s)
+    (response,) = call(service, [_explain("cells divide", 50)])
+    assert response.status == 200, response.body
+    assert budget.calls == ["calibrate", "learn"]
+    # A batch with a prediction pass estimates from it: no calibration for an ordinary request.
+    service.budget = budget = RecordedBudget(service.budget.response_timeout_s)
+    call(service, [HttpRequest({"text": "cells divide"}), _explain("cells divide", 50)])
+    assert budget.calls == ["learn"]

@@ -23,6 +23,7 @@ from support.in_process_service import (
 from support.tiny_models import Family
 
 from scibert_pack.handlers.explain import (
+    FUSED_ENDS_TOKENS,
     SLOW_TOKENIZER_NOTE,
     ExplainJob,
     Explanation,
@@ -181,6 +182,25 @@ def test_an_explanation_is_its_steps_plus_two_rows_and_no_prediction_pass(
     rungs = [8, 16, 32, 64][: [8, 16, 32, 64].index(item["n_steps"]) + 1]
     assert len(rungs) > 1  # the ladder did climb
     assert shapes == [(8 + 2, width)] + [(steps, width) for steps in rungs[1:]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_many_texts_get_their_ends_in_a_pass_without_gradients(
+    services: dict[Family, ClassifierService],
+    trained: dict[Family, tuple[Any, Any]],
+    family: Family,
+) -> None:
+    """Past FUSED_ENDS_TOKENS the two rows per text would cost their backward: they get a pass
+    of their own, still no prediction pass."""
+    model, _ = trained[family]
+    with recorded_passes(model) as shapes:
+        explain(services[family], TEXTS, n_steps=10)
+    with recorded_passes(model, gradients_only=True) as with_gradients:
+        explain(services[family], TEXTS, n_steps=10)
+    width = shapes[0][1]
+    assert 2 * len(TEXTS) * width > FUSED_ENDS_TOKENS
+    assert shapes == [(2 * len(TEXTS), width), (10 * len(TEXTS), width)]
+    assert with_gradients == [(10 * len(TEXTS), width)]
 
 
 MERGE_CASES = [

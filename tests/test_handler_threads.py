@@ -288,8 +288,9 @@ def test_lend_idle_cpus_must_be_a_bool() -> None:
 def test_an_explain_batch_runs_all_its_passes_on_the_lent_cpus(
     tiny_bert: Path, tmp_path: Path, requests: list[HttpRequest], lent: bool
 ) -> None:
-    """The prediction pass of an explain batch computes the explanations' ends: it borrows the
-    CPUs with the integration; a batch without explanations stays on the share."""
+    """Every pass of an explain batch borrows the CPUs: the explanations (whose first passes
+    predict their texts) and the prediction of its other texts; a batch without explanations
+    stays on the share."""
     service = ClassifierService.from_context(FakeContext(tiny_bert))
     current = [1]
     service.cores = threads.CoreShare(tmp_path / "lock", 1, 2, lambda n: current.append(n))
