@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 
-from .model import Batch, Classifier, position_ids, token_chunks
+from .model import Batch, Classifier, RowMemo, position_ids, token_chunks
 
 Granularity = Literal["words", "pieces"]
 # Captum's integration rules. Explicit n_steps keeps Captum's default (Gauss-Legendre); the
@@ -226,46 +226,43 @@ def _integrate(
     forward = _through_layer(class_probabilities(classifier, names), layer)
     known = endpoints if endpoints is not None else {}
     chosen = list(targets)
+    baseline = baseline_ids(classifier, input_ids)
     with torch.no_grad():
-        start, end = layer(baseline_ids(classifier, input_ids)), layer(input_ids)
+        start, end = layer(baseline), layer(input_ids)
     texts = len(indices)
-    # Ends first needed by this call: their x and baseline rows join the first pass.
-    ends = [k for k, pos in enumerate(indices) if pos not in known or chosen[k] is None]
+    ends = _EndRows.needed(classifier.baselines, indices, known, chosen, (baseline, *extra))
     step_sizes, alphas = _quadrature(job.method, job.n_steps, start.device)
     steps_per_pass = max(1, rows_per_pass // texts)
     width = int(input_ids.shape[1])
-    if ends and (
-        2 * len(ends) * width > FUSED_ENDS_TOKENS or job.max_tokens // width < texts + 2 * len(ends)
+    if ends.rows and (
+        len(ends.rows) * width > FUSED_ENDS_TOKENS
+        or job.max_tokens // width < texts + len(ends.rows)
     ):
         # Too many for the first pass, or no room beside a step of every text: a pass of their
         # own, without gradients (a quarter of the memory per token: within max_batch_tokens).
-        picked = torch.tensor(ends, dtype=torch.long, device=input_ids.device)
-        rows = torch.cat([picked, picked])
+        rows = torch.tensor(ends.rows, dtype=torch.long, device=input_ids.device)
         with torch.no_grad():
-            at_ends = forward(
-                torch.cat([end[picked], start[picked]]), input_ids[rows], *(t[rows] for t in extra)
-            )
-        _keep_ends(at_ends, ends, indices, chosen, known, predicted)
-        ends = []
+            at_ends = forward(ends.values(end, start), input_ids[rows], *(t[rows] for t in extra))
+        ends.keep(at_ends, indices, chosen, known, predicted, classifier.baselines)
+        ends = _EndRows.none()
     total = torch.zeros_like(end)
     done = 0
     while done < job.n_steps:
-        with_ends = ends if done == 0 else []
+        with_ends = ends if done == 0 else _EndRows.none()
         # The extra rows may take the place of steps, not the tokens' bound.
-        room = max(1, (job.max_tokens // width - 2 * len(with_ends)) // texts)
+        room = max(1, (job.max_tokens // width - len(with_ends.rows)) // texts)
         count = min(steps_per_pass, room, job.n_steps - done)
         alpha = alphas[done : done + count].view(-1, 1, 1, 1)
         path = (start + alpha * (end - start)).reshape(count * texts, *end.shape[1:])
         path.requires_grad_()
-        picked = torch.tensor(with_ends, dtype=torch.long, device=input_ids.device)
-        values = torch.cat([path, end[picked], start[picked]])
-        steps = torch.arange(texts, device=input_ids.device).repeat(count)
-        rows = torch.cat([steps, picked, picked])
+        values = torch.cat([path, with_ends.values(end, start)])
+        steps = [k for _ in range(count) for k in range(texts)]
+        rows = torch.tensor(steps + with_ends.rows, dtype=torch.long, device=input_ids.device)
         with torch.enable_grad():
             probabilities = forward(values, input_ids[rows], *(t[rows] for t in extra))
-            if with_ends:
+            if with_ends.rows:
                 at_ends = probabilities[count * texts :].detach()
-                _keep_ends(at_ends, with_ends, indices, chosen, known, predicted)
+                with_ends.keep(at_ends, indices, chosen, known, predicted, classifier.baselines)
             target = torch.tensor(chosen, device=probabilities.device).repeat(count)
             out = probabilities[: count * texts].gather(1, target.unsqueeze(1)).sum()
             (grads,) = torch.autograd.grad(out, path)
@@ -290,23 +287,65 @@ def _integrate(
     ]
 
 
-def _keep_ends(
-    at_ends: torch.Tensor,
-    rows: Sequence[int],
-    indices: tuple[int, ...],
-    chosen: list[int | None],
-    known: dict[int, tuple[float, float]],
-    predicted: dict[int, torch.Tensor] | None,
-) -> None:
-    """Targets, ends and predictions from the probabilities of the x rows then the baselines."""
-    at_x, at_baseline = at_ends[: len(rows)], at_ends[len(rows) :]
-    for j, k in enumerate(rows):
-        target = chosen[k]
-        if target is None:
-            target = chosen[k] = int(at_x[j].argmax())
-        known[indices[k]] = (float(at_baseline[j, target]), float(at_x[j, target]))
-        if predicted is not None:
-            predicted[indices[k]] = at_x[j].cpu()
+@dataclass(frozen=True)
+class _EndRows:
+    """The rows for f(x) and f(baseline) one _integrate call still needs: `rows` lists the
+    text (by its place in the call) of each, x rows first, then the baselines not memoized."""
+
+    texts: tuple[int, ...]
+    rows: list[int]
+    keys: tuple[bytes, ...]
+    memoized: dict[int, torch.Tensor]
+
+    @classmethod
+    def none(cls) -> _EndRows:
+        return cls((), [], (), {})
+
+    @classmethod
+    def needed(
+        cls,
+        memo: RowMemo,
+        indices: tuple[int, ...],
+        known: dict[int, tuple[float, float]],
+        chosen: list[int | None],
+        baseline_inputs: tuple[torch.Tensor, ...],
+    ) -> _EndRows:
+        texts = tuple(k for k, pos in enumerate(indices) if pos not in known or chosen[k] is None)
+        keys = tuple(RowMemo.key([t[k] for t in baseline_inputs]) for k in texts)
+        memoized = {
+            k: p for k, key in zip(texts, keys, strict=True) if (p := memo.get(key)) is not None
+        }
+        fresh = [k for k in texts if k not in memoized]
+        return cls(texts, [*texts, *fresh], keys, memoized)
+
+    def values(self, end: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """The layer's values of the rows: the input's for x, the baseline's for the rest."""
+        x, fresh = self.rows[: len(self.texts)], self.rows[len(self.texts) :]
+        return torch.cat([end[x], start[fresh]])
+
+    def keep(
+        self,
+        probabilities: torch.Tensor,
+        indices: tuple[int, ...],
+        chosen: list[int | None],
+        known: dict[int, tuple[float, float]],
+        predicted: dict[int, torch.Tensor] | None,
+        memo: RowMemo,
+    ) -> None:
+        """Targets, ends and predictions from the rows' probabilities; memoizes the baselines."""
+        at_x = probabilities[: len(self.texts)].cpu()
+        at_baseline = dict(self.memoized)
+        fresh = self.rows[len(self.texts) :]
+        at_baseline.update(zip(fresh, probabilities[len(self.texts) :].cpu(), strict=True))
+        for j, k in enumerate(self.texts):
+            if k not in self.memoized:
+                memo.put(self.keys[j], at_baseline[k])
+            target = chosen[k]
+            if target is None:
+                target = chosen[k] = int(at_x[j].argmax())
+            known[indices[k]] = (float(at_baseline[k][target]), float(at_x[j][target]))
+            if predicted is not None:
+                predicted[indices[k]] = at_x[j]
 
 
 def _quadrature(

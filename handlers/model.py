@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ _UNSET_MAX_LENGTH = 1_000_000
 # when the tokens the model reads all come from words the cut left whole, and a text with longer
 # tokens (whitespace runs, one giant word) is cut at twice the length, and so on.
 CHARS_PER_TOKEN_BOUND = 16
+# Baseline rows whose class probabilities a classifier keeps (RowMemo): a baseline depends on the
+# text's length and layout only, so a few hundred cover the lengths a server sees.
+BASELINE_MEMO_ROWS = 256
 
 
 class ModelLoadError(RuntimeError):
@@ -58,6 +62,35 @@ class Batch:
         return {key: value[picked, :width] for key, value in self.inputs.items()}
 
 
+class RowMemo:
+    """Class probabilities the model gave for input rows it will see again (explanation
+    baselines), by the row's inputs; the least recently used go first."""
+
+    def __init__(self, capacity: int = BASELINE_MEMO_ROWS) -> None:
+        self.capacity = capacity
+        self._rows: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+
+    @staticmethod
+    def key(row: Sequence[torch.Tensor]) -> bytes:
+        """One input row (its ids, then its other inputs, all of one width) as a key."""
+        return bytes(torch.cat([t.reshape(-1) for t in row]).to(torch.long).cpu().numpy().tobytes())
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        value = self._rows.get(key)
+        if value is not None:
+            self._rows.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, probabilities: torch.Tensor) -> None:
+        self._rows[key] = probabilities
+        self._rows.move_to_end(key)
+        while len(self._rows) > self.capacity:
+            self._rows.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
 @dataclass(frozen=True)
 class Classifier:
     model: Any
@@ -69,6 +102,8 @@ class Classifier:
     # Logits of predictions from another runtime (onnx_runtime.OnnxLogits) than `model`, which
     # then serves explanations only; None: `model` does both.
     fast_logits: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None
+    # The explaining model's f(baseline) rows (explain.py), shared by copies of this classifier.
+    baselines: RowMemo = field(default_factory=RowMemo, compare=False, repr=False)
 
     @classmethod
     def create(

@@ -6,6 +6,7 @@ target class) for the text and for its baseline ([CLS] [PAD]... [SEP]) on its ow
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +33,7 @@ from scibert_pack.handlers.explain import (
     merge_words,
 )
 from scibert_pack.handlers.explain import explain as run_explain
+from scibert_pack.handlers.model import RowMemo
 from scibert_pack.handlers.service import ClassifierService
 
 TEXTS = [
@@ -164,43 +166,96 @@ def test_the_same_as_captums_layer_integrated_gradients(
         assert got.delta == pytest.approx(float(deltas[row]), abs=1e-6)
 
 
+def fresh_service(model: Any, tokenizer: Any) -> ClassifierService:
+    """A service with nothing memoized, whose budget has a (fast) measured rate: no calibration
+    explanation runs before the one under test."""
+    service = make_service(model, tokenizer)
+    service.budget.seconds_per_token_step = 1e-9
+    return service
+
+
+SAME_LENGTH_CANDIDATES = [
+    "the photon decays",
+    "the cells divide",
+    "the acid reacts",
+    "cells divide",
+    "photon decay",
+    "the field",
+    "the base",
+]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_an_explanation_is_its_steps_plus_two_rows_and_no_prediction_pass(
-    services: dict[Family, ClassifierService],
-    trained: dict[Family, tuple[Any, Any]],
-    family: Family,
+    trained: dict[Family, tuple[Any, Any]], family: Family
 ) -> None:
     """Model passes of one explain request: the integration steps, the first pass with two more
-    rows (f(x), also the prediction, and f(baseline)); a ladder that climbs adds them once."""
-    model, _ = trained[family]
+    rows (f(x), also the prediction, and f(baseline)); a ladder that climbs adds them once, and
+    a baseline the model has seen (same length and layout) is not run again."""
+    model, tokenizer = trained[family]
+    service = fresh_service(model, tokenizer)
     with recorded_passes(model) as shapes:
-        (item,) = explain(services[family], TEXTS[:1], n_steps=20)
+        explain(service, TEXTS[:1], n_steps=20)
     width = shapes[0][1]
     assert shapes == [(20 + 2, width)]
     with recorded_passes(model) as shapes:
-        (item,) = explain(services[family], TEXTS[:1], tolerance=1e-6)
+        (item,) = explain(service, TEXTS[:1], tolerance=1e-6)
     rungs = [8, 16, 32, 64][: [8, 16, 32, 64].index(item["n_steps"]) + 1]
     assert len(rungs) > 1  # the ladder did climb
-    assert shapes == [(8 + 2, width)] + [(steps, width) for steps in rungs[1:]]
+    assert shapes == [(8 + 1, width)] + [(steps, width) for steps in rungs[1:]]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_many_texts_get_their_ends_in_a_pass_without_gradients(
-    services: dict[Family, ClassifierService],
-    trained: dict[Family, tuple[Any, Any]],
-    family: Family,
+    trained: dict[Family, tuple[Any, Any]], family: Family
 ) -> None:
     """Past FUSED_ENDS_TOKENS the two rows per text would cost their backward: they get a pass
     of their own, still no prediction pass."""
-    model, _ = trained[family]
+    model, tokenizer = trained[family]
     with recorded_passes(model) as shapes:
-        explain(services[family], TEXTS, n_steps=10)
+        explain(fresh_service(model, tokenizer), TEXTS, n_steps=10)
     with recorded_passes(model, gradients_only=True) as with_gradients:
-        explain(services[family], TEXTS, n_steps=10)
+        explain(fresh_service(model, tokenizer), TEXTS, n_steps=10)
     width = shapes[0][1]
     assert 2 * len(TEXTS) * width > FUSED_ENDS_TOKENS
     assert shapes == [(2 * len(TEXTS), width), (10 * len(TEXTS), width)]
     assert with_gradients == [(10 * len(TEXTS), width)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_memoized_baseline_gives_the_same_delta(
+    trained: dict[Family, tuple[Any, Any]], family: Family
+) -> None:
+    """Two texts of one length share their baseline row: the second explanation takes f(baseline)
+    from the first, and its delta is what a fresh server computes."""
+    model, tokenizer = trained[family]
+    length = {t: len(tokenizer(t)["input_ids"]) for t in SAME_LENGTH_CANDIDATES}
+    first, second = next(
+        (a, b)
+        for a, b in itertools.combinations(SAME_LENGTH_CANDIDATES, 2)
+        if length[a] == length[b]
+    )
+    service = fresh_service(model, tokenizer)
+    explain(service, [first], n_steps=12)
+    assert len(service.classifier.baselines) == 1
+    with recorded_passes(model) as shapes:
+        (memoized,) = explain(service, [second], n_steps=12)
+    assert shapes == [(12 + 1, length[second])]
+    (fresh,) = explain(fresh_service(model, tokenizer), [second], n_steps=12)
+    assert memoized["delta"] == pytest.approx(fresh["delta"], abs=1e-6)
+    assert memoized["importances"] == pytest.approx(fresh["importances"], abs=1e-6)
+    assert len(service.classifier.baselines) == 1
+
+
+def test_the_row_memo_drops_the_least_recently_used() -> None:
+    memo = RowMemo(capacity=2)
+    a, b, c = (RowMemo.key([torch.tensor([n, 1])]) for n in (1, 2, 3))
+    memo.put(a, torch.tensor([0.1]))
+    memo.put(b, torch.tensor([0.2]))
+    assert memo.get(a) is not None  # a is now the most recent
+    memo.put(c, torch.tensor([0.3]))
+    assert (memo.get(b), len(memo)) == (None, 2)
+    assert [float(v) for v in (memo.get(a), memo.get(c))] == pytest.approx([0.1, 0.3])  # type: ignore[arg-type]
 
 
 MERGE_CASES = [
