@@ -231,7 +231,7 @@ def _integrate(
         start, end = layer(baseline), layer(input_ids)
     texts = len(indices)
     ends = _EndRows.needed(classifier.baselines, indices, known, chosen, (baseline, *extra))
-    step_sizes, alphas = _quadrature(job.method, job.n_steps, start.device)
+    step_sizes, alphas = _quadrature(job.method, job.n_steps, start)
     steps_per_pass = max(1, rows_per_pass // texts)
     width = int(input_ids.shape[1])
     if ends.rows and (
@@ -245,7 +245,7 @@ def _integrate(
             at_ends = forward(ends.values(end, start), input_ids[rows], *(t[rows] for t in extra))
         ends.keep(at_ends, indices, chosen, known, predicted, classifier.baselines)
         ends = _EndRows.none()
-    total = torch.zeros_like(end)
+    total = torch.zeros_like(end, dtype=torch.float32)  # a half-precision model sums in fp32
     done = 0
     while done < job.n_steps:
         with_ends = ends if done == 0 else _EndRows.none()
@@ -269,7 +269,7 @@ def _integrate(
         weights = step_sizes[done : done + count].view(-1, 1, 1, 1)
         total += (grads.view(count, *end.shape) * weights).sum(dim=0)
         done += count
-    attributions = ((end - start) * total).detach()
+    attributions = ((end - start).float() * total).detach()
     # Completeness: the attributions of a text add up to f(x) - f(baseline), up to delta.
     totals = attributions.reshape(texts, -1).sum(dim=1).cpu()
     scores = attributions.sum(dim=-1).cpu()
@@ -349,15 +349,16 @@ class _EndRows:
 
 
 def _quadrature(
-    method: Method, n_steps: int, device: torch.device
+    method: Method, n_steps: int, like: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Captum's step sizes and path points (alphas) of `method` with `n_steps` points."""
+    """Captum's step sizes (fp32) and path points (alphas, in `like`'s dtype, so that the path
+    stays in the model's precision) of `method` with `n_steps` points."""
     from captum.attr._utils.approximation_methods import approximation_parameters
 
     sizes, alphas = approximation_parameters(method)
     return (
-        torch.tensor(sizes(n_steps), device=device),
-        torch.tensor(alphas(n_steps), device=device),
+        torch.tensor(sizes(n_steps), device=like.device, dtype=torch.float32),
+        torch.tensor(alphas(n_steps), device=like.device, dtype=like.dtype),
     )
 
 

@@ -6,6 +6,7 @@ target class) for the text and for its baseline ([CLS] [PAD]... [SEP]) on its ow
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import replace
 from typing import Any
@@ -417,3 +418,21 @@ def test_without_offsets_the_pieces_stay_and_the_note_says_why() -> None:
     assert (merged.words, merged.importances) == (x.words, x.importances)
     assert merged.granularity == "pieces"
     assert merged.note == SLOW_TOKENIZER_NOTE
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_bfloat16_model_is_explained_in_its_precision(
+    trained: dict[Family, tuple[Any, Any]], family: Family
+) -> None:
+    """transformers loads a checkpoint in its saved dtype: the integration path stays in it (a
+    float32 path would not go through bfloat16 layers), and the sum is kept in float32."""
+    model, tokenizer = trained[family]
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    (item,) = explain(fresh_service(half, tokenizer), TEXTS[:1], n_steps=16, granularity="pieces")
+    (reference,) = explain(
+        fresh_service(model, tokenizer), TEXTS[:1], n_steps=16, granularity="pieces"
+    )
+    assert item["words"] == reference["words"]
+    r = torch.corrcoef(torch.tensor([item["importances"], reference["importances"]]))[0, 1]
+    assert float(r) > 0.95
+    assert abs(item["delta"]) < 0.05
