@@ -47,6 +47,10 @@ SERVING_RECORD = "serving.json"
 _RUN_DIR_NAMES = frozenset(
     {KEY_FILE, SERVING_RECORD, "config.properties", "torchserve.out", "logs", "tmp"}
 )
+# Ports picked for 0 are free when picked, but another process can take one in the seconds before
+# TorchServe's JVM binds it (a client's outgoing connection is enough): a start that lost one is
+# retried on newly picked ports, this many starts in all.
+PORT_RACE_ATTEMPTS = 3
 _PORT_OPTIONS = {
     "port": "--inference-port",
     "management_port": "--management-port",
@@ -150,8 +154,9 @@ class TorchServeProcess:
         progress: ProgressSink = silent,
     ) -> None:
         self.store: ModelStore = open_store(store_dir)
+        self._requested = settings or ServeSettings()
         # Ports given as 0 are picked now, so the run folder is named by the real port.
-        self.settings = with_free_ports(settings or ServeSettings())
+        self.settings = with_free_ports(self._requested)
         self.run_dir = self.settings.run_dir or default_run_dir(self.settings.port)
         self.progress = progress
         self._process: subprocess.Popen[bytes] | None = None
@@ -188,13 +193,37 @@ class TorchServeProcess:
 
     # lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> TorchServeProcess:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        for attempt in range(1, PORT_RACE_ATTEMPTS + 1):
+            try:
+                self.start()
+                self.wait_ready()
+                return self
+            except ServeError as exc:
+                self.stop()
+                if attempt == PORT_RACE_ATTEMPTS or not self._lost_a_picked_port(exc):
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+            self.progress(
+                "a port picked for TorchServe was taken before it could listen there; "
+                "starting again on other free ports"
+            )
+            self.settings = with_free_ports(self._requested)
+            self.run_dir = self._requested.run_dir or default_run_dir(self.settings.port)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _lost_a_picked_port(self, exc: ServeError) -> bool:
+        """Whether the start failed on a port in use that was picked for 0 (the ports given
+        explicitly are still free: picking again would not help with those)."""
+        if not isinstance(exc, PortInUseError) and "Address already in use" not in exc.message:
+            return False
+        given = [getattr(self._requested, name) for name in _PORT_OPTIONS]
+        if 0 not in given:
+            return False
+        host = self.settings.host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return all(_bindable(family, host, port) for port in given if port)
 
     def __exit__(
         self,

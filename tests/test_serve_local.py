@@ -5,16 +5,19 @@ server left behind (issue 11 items 1-2, issue 12 items 4 and 9)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from support.http_recorder import Recorder
 from scibert_pack.archiver.build import build
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.cli import cli
+from scibert_pack.errors import PortInUseError
 from scibert_pack.serving.server import ServeSettings, TorchServeProcess
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -197,3 +201,54 @@ def test_stopped_server_leaves_no_pid_file_socket_or_key(
     assert not (run_dir / "serving.json").exists()
     assert not (run_dir / "key_file.json").exists()
     assert (run_dir / "logs" / "ts_log.log").is_file()  # logs stay to be read
+
+
+class _NoPortCheck(TorchServeProcess):
+    """Skips the check before start, so TorchServe's own bind is what meets the taken port."""
+
+    def _check_ports(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    "process_class",
+    [TorchServeProcess, _NoPortCheck],
+    ids=["taken-before-the-check", "taken-before-torchserve-binds"],
+)
+def test_a_picked_port_taken_before_start_is_picked_again(
+    tiny_bert: Path, tmp_path: Path, short_runtime: Path, process_class: type[TorchServeProcess]
+) -> None:
+    """Port 0 means any free port: another process taking the one picked, in the seconds before
+    TorchServe listens, costs a restart on other ports, not the start."""
+    build(tiny_bert, BuildSettings(name="m", profile="local", min_workers=1), tmp_path / "store")
+    messages: list[str] = []
+    server = process_class(
+        tmp_path / "store",
+        ServeSettings.on_free_ports(ready_timeout_s=180),
+        progress=messages.append,
+    )
+    taken = server.settings.port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with server:
+            assert server.settings.port != taken
+            assert server.run_dir.name == f"serve-{server.settings.port}"
+            with urllib.request.urlopen(f"{server.inference_url}/ping", timeout=10) as reply:
+                assert reply.status == 200
+    assert any("starting again on other free ports" in m for m in messages), messages
+
+
+def test_a_given_port_in_use_is_not_picked_around(tiny_bert: Path, tmp_path: Path) -> None:
+    """Only ports picked for 0 are picked again: a port the user gave stays an error at once."""
+    build(tiny_bert, BuildSettings(name="m", profile="local"), tmp_path / "store")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        given = int(taken.getsockname()[1])
+        messages: list[str] = []
+        settings = dataclasses.replace(ServeSettings.on_free_ports(), management_port=given)
+        server = TorchServeProcess(tmp_path / "store", settings, progress=messages.append)
+        with pytest.raises(PortInUseError, match=f"port {given} on 127.0.0.1 \\(management API\\)"):
+            server.__enter__()
+    assert not [m for m in messages if "starting again" in m], messages
