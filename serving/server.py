@@ -107,7 +107,7 @@ def with_free_ports(settings: ServeSettings) -> ServeSettings:
     if not wanted:
         return settings
     host = settings.host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    family = _address_family(host)
     given = [getattr(settings, n) for n in _PORT_OPTIONS if getattr(settings, n)]
     taken = {*given, *([settings.grpc_port + 1] if settings.grpc_port else [])}
     picked: dict[str, int] = {}
@@ -134,6 +134,11 @@ def with_free_ports(settings: ServeSettings) -> ServeSettings:
     return dataclasses.replace(settings, **picked)  # type: ignore[arg-type]  # port fields
 
 
+def _address_family(host: str) -> socket.AddressFamily:
+    """IPv6 for a host with a colon (bracketed or not), else IPv4."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _bindable(family: socket.AddressFamily, host: str, port: int) -> bool:
     with socket.socket(family) as s:
         try:
@@ -155,9 +160,7 @@ class TorchServeProcess:
     ) -> None:
         self.store: ModelStore = open_store(store_dir)
         self._requested = settings or ServeSettings()
-        # Ports given as 0 are picked now, so the run folder is named by the real port.
-        self.settings = with_free_ports(self._requested)
-        self.run_dir = self.settings.run_dir or default_run_dir(self.settings.port)
+        self._pick_ports()
         self.progress = progress
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -209,9 +212,13 @@ class TorchServeProcess:
                 "a port picked for TorchServe was taken before it could listen there; "
                 "starting again on other free ports"
             )
-            self.settings = with_free_ports(self._requested)
-            self.run_dir = self._requested.run_dir or default_run_dir(self.settings.port)
+            self._pick_ports()
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _pick_ports(self) -> None:
+        """Ports given as 0 are picked now, so the run folder is named by the real port."""
+        self.settings = with_free_ports(self._requested)
+        self.run_dir = self.settings.run_dir or default_run_dir(self.settings.port)
 
     def _lost_a_picked_port(self, exc: ServeError) -> bool:
         """Whether the start failed on a port in use that was picked for 0 (the ports given
@@ -222,8 +229,7 @@ class TorchServeProcess:
         if 0 not in given:
             return False
         host = self.settings.host.strip("[]")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return all(_bindable(family, host, port) for port in given if port)
+        return all(_bindable(_address_family(host), host, port) for port in given if port)
 
     def __exit__(
         self,
@@ -351,9 +357,7 @@ class TorchServeProcess:
 
     def _check_ports(self) -> None:
         for api, port in self.settings.ports().items():
-            with socket.socket(
-                socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
-            ) as s:
+            with socket.socket(_address_family(self.settings.host)) as s:
                 try:
                     s.bind((self.settings.host, port))
                 except OSError as err:
