@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from .packed import pack_linear_layers
 from .settings import OFFSET_POSITION_TYPES, HandlerSettings, usable_positions
 
 # Tokenizer outputs that are for the handler, never for model.forward.
@@ -114,6 +115,8 @@ class Classifier:
         model.eval()
         # Integrated gradients needs gradients of the embedding output only.
         model.requires_grad_(False)
+        if settings.pack_weights and settings.runtime == "torch":
+            pack_linear_layers(model)
         # Explanations and word alignment read real tokens as a prefix of each padded row.
         tokenizer.padding_side = "right"
         config = model.config

@@ -242,6 +242,17 @@ class HandlerSettings:
         choices=RUNTIMES,
     )
 
+    # The torch runtime on the CPU: bert-base-wide fp32 Linear layers compute with a weight
+    # reordered once for oneDNN (packed.py): 1.05-1.18x per pass, more memory (BENCHMARKS.md,
+    # "Prepacked Linear weights").
+    pack_weights: bool = setting(
+        True,
+        "With --runtime torch on the CPU: Linear layers at least 768 wide compute with a copy of "
+        "their weights reordered once for oneDNN (faster, same answers to fp32 rounding; the "
+        "copy adds about 80% of the model's size to each worker's memory).",
+        negatable=True,
+    )
+
     def __post_init__(self) -> None:
         check_declared(self)
 

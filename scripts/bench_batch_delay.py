@@ -12,69 +12,20 @@ Run: .venv/bin/python scripts/bench_batch_delay.py [--quick]. Writes its BENCHMA
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import statistics
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
-from bench import BLOG_TEXT, Load, benchmark_models, load, log, served
+from bench import benchmark_models, log
+from bench_variants import EXPLAIN_GAP_S, load_cells, measure_variants
 from benchlib import machine, write_section
 
 DELAYS_MS = (10, 5, 2)
 CONCURRENCIES = (16, 4, 1)
-# Seconds between lone explanations: the worker is idle when the next one arrives.
-EXPLAIN_GAP_S = 0.1
-
-
-def lone_explanations(server: Any, count: int) -> list[float]:
-    """Seconds of `count` one-text explanations, one at a time, each after a short idle gap."""
-    import requests
-
-    url = f"{server.inference_url}/v2/models/{server.model_name}/explain"
-    payload = {
-        "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [BLOG_TEXT]}],
-        "parameters": {"granularity": "pieces"},
-    }
-    times = []
-    with requests.Session() as session:
-        for _ in range(count):
-            time.sleep(EXPLAIN_GAP_S)
-            start = time.perf_counter()
-            session.post(url, json=payload, timeout=120).raise_for_status()
-            times.append(time.perf_counter() - start)
-    return times
 
 
 def measure(model_dir: Path, label: str, seconds: float, rounds: int) -> str:
-    from scibert_pack.archiver.build import build
-    from scibert_pack.archiver.settings import BuildSettings
-
-    loads: dict[tuple[int, int], list[Load]] = {}
-    explains: dict[int, list[float]] = {delay: [] for delay in DELAYS_MS}
-    with tempfile.TemporaryDirectory(prefix="bench-delay-") as tmp, contextlib.ExitStack() as up:
-        servers = {}
-        for delay in DELAYS_MS:
-            store = Path(tmp) / f"store-{delay}"
-            build(model_dir, BuildSettings(name="m", max_batch_delay_ms=delay), store)
-            servers[delay] = up.enter_context(served(store, Path(tmp) / f"run-{delay}"))
-        for server in servers.values():  # every worker has run both request kinds
-            load(server, 1.0)
-            lone_explanations(server, 4)
-        for rnd in range(rounds):
-            order = DELAYS_MS if rnd % 2 == 0 else DELAYS_MS[::-1]
-            for concurrency in CONCURRENCIES:
-                for delay in order:
-                    got = load(servers[delay], seconds, concurrency=concurrency)
-                    loads.setdefault((delay, concurrency), []).append(got)
-                    log(
-                        f"  [{label}] delay {delay} ms, concurrency {concurrency}: "
-                        f"{got.texts_per_s:.1f} texts/s, p99 {got.p99_ms:.0f} ms"
-                    )
-            for delay in order:
-                explains[delay].extend(lone_explanations(servers[delay], 5))
+    variants = {f"{delay} ms": {"max_batch_delay_ms": delay} for delay in DELAYS_MS}
+    results = measure_variants(model_dir, label, variants, CONCURRENCIES, seconds, rounds)
     lines = [
         f"### {label}",
         "",
@@ -83,16 +34,9 @@ def measure(model_dir: Path, label: str, seconds: float, rounds: int) -> str:
         + " | lone explanation, median (ms) |",
         "|---|" + "---|" * len(CONCURRENCIES) + "---:|",
     ]
-    for delay in DELAYS_MS:
-        cells = []
-        for concurrency in CONCURRENCIES:
-            got = Load.median(loads[(delay, concurrency)])
-            cells.append(
-                f"{got.texts_per_s:.1f} ({got.p50_ms:.0f} / {got.p99_ms:.0f})"
-                + (f", {got.errors} failed" if got.errors else "")
-            )
-        lone = statistics.median(explains[delay]) * 1000
-        lines.append(f"| {delay} ms | " + " | ".join(cells) + f" | {lone:.0f} |")
+    for name, result in results.items():
+        cells = load_cells(result, CONCURRENCIES)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {result.lone_explain_ms:.0f} |")
     return "\n".join(lines)
 
 

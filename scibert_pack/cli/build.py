@@ -96,6 +96,7 @@ def _shown(value: object) -> str:
     "lend_idle_cpus",
     "device",
     "runtime",
+    "pack_weights",
 )
 @setting_options(BuildSettings, "min_label_agreement")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")

@@ -1,0 +1,109 @@
+"""Linear layers whose weights are reordered once for oneDNN, for fp32 models on the CPU.
+
+`F.linear` hands each weight to MKL's sgemm, which copies it into its blocked layout on every
+call: a cost that grows with the weight, not the batch, so it weighs most at the few hundred
+rows (texts x tokens) a server's pass has. oneDNN's linear (the kernel PyTorch's own compilers
+call after freezing) takes a weight reordered once. Measured on a bert-base classifier, one
+text per request (BENCHMARKS.md, "Prepacked Linear weights"): 1.05-1.18x per forward pass, same
+answers to fp32 rounding. Smaller layers (MiniLM's 384-wide ones) gain nothing, so they stay
+as they are, and so does any model that is not fp32 on the CPU.
+
+The packed copy is extra memory (the original weights stay: explanations take gradients
+through them), so only layers where it pays are packed, and `build --no-pack-weights` turns
+it off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# Both sides of a weight at least this wide (bert-base's 768): narrower layers measured no gain.
+MIN_PACKED_FEATURES = 768
+# The rows (texts x tokens) oneDNN chooses the weight's layout for: a served batch's order of
+# size. Any row count is computed correctly with it.
+PACKED_FOR_ROWS = 128
+
+
+def packing_available() -> bool:
+    """This torch has oneDNN's linear (x86-64 and aarch64 CPU builds do)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        probe = torch.ops.mkldnn._reorder_linear_weight(torch.zeros(2, 2), 1)
+        torch.ops.mkldnn._linear_pointwise(torch.zeros(1, 2), probe, None, "none", [], "")
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+class _PackedLinearFunction(torch.autograd.Function):  # type: ignore[misc]  # torch is untyped here
+    """oneDNN's forward; the backward of the plain layer, from the original weight (the
+    gradient of the input only: the classifier's parameters take none)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor, bias: Any
+    ) -> Any:
+        ctx.save_for_backward(weight)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        (weight,) = ctx.saved_tensors
+        return grad.matmul(weight), None, None, None
+
+
+class PackedLinear(torch.nn.Linear):  # type: ignore[misc]  # torch is untyped here
+    """An nn.Linear (same weight and bias parameters) that computes with a reordered copy of
+    its weight while the input is fp32 on the CPU, and like nn.Linear otherwise."""
+
+    packed: torch.Tensor
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear) -> PackedLinear:
+        layer = cls.__new__(cls)
+        torch.nn.Module.__init__(layer)
+        layer.in_features = linear.in_features
+        layer.out_features = linear.out_features
+        layer.weight = linear.weight
+        layer.bias = linear.bias
+        # A plain attribute: not in state_dict, and .to() leaves it (forward then falls back).
+        object.__setattr__(
+            layer,
+            "packed",
+            torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACKED_FOR_ROWS),
+        )
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if x.dtype != torch.float32 or x.device.type != "cpu" or weight.device.type != "cpu":
+            return torch.nn.functional.linear(x, weight, self.bias)
+        if weight.requires_grad or (self.bias is not None and self.bias.requires_grad):
+            # Training: the parameters' gradients are nn.Linear's business.
+            return torch.nn.functional.linear(x, weight, self.bias)
+        if torch.is_grad_enabled() and x.requires_grad:
+            out: torch.Tensor = _PackedLinearFunction.apply(x, weight, self.packed, self.bias)
+            return out
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def pack_linear_layers(model: torch.nn.Module, min_features: int = MIN_PACKED_FEATURES) -> int:
+    """Swap the model's fp32 CPU nn.Linear layers of at least min_features a side for
+    PackedLinear; the number swapped (0 when oneDNN's linear is unavailable)."""
+    eligible = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is torch.nn.Linear
+        and child.weight.dtype == torch.float32
+        and child.weight.device.type == "cpu"
+        and min(child.in_features, child.out_features) >= min_features
+    ]
+    if not eligible or not packing_available():
+        return 0
+    for parent, name, child in eligible:
+        setattr(parent, name, PackedLinear.from_linear(child))
+    return len(eligible)

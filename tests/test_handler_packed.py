@@ -1,0 +1,203 @@
+"""Prepacked Linear layers (handlers/packed.py): nn.Linear's answers and gradients, where used.
+
+The tiny families are narrower than the 768 features packing starts at, so these tests pack
+every layer of copies (min_features=1) and compare them with the unpacked models.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import torch
+from support.fake_context import HttpRequest
+from support.in_process_service import TEST_SETTINGS, call
+from support.tiny_models import Family
+from transformers import BertConfig, BertForSequenceClassification
+
+from scibert_pack.handlers.model import Classifier
+from scibert_pack.handlers.packed import (
+    MIN_PACKED_FEATURES,
+    PackedLinear,
+    pack_linear_layers,
+    packing_available,
+)
+from scibert_pack.handlers.service import ClassifierService
+from scibert_pack.handlers.settings import HandlerSettings
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch has no oneDNN linear")
+
+FAMILIES: list[Family] = ["bert", "roberta", "distilbert"]
+TEXTS = [
+    "risk assessment implications of site-specific oral relative bioavailability .",
+    "quantum states of the photon decay in the magnetic field .",
+    "cells divide",
+]
+UNPACKED = replace(TEST_SETTINGS, pack_weights=False)
+
+
+def packed_count(model: torch.nn.Module) -> int:
+    return sum(isinstance(m, PackedLinear) for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def pairs(
+    trained: dict[Family, tuple[Any, Any]],
+) -> dict[Family, tuple[ClassifierService, ClassifierService]]:
+    """Per family: a service over the plain model and one over a copy with every Linear packed."""
+    out = {}
+    for family, (model, tokenizer) in trained.items():
+        plain = copy.deepcopy(model)
+        packed = copy.deepcopy(model)
+        plain.requires_grad_(False)
+        packed.requires_grad_(False)
+        assert pack_linear_layers(packed, min_features=1) == packed_count(packed) > 0
+        out[family] = tuple(
+            ClassifierService.from_model(m, tokenizer, UNPACKED, response_timeout_s=3600.0)
+            for m in (plain, packed)
+        )
+    return out  # type: ignore[return-value]
+
+
+def answers(service: ClassifierService, *, explain: bool) -> list[dict]:
+    body = (
+        {"texts": TEXTS, "parameters": {"granularity": "pieces"}} if explain else {"texts": TEXTS}
+    )
+    (response,) = call(service, [HttpRequest(body, explain=explain)])
+    assert response.status == 200, response.body
+    return list(response.body)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_layers_predict_what_nn_linear_predicts(
+    pairs: dict[Family, tuple[ClassifierService, ClassifierService]], family: Family
+) -> None:
+    plain, packed = (answers(s, explain=False) for s in pairs[family])
+    for ours, theirs in zip(packed, plain, strict=True):
+        assert ours["label"] == theirs["label"]
+        for label, p in theirs["probabilities"].items():
+            assert ours["probabilities"][label] == pytest.approx(p, abs=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_layers_explain_what_nn_linear_explains(
+    pairs: dict[Family, tuple[ClassifierService, ClassifierService]], family: Family
+) -> None:
+    """Gradients flow back through the packed forward (the backward uses the original weight)."""
+    plain, packed = (answers(s, explain=True) for s in pairs[family])
+    for ours, theirs in zip(packed, plain, strict=True):
+        assert ours["words"] == theirs["words"]
+        assert ours["importances"] == pytest.approx(theirs["importances"], abs=1e-6)
+        assert ours["delta"] == pytest.approx(theirs["delta"], abs=1e-6)
+        assert ours["n_steps"] == theirs["n_steps"]
+    assert max(abs(i) for item in plain for i in item["importances"]) > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("in_features", "out_features", "dtype", "packed"),
+    [
+        (768, 768, torch.float32, True),
+        (768, 3072, torch.float32, True),
+        (3072, 768, torch.float32, True),
+        (384, 1536, torch.float32, False),
+        (768, 5, torch.float32, False),
+        (768, 768, torch.bfloat16, False),
+        (768, 768, torch.float64, False),
+    ],
+    ids=["square", "wide", "tall", "narrow", "head", "bfloat16", "float64"],
+)
+def test_which_layers_are_packed(
+    in_features: int, out_features: int, dtype: torch.dtype, packed: bool
+) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, dtype=dtype))
+    keys = set(model.state_dict())
+    assert pack_linear_layers(model) == int(packed)
+    assert isinstance(model[0], PackedLinear) is packed
+    # The weights stay the model's parameters: state_dict and loading are unchanged.
+    assert set(model.state_dict()) == keys
+
+
+def packed_and_plain(in_features: int = 48, out_features: int = 40) -> tuple[Any, Any]:
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(in_features, out_features)
+    return PackedLinear.from_linear(copy.deepcopy(plain)), plain
+
+
+@pytest.mark.parametrize(
+    "shape", [(7, 48), (3, 5, 48), (1, 48)], ids=["rows", "batch-of-sequences", "one-row"]
+)
+def test_a_packed_layer_gives_nn_linears_outputs_and_input_gradients(
+    shape: tuple[int, ...],
+) -> None:
+    packed, plain = packed_and_plain()
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        assert torch.allclose(packed(x), plain(x), atol=1e-6)
+    # A column slice (strided, as BERT's pooler reads the first token) is read right too.
+    wide = torch.randn(4, 3, 48)
+    with torch.inference_mode():
+        assert torch.allclose(packed(wide[:, 0]), plain(wide[:, 0]), atol=1e-6)
+    packed.requires_grad_(False)
+    plain.requires_grad_(False)
+    grads = []
+    for layer in (packed, plain):
+        xs = x.clone().requires_grad_(True)
+        (layer(xs) ** 2).sum().backward()
+        grads.append(xs.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_trainable_weights_and_other_dtypes_take_nn_linears_path() -> None:
+    packed, plain = packed_and_plain()
+    x = torch.randn(6, 48)
+    # Trainable: the parameters get nn.Linear's gradients.
+    (packed(x) ** 2).sum().backward()
+    (plain(x) ** 2).sum().backward()
+    assert packed.weight.grad is not None
+    assert torch.allclose(packed.weight.grad, plain.weight.grad, atol=1e-5)
+    # Cast after packing: the packed copy (fp32) is not used for a bfloat16 input.
+    packed.to(torch.bfloat16)
+    plain.to(torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(packed(x.bfloat16()), plain(x.bfloat16()))
+
+
+def wide_bert() -> BertForSequenceClassification:
+    """One BERT layer as wide as bert-base, with a small vocabulary: cheap to build."""
+    config = BertConfig(
+        vocab_size=200,
+        hidden_size=MIN_PACKED_FEATURES,
+        num_hidden_layers=1,
+        num_attention_heads=12,
+        intermediate_size=MIN_PACKED_FEATURES,
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config)
+
+
+@pytest.mark.parametrize(
+    ("settings", "packed"),
+    [
+        (HandlerSettings(), 7),  # query, key, value, attention output, intermediate, output, pooler
+        (HandlerSettings(pack_weights=False), 0),
+        (HandlerSettings(runtime="onnx"), 0),
+        (HandlerSettings(runtime="torch-int8"), 0),  # int8 quantizes nn.Linear layers
+    ],
+    ids=["default", "turned-off", "onnx-predicts", "int8-predicts"],
+)
+def test_the_torch_runtime_packs_wide_layers_by_default(
+    trained: dict[Family, tuple[Any, Any]], settings: HandlerSettings, packed: int
+) -> None:
+    _, tokenizer = trained["bert"]
+    model = wide_bert()
+    plain = copy.deepcopy(model).eval()
+    classifier = Classifier.create(model, copy.deepcopy(tokenizer), settings, torch.device("cpu"))
+    assert packed_count(classifier.model) == packed
+    ids = torch.randint(5, 200, (3, 9))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.inference_mode():
+        expected = torch.softmax(plain(**inputs).logits, dim=-1)
+    assert torch.allclose(classifier.probabilities(inputs), expected, atol=1e-6)
