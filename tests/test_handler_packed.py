@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from support.build_and_serve import serving
 from support.fake_context import HttpRequest
 from support.in_process_service import TEST_SETTINGS, call
-from support.tiny_models import Family
-from transformers import BertConfig, BertForSequenceClassification
+from support.tiny_models import LABELS, Family
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from scibert_pack.handlers.model import Classifier
+from scibert_pack.archiver.settings import BuildSettings
+from scibert_pack.client.inference_client import InferenceClient
+from scibert_pack.handlers.model import Classifier, load_pretrained
 from scibert_pack.handlers.packed import (
     MIN_PACKED_FEATURES,
     PackedLinear,
@@ -164,10 +168,10 @@ def test_trainable_weights_and_other_dtypes_take_nn_linears_path() -> None:
         assert torch.equal(packed(x.bfloat16()), plain(x.bfloat16()))
 
 
-def wide_bert() -> BertForSequenceClassification:
+def wide_bert(vocab_size: int = 200) -> BertForSequenceClassification:
     """One BERT layer as wide as bert-base, with a small vocabulary: cheap to build."""
     config = BertConfig(
-        vocab_size=200,
+        vocab_size=vocab_size,
         hidden_size=MIN_PACKED_FEATURES,
         num_hidden_layers=1,
         num_attention_heads=12,
@@ -201,3 +205,42 @@ def test_the_torch_runtime_packs_wide_layers_by_default(
     with torch.inference_mode():
         expected = torch.softmax(plain(**inputs).logits, dim=-1)
     assert torch.allclose(classifier.probabilities(inputs), expected, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def wide_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """A saved one-layer classifier as wide as bert-base, with the tiny BERT's tokenizer."""
+    folder = tmp_path_factory.mktemp("wide-bert")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = wide_bert(vocab_size=len(tokenizer))
+    model.config.id2label = dict(LABELS)
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_served_worker_packs_and_answers_as_nn_linear(
+    wide_model_dir: Path, tmp_path: Path
+) -> None:
+    """In a real TorchServe worker (the default archive): the layers are packed (its log says
+    so), and predictions and explanations are the unpacked model's."""
+    model, tokenizer = load_pretrained(wide_model_dir)
+    reference = ClassifierService.from_model(
+        model, tokenizer, HandlerSettings(pack_weights=False), response_timeout_s=3600.0
+    )
+    settings = BuildSettings(name="wide", profile="local")
+    with serving(wide_model_dir, tmp_path, settings) as server:
+        client = InferenceClient(server.inference_url, "wide", timeout_s=120)
+        predicted, _ = client.infer(TEXTS)
+        explained, _ = client.explain(TEXTS, merge_subwords=False)
+        log = (tmp_path / "run" / "logs" / "model_log.log").read_text(errors="replace")
+    assert "7 Linear layers compute with prepacked weights" in log
+    expected = answers(reference, explain=False)
+    for got, want in zip(predicted, expected, strict=True):
+        assert got.label == want["label"]
+        assert got.probabilities == pytest.approx(want["probabilities"], abs=1e-5)
+    for got, want in zip(explained, answers(reference, explain=True), strict=True):
+        assert got.words == want["words"]
+        assert got.importances == pytest.approx(want["importances"], abs=1e-5)
+        assert got.delta == pytest.approx(want["delta"], abs=1e-5)
