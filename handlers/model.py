@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,10 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from .packed import pack_linear_layers
 from .settings import OFFSET_POSITION_TYPES, HandlerSettings, usable_positions
-
-logger = logging.getLogger(__name__)
 
 # Tokenizer outputs that are for the handler, never for model.forward.
 _NOT_MODEL_INPUTS = frozenset({"offset_mapping", "overflowing_tokens", "length"})
@@ -118,14 +114,6 @@ class Classifier:
         model.eval()
         # Integrated gradients needs gradients of the embedding output only.
         model.requires_grad_(False)
-        if settings.pack_weights and settings.runtime == "torch":
-            packed = pack_linear_layers(model)
-            if packed:
-                logger.info(
-                    "%d Linear layers compute with prepacked weights (oneDNN); "
-                    "build --no-pack-weights turns this off",
-                    packed,
-                )
         # Explanations and word alignment read real tokens as a prefix of each padded row.
         tokenizer.padding_side = "right"
         config = model.config

@@ -53,6 +53,7 @@ from .model import (
 from .oip_binary import HEADER_LENGTH, OutputSpec, select_outputs
 from .oip_grpc import is_grpc_request
 from .oip_reply import encode_reply, grpc_replies, header_lookup
+from .packed import IdlePacker
 from .protocol import (
     MissingBody,
     RawRow,
@@ -135,6 +136,10 @@ class ClassifierService:
         # Explanations borrow idle sibling workers' CPUs (from_context sets it up).
         self.cores = CoreShare(None, 1, 1, torch.set_num_threads)
         self._slowdown = 1.0
+        # Set while no batch is being answered: background work (IdlePacker) runs only then.
+        self.idle = threading.Event()
+        self.idle.set()
+        self.packer: IdlePacker | None = None
 
     @classmethod
     def from_model(
@@ -197,14 +202,21 @@ class ClassifierService:
             int8 = int8_logits(service.classifier.model)
             service.classifier = dataclasses.replace(service.classifier, fast_logits=int8)
             service.info = dataclasses.replace(service.info, explained_with=EXPLAINED_WITH)
+        elif settings.pack_weights:
+            service.packer = IdlePacker(service.classifier.model, service.idle)
+            service.packer.start()
         return service
 
     def handle(self, rows: Sequence[Mapping[str, Any]], context: Any) -> list[str | bytes]:
         """TorchServe's per-batch call: one JSON string (or binary reply) per row, statuses set
         on the context; failed gRPC requests as oip_reply.grpc_replies says."""
         raws = [_raw_row(row, idx, context) for idx, row in enumerate(rows)]
-        with self.cores.busy():
-            replies = self.run(raws, Metrics(getattr(context, "metrics", None)))
+        self.idle.clear()
+        try:
+            with self.cores.busy():
+                replies = self.run(raws, Metrics(getattr(context, "metrics", None)))
+        finally:
+            self.idle.set()
         # TorchServe's worker holds a batch until the next one arrives: its memory is free only
         # after that next batch, so trim after a large batch and after the one that follows it.
         large = sum(_body_size(raw.body) for raw in raws) >= TRIM_AFTER_BYTES

@@ -243,8 +243,8 @@ class HandlerSettings:
     )
 
     # The torch runtime on the CPU: bert-base-wide fp32 Linear layers compute with a weight
-    # reordered once for oneDNN (packed.py): 1.05-1.18x per pass, more memory (BENCHMARKS.md,
-    # "Prepacked Linear weights").
+    # reordered once for oneDNN (packed.py), packed in the background after the worker loads:
+    # a lone request ~1.5x faster, more memory (BENCHMARKS.md, "Prepacked Linear weights").
     pack_weights: bool = setting(
         True,
         "With --runtime torch on the CPU: Linear layers at least 768 wide compute with a copy of "

@@ -7,6 +7,8 @@ every layer of copies (min_features=1) and compare them with the unpacked models
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,16 +16,17 @@ from typing import Any
 import pytest
 import torch
 from support.build_and_serve import serving
-from support.fake_context import HttpRequest
+from support.fake_context import FakeContext, HttpRequest, run_batch
 from support.in_process_service import TEST_SETTINGS, call
 from support.tiny_models import LABELS, Family
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from scibert_pack.archiver.settings import BuildSettings
 from scibert_pack.client.inference_client import InferenceClient
-from scibert_pack.handlers.model import Classifier, load_pretrained
+from scibert_pack.handlers.model import load_pretrained
 from scibert_pack.handlers.packed import (
     MIN_PACKED_FEATURES,
+    IdlePacker,
     PackedLinear,
     pack_linear_layers,
     packing_available,
@@ -182,29 +185,18 @@ def wide_bert(vocab_size: int = 200) -> BertForSequenceClassification:
     return BertForSequenceClassification(config)
 
 
-@pytest.mark.parametrize(
-    ("settings", "packed"),
-    [
-        (HandlerSettings(), 7),  # query, key, value, attention output, intermediate, output, pooler
-        (HandlerSettings(pack_weights=False), 0),
-        (HandlerSettings(runtime="onnx"), 0),
-        (HandlerSettings(runtime="torch-int8"), 0),  # int8 quantizes nn.Linear layers
-    ],
-    ids=["default", "turned-off", "onnx-predicts", "int8-predicts"],
-)
-def test_the_torch_runtime_packs_wide_layers_by_default(
-    trained: dict[Family, tuple[Any, Any]], settings: HandlerSettings, packed: int
-) -> None:
-    _, tokenizer = trained["bert"]
+def test_the_idle_packer_packs_only_while_the_worker_is_idle() -> None:
     model = wide_bert()
-    plain = copy.deepcopy(model).eval()
-    classifier = Classifier.create(model, copy.deepcopy(tokenizer), settings, torch.device("cpu"))
-    assert packed_count(classifier.model) == packed
-    ids = torch.randint(5, 200, (3, 9))
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    with torch.inference_mode():
-        expected = torch.softmax(plain(**inputs).logits, dim=-1)
-    assert torch.allclose(classifier.probabilities(inputs), expected, atol=1e-6)
+    idle = threading.Event()  # cleared: a batch is being answered
+    packer = IdlePacker(model, idle)
+    packer.start()
+    packer.join(timeout=0.3)
+    assert packer.is_alive() and packer.packed == 0 and packed_count(model) == 0
+    idle.set()
+    packer.join(timeout=120)
+    assert not packer.is_alive()
+    # query, key, value, attention output, intermediate, output, pooler; not the 3-label head
+    assert packer.packed == packed_count(model) == 7
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +210,38 @@ def wide_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) ->
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.mark.parametrize(
+    ("handler", "packs"),
+    [({}, True), ({"pack_weights": False}, False), ({"runtime": "torch-int8"}, False)],
+    ids=["default", "turned-off", "int8-predicts"],  # int8 quantizes the nn.Linear layers
+)
+def test_a_worker_packs_after_loading_and_never_during_a_batch(
+    wide_model_dir: Path, handler: dict[str, object], packs: bool
+) -> None:
+    service = ClassifierService.from_context(FakeContext(wide_model_dir, handler_settings=handler))
+    model = service.classifier.model
+    seen_idle: list[bool] = []
+    model.register_forward_pre_hook(lambda *_: seen_idle.append(service.idle.is_set()))
+    context = FakeContext(wide_model_dir)
+    # The explanation runs the fp32 model whatever predicts (int8 predicts from its own copy).
+    batch = [HttpRequest({"texts": TEXTS}), HttpRequest({"texts": TEXTS[:1]}, explain=True)]
+    response, explained = run_batch(service.handle, context, batch)
+    assert response.status == explained.status == 200
+    assert seen_idle and not any(seen_idle)
+    assert service.idle.is_set()
+    if not packs:
+        assert service.packer is None and packed_count(model) == 0
+        return
+    assert service.packer is not None
+    service.packer.join(timeout=120)
+    assert service.packer.packed == packed_count(model) == 7
+    (again,) = run_batch(service.handle, context, [HttpRequest({"texts": TEXTS})])
+    for before, after in zip(response.body, again.body, strict=True):
+        assert after["label"] == before["label"]
+        for label, p in before["probabilities"].items():
+            assert after["probabilities"][label] == pytest.approx(p, abs=1e-6)
 
 
 def test_a_served_worker_packs_and_answers_as_nn_linear(
@@ -234,13 +258,22 @@ def test_a_served_worker_packs_and_answers_as_nn_linear(
         client = InferenceClient(server.inference_url, "wide", timeout_s=120)
         predicted, _ = client.infer(TEXTS)
         explained, _ = client.explain(TEXTS, merge_subwords=False)
-        log = (tmp_path / "run" / "logs" / "model_log.log").read_text(errors="replace")
-    assert "7 Linear layers compute with prepacked weights" in log
+        log = tmp_path / "run" / "logs" / "model_log.log"
+        for _ in range(600):  # the worker packs in the background, after loading
+            if "7 Linear layers compute with prepacked weights" in log.read_text(errors="replace"):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"no worker logged its packed layers:\n{log.read_text(errors='replace')}")
+        # Answers once packed: the same as before and as the unpacked model's.
+        predicted_packed, _ = client.infer(TEXTS)
+        explained_packed, _ = client.explain(TEXTS, merge_subwords=False)
     expected = answers(reference, explain=False)
-    for got, want in zip(predicted, expected, strict=True):
+    for got, want in zip([*predicted, *predicted_packed], expected * 2, strict=True):
         assert got.label == want["label"]
         assert got.probabilities == pytest.approx(want["probabilities"], abs=1e-5)
-    for got, want in zip(explained, answers(reference, explain=True), strict=True):
+    reasons = answers(reference, explain=True)
+    for got, want in zip([*explained, *explained_packed], reasons * 2, strict=True):
         assert got.words == want["words"]
         assert got.importances == pytest.approx(want["importances"], abs=1e-5)
         assert got.delta == pytest.approx(want["delta"], abs=1e-5)
