@@ -203,8 +203,10 @@ class ClassifierService:
             service.classifier = dataclasses.replace(service.classifier, fast_logits=int8)
             service.info = dataclasses.replace(service.info, explained_with=EXPLAINED_WITH)
         elif settings.pack_weights:
-            service.packer = IdlePacker(service.classifier.model, service.idle)
-            service.packer.start()
+            packer = IdlePacker(service.classifier.model, service.idle)
+            if packer.layers:
+                service.packer = packer
+                packer.start()
         return service
 
     def handle(self, rows: Sequence[Mapping[str, Any]], context: Any) -> list[str | bytes]:
