@@ -67,6 +67,7 @@ class PackedLinear(torch.nn.Linear):  # type: ignore[misc]  # torch is untyped h
     its weight while the input is fp32 on the CPU, and like nn.Linear otherwise."""
 
     packed: torch.Tensor
+    packed_version: int
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> PackedLinear:
@@ -76,25 +77,38 @@ class PackedLinear(torch.nn.Linear):  # type: ignore[misc]  # torch is untyped h
         layer.out_features = linear.out_features
         layer.weight = linear.weight
         layer.bias = linear.bias
-        # A plain attribute: not in state_dict, and .to() leaves it (forward then falls back).
+        # Plain attributes: not in state_dict, and .to() leaves them (forward then falls back).
         object.__setattr__(
             layer,
             "packed",
             torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACKED_FOR_ROWS),
         )
+        # The weight's in-place version when packed: a later change (load_state_dict, an
+        # optimizer step) makes the copy stale, and the layer computes from the weight again.
+        object.__setattr__(layer, "packed_version", linear.weight._version)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight
-        if x.dtype != torch.float32 or x.device.type != "cpu" or weight.device.type != "cpu":
-            return torch.nn.functional.linear(x, weight, self.bias)
-        if weight.requires_grad or (self.bias is not None and self.bias.requires_grad):
-            # Training: the parameters' gradients are nn.Linear's business.
-            return torch.nn.functional.linear(x, weight, self.bias)
+        weight, bias = self.weight, self.bias
+        if not self._packed_fits(x):
+            return torch.nn.functional.linear(x, weight, bias)
         if torch.is_grad_enabled() and x.requires_grad:
-            out: torch.Tensor = _PackedLinearFunction.apply(x, weight, self.packed, self.bias)
+            out: torch.Tensor = _PackedLinearFunction.apply(x, weight, self.packed, bias)
             return out
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+
+    def _packed_fits(self, x: torch.Tensor) -> bool:
+        """The packed copy is still the weight, and the call is oneDNN's fp32 CPU linear with
+        no parameter gradients (those, in training, are nn.Linear's business)."""
+        weight, bias = self.weight, self.bias
+        return bool(
+            x.dtype == weight.dtype == torch.float32
+            and x.device.type == weight.device.type == "cpu"
+            and weight._version == self.packed_version
+            and x.numel() > 0
+            and not weight.requires_grad
+            and not (bias is not None and bias.requires_grad)
+        )
 
 
 Layer = tuple[torch.nn.Module, str, torch.nn.Linear]

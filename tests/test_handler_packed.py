@@ -171,6 +171,26 @@ def test_trainable_weights_and_other_dtypes_take_nn_linears_path() -> None:
         assert torch.equal(packed(x.bfloat16()), plain(x.bfloat16()))
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda layer, new: layer.weight.copy_(new),
+        lambda layer, new: layer.load_state_dict({"weight": new, "bias": layer.bias}),
+    ],
+    ids=["in-place", "load_state_dict"],
+)
+def test_a_weight_changed_after_packing_is_the_one_used(change: Any) -> None:
+    packed, plain = packed_and_plain()
+    packed.requires_grad_(False)
+    new = torch.randn_like(plain.weight)
+    with torch.no_grad():
+        change(packed, new)
+        plain.weight.copy_(new)
+    x = torch.randn(5, 48)
+    with torch.inference_mode():
+        assert torch.allclose(packed(x), plain(x), atol=1e-6)
+
+
 def wide_bert(vocab_size: int = 200) -> BertForSequenceClassification:
     """One BERT layer as wide as bert-base, with a small vocabulary: cheap to build."""
     config = BertConfig(
