@@ -78,14 +78,12 @@ class PackedLinear(torch.nn.Linear):  # type: ignore[misc]  # torch is untyped h
         layer.weight = linear.weight
         layer.bias = linear.bias
         # Plain attributes: not in state_dict, and .to() leaves them (forward then falls back).
-        object.__setattr__(
-            layer,
-            "packed",
-            torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACKED_FOR_ROWS),
+        layer.packed = torch.ops.mkldnn._reorder_linear_weight(
+            linear.weight.detach(), PACKED_FOR_ROWS
         )
         # The weight's in-place version when packed: a later change (load_state_dict, an
         # optimizer step) makes the copy stale, and the layer computes from the weight again.
-        object.__setattr__(layer, "packed_version", linear.weight._version)
+        layer.packed_version = linear.weight._version
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
