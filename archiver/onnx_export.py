@@ -22,6 +22,7 @@ import torch
 
 from scibert_pack.demo.corpus import load_corpus
 from scibert_pack.errors import BuildError
+from scibert_pack.handlers.first_token import first_token_last_layer
 from scibert_pack.handlers.model import Classifier, ModelLoadError, load_pretrained
 from scibert_pack.handlers.onnx_runtime import LOGITS, OnnxLoadError, OnnxLogits
 from scibert_pack.handlers.settings import HandlerSettings
@@ -72,7 +73,7 @@ class _Logits(torch.nn.Module):  # type: ignore[misc]  # torch.nn is untyped her
 def export_onnx(model_dir: Path, target: Path, handler: HandlerSettings) -> RuntimeCheck:
     """Write model.onnx of the classifier in `model_dir` to `target`; BuildError if not exact."""
     classifier = _classifier(model_dir, handler)
-    _export(classifier, target, model_dir)
+    _export(classifier, target, model_dir, cut=handler.trim_last_layer)
     onnx = _session(target)
     check = compare(classifier, onnx, check_texts(classifier), target.stat().st_size)
     if check.label_agreement < 1.0 or check.max_probability_difference > check.tolerance:
@@ -99,7 +100,7 @@ def export_onnx_int8(
     classifier = _classifier(model_dir, handler)
     fp32 = target.with_name(target.name + ".fp32")
     try:
-        _export(classifier, fp32, model_dir)
+        _export(classifier, fp32, model_dir, cut=handler.trim_last_layer)
         try:
             with _root_logger_untouched():
                 # A scale per output channel: on the demo classifier the largest probability
@@ -144,13 +145,17 @@ def _classifier(model_dir: Path, handler: HandlerSettings) -> Classifier:
     return Classifier.create(model, tokenizer, handler, torch.device("cpu"))
 
 
-def _export(classifier: Classifier, target: Path, model_dir: Path) -> None:
+def _export(classifier: Classifier, target: Path, model_dir: Path, *, cut: bool) -> None:
+    """With `cut`, the graph's last layer finishes for the first token only (as the torch
+    runtime's, handlers/first_token.py); `classifier` stays whole, the reference it is checked
+    against."""
     sample = classifier.tokenize(["a short text", "a somewhat longer text that pads the first"])
     names = list(sample.inputs)
     axes = {name: {0: "texts", 1: "tokens"} for name in names}
     # eval() first: the exporter puts the module back in the mode it found it in, and a new
     # Module is in training mode (dropout on) - which would leave the checked torch model there.
     wrapper = _Logits(classifier.model, names).eval()
+    handle = first_token_last_layer(classifier.model) if cut else None
     try:
         with torch.no_grad():
             torch.onnx.export(
@@ -169,6 +174,9 @@ def _export(classifier: Classifier, target: Path, model_dir: Path) -> None:
             f"exporting {model_dir} to ONNX failed: {err}",
             fix="build with --runtime torch (the default), which needs no export",
         ) from err
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 def _session(target: Path) -> OnnxLogits:

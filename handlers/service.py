@@ -33,6 +33,7 @@ from .explain import (
     explain_to_tolerance,
     merge_words,
 )
+from .first_token import first_token_last_layer
 from .metrics import (
     BATCHES_TOTAL,
     EXPLAIN_MS,
@@ -182,6 +183,12 @@ class ClassifierService:
             lock = CoreShare.sibling_lock()
             service.cores = CoreShare(
                 lock, threads, usable_cpus(), torch.set_num_threads, pressure=cpu_pressure
+            )
+        # Before the int8 copy, which keeps it.
+        if settings.trim_last_layer and first_token_last_layer(service.classifier.model):
+            logger.info(
+                "the last layer finishes for the first token only (the one the classifier "
+                "reads); build --no-trim-last-layer turns this off"
             )
         if settings.runtime in ("onnx", "onnx-int8"):
             from .onnx_runtime import INT8_EXPLAINED_WITH, OnnxLogits, onnx_file

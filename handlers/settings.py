@@ -253,6 +253,17 @@ class HandlerSettings:
         negatable=True,
     )
 
+    # A BERT-family classifier reads the first token of the last layer: that layer finishes for
+    # it alone (first_token.py); predictions and explanations ~6% (bert-base) to ~12% (MiniLM-L6)
+    # less work (BENCHMARKS.md, "Last layer, first token only").
+    trim_last_layer: bool = setting(
+        True,
+        "The last encoder layer finishes (after its attention) for the first token only, the one "
+        "the classification head reads: bert, roberta, xlm-roberta, camembert, electra and "
+        "distilbert classifiers; same answers to fp32 rounding.",
+        negatable=True,
+    )
+
     def __post_init__(self) -> None:
         check_declared(self)
 

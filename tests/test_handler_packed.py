@@ -267,11 +267,15 @@ def test_a_worker_packs_after_loading_and_never_during_a_batch(
 def test_a_served_worker_packs_and_answers_as_nn_linear(
     wide_model_dir: Path, tmp_path: Path
 ) -> None:
-    """In a real TorchServe worker (the default archive): the layers are packed (its log says
-    so), and predictions and explanations are the unpacked model's."""
+    """In a real TorchServe worker (the default archive): the layers are packed and the last
+    layer finishes for the first token only (its log says both), and predictions and
+    explanations are the plain model's."""
     model, tokenizer = load_pretrained(wide_model_dir)
     reference = ClassifierService.from_model(
-        model, tokenizer, HandlerSettings(pack_weights=False), response_timeout_s=3600.0
+        model,
+        tokenizer,
+        HandlerSettings(pack_weights=False, trim_last_layer=False),
+        response_timeout_s=3600.0,
     )
     settings = BuildSettings(name="wide", profile="local")
     with serving(wide_model_dir, tmp_path, settings) as server:
@@ -285,6 +289,7 @@ def test_a_served_worker_packs_and_answers_as_nn_linear(
             time.sleep(0.1)
         else:
             pytest.fail(f"no worker logged its packed layers:\n{log.read_text(errors='replace')}")
+        assert "finishes for the first token only" in log.read_text(errors="replace")
         # Answers once packed: the same as before and as the unpacked model's.
         predicted_packed, _ = client.infer(TEXTS)
         explained_packed, _ = client.explain(TEXTS, merge_subwords=False)

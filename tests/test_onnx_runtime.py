@@ -14,6 +14,7 @@ import shutil
 import sys
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,23 @@ def test_onnx_answers_as_torch_on_the_demo_corpus(
     )
     assert float((got - expected).abs().max()) <= PROBABILITY_TOLERANCE
     assert got.argmax(dim=-1).tolist() == expected.argmax(dim=-1).tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_export_finishes_its_last_layer_for_the_first_token_as_torch_does(
+    family: Family, tiny_models: dict[Family, Path], tmp_path: Path
+) -> None:
+    """The graph holds the cut (Slice nodes more than a --no-trim-last-layer export has), and
+    export_onnx's own check against the whole torch model passed (it raises otherwise)."""
+    import onnx
+
+    slices = []
+    for trim in (True, False):
+        target = tmp_path / f"trim-{trim}.onnx"
+        check = export_onnx(tiny_models[family], target, replace(ONNX, trim_last_layer=trim))
+        assert check.label_agreement == 1.0
+        slices.append(sum(n.op_type == "Slice" for n in onnx.load(str(target)).graph.node))
+    assert slices[0] > slices[1]
 
 
 def test_the_build_records_its_check_and_the_dockerfile_pins_onnxruntime(

@@ -97,6 +97,7 @@ def _shown(value: object) -> str:
     "device",
     "runtime",
     "pack_weights",
+    "trim_last_layer",
 )
 @setting_options(BuildSettings, "min_label_agreement")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
