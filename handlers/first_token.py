@@ -51,10 +51,14 @@ def _first_token(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, .
 def cut_module(model: Any) -> torch.nn.Module | None:
     """The module of `model`'s last layer from which on only the first token is needed, or
     None when `model` is not one this knows to read the first token only."""
-    cut = CUTS.get(str(getattr(getattr(model, "config", None), "model_type", "")))
+    config = getattr(model, "config", None)
+    cut = CUTS.get(str(getattr(config, "model_type", "")))
     cls = type(model)
     ours = cls.__module__.startswith("transformers.models.")
     if cut is None or not ours or not cls.__name__.endswith("ForSequenceClassification"):
+        return None
+    # A feed-forward computed in chunks of tokens takes only multiples of its chunk.
+    if getattr(config, "chunk_size_feed_forward", 0):
         return None
     try:
         layers = model.base_model.get_submodule(cut.layers)

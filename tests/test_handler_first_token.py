@@ -127,6 +127,14 @@ class OwnHead(transformers.BertForSequenceClassification):  # type: ignore[misc]
             lambda: build("GPT2Config", "GPT2ForSequenceClassification", {"n_layer": 1}),
             id="reads-the-last-token",
         ),
+        pytest.param(
+            lambda: build(
+                "BertConfig",
+                "BertForSequenceClassification",
+                BERT_SHAPE | {"chunk_size_feed_forward": 4},
+            ),
+            id="feed-forward-in-chunks",
+        ),
     ],
 )
 def test_models_it_does_not_know_are_left_whole(model: Any) -> None:
