@@ -23,11 +23,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from bench import BLOG_TEXT, benchmark_models, log
-from bench_compile import _inputs, _Logits, best_seconds, check, rate
-from bench_packed import explain_pass
-from bench_variants import load_cells, measure_variants
+from bench_compile import _inputs, _Logits, check
+from bench_variants import (
+    in_process_rates,
+    in_process_rows,
+    measure_variants,
+    served_ratios,
+    served_rows,
+)
 from benchlib import machine, write_section
 
 from scibert_pack.handlers.first_token import first_token_last_layer
@@ -51,19 +55,8 @@ def in_process(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         "check": check(whole_logits, cut_logits, tokenizer),
     }
     inputs = {size: _inputs(tokenizer, [BLOG_TEXT] * size) for size in SIZES}
-    rates: dict[str, float] = {}
-    for _ in range(args.rounds):
-        for threads in THREADS:
-            torch.set_num_threads(threads)
-            for size in SIZES:
-                for name, logits in (("whole", whole_logits), ("cut", cut_logits)):
-                    key = f"{name}@{size}/t{threads}"
-                    rates[key] = max(rates.get(key, 0.0), rate(logits, inputs[size], args.seconds))
-            for name, m in (("whole", model), ("cut", cut)):
-                key = f"{name}@explain/t{threads}"
-                got = 1.0 / best_seconds(explain_pass(m, inputs[1]), args.seconds)
-                rates[key] = max(rates.get(key, 0.0), got)
-    out["rates"] = rates
+    variants = {"whole": (whole_logits, model), "cut": (cut_logits, cut)}
+    out["rates"] = in_process_rates(variants, inputs, THREADS, args.seconds, args.rounds)
     return out
 
 
@@ -77,38 +70,19 @@ def render(label: str, m: dict[str, Any], served: dict[str, Any]) -> list[str]:
         f"{c['label_agreement']:.1%}, largest probability difference "
         f"{c['max_probability_difference']:.1e}.",
         "",
-        "In process (texts/s; explanation pass: passes/s), best of interleaved windows:",
-        "",
-        "| what | threads | whole model | last layer cut | cut / whole |",
-        "|---|---|---:|---:|---:|",
     ]
-    rates = m["rates"]
-    for what in (*(f"batch {s}" for s in SIZES), "explanation pass"):
-        for threads in THREADS:
-            key = what.split()[-1] if what.startswith("batch") else "explain"
-            a, b = rates[f"whole@{key}/t{threads}"], rates[f"cut@{key}/t{threads}"]
-            lines.append(f"| {what} | {threads} | {a:.1f} | {b:.1f} | **{b / a:.2f}x** |")
+    lines += in_process_rows(
+        m["rates"], ("whole", "cut"), ("whole model", "last layer cut"), SIZES, THREADS
+    )
     lines += [
         "",
         "Served (2 workers x 1 thread, batchSize 8, one text per request; a lone explanation: "
         "tolerance mode, one text, after an idle gap):",
         "",
-        "| archive | "
-        + " | ".join(f"concurrency {c}: texts/s (p50 / p99 ms)" for c in CONCURRENCIES)
-        + " | lone explanation, median (ms) |",
-        "|---|" + "---|" * len(CONCURRENCIES) + "---:|",
+        *served_rows(served, CONCURRENCIES, memory=False),
     ]
-    for name, result in served.items():
-        lines.append(
-            f"| {name} | "
-            + " | ".join(load_cells(result, CONCURRENCIES))
-            + f" | {result.lone_explain_ms:.0f} |"
-        )
+    ratios = served_ratios(served, CONCURRENCIES)
     (on, off) = served.values()
-    ratios = ", ".join(
-        f"concurrency {c}: **{on.load(c).texts_per_s / off.load(c).texts_per_s:.2f}x**"
-        for c in CONCURRENCIES
-    )
     explain = off.lone_explain_ms / on.lone_explain_ms
     lines += ["", f"Cut / whole, served texts/s: {ratios}; lone explanation **{explain:.2f}x**."]
     return lines

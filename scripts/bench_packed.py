@@ -21,14 +21,18 @@ import argparse
 import copy
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from bench import BLOG_TEXT, benchmark_models, log
-from bench_compile import _inputs, _Logits, best_seconds, check, rate
-from bench_variants import load_cells, measure_variants
+from bench_compile import _inputs, _Logits, check
+from bench_variants import (
+    in_process_rates,
+    in_process_rows,
+    measure_variants,
+    served_ratios,
+    served_rows,
+)
 from benchlib import machine, write_section
 
 from scibert_pack.handlers.model import load_pretrained
@@ -37,22 +41,7 @@ from scibert_pack.handlers.settings import HandlerSettings
 
 SIZES = (1, 8)
 THREADS = (1, 2)
-EXPLAIN_ROWS = 10
 CONCURRENCIES = (16, 1)
-
-
-def explain_pass(model: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
-    """Forward and backward to the embeddings over EXPLAIN_ROWS rows: an explanation's pass."""
-    ids, mask, types = (t.repeat(EXPLAIN_ROWS, 1) for t in inputs)
-    with torch.no_grad():
-        start = model.get_input_embeddings()(ids)
-
-    def step() -> object:
-        points = start.detach().requires_grad_(True)
-        logits = model(inputs_embeds=points, attention_mask=mask, token_type_ids=types).logits
-        return torch.autograd.grad(logits[:, 0].sum(), points)
-
-    return step
 
 
 def in_process(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -67,20 +56,8 @@ def in_process(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     plain_logits, packed_logits = _Logits(model), _Logits(packed)
     out["check"] = check(plain_logits, packed_logits, tokenizer)
     inputs = {size: _inputs(tokenizer, [BLOG_TEXT] * size) for size in SIZES}
-    rates: dict[str, float] = {}
-    for _ in range(args.rounds):
-        for threads in THREADS:
-            torch.set_num_threads(threads)
-            for size in SIZES:
-                for name, logits in (("plain", plain_logits), ("packed", packed_logits)):
-                    key = f"{name}@{size}/t{threads}"
-                    got = rate(logits, inputs[size], args.seconds)
-                    rates[key] = max(rates.get(key, 0.0), got)
-            for name, m in (("plain", model), ("packed", packed)):
-                key = f"{name}@explain/t{threads}"
-                got = 1.0 / best_seconds(explain_pass(m, inputs[1]), args.seconds)
-                rates[key] = max(rates.get(key, 0.0), got)
-    out["rates"] = rates
+    variants = {"plain": (plain_logits, model), "packed": (packed_logits, packed)}
+    out["rates"] = in_process_rates(variants, inputs, THREADS, args.seconds, args.rounds)
     return out
 
 
@@ -96,40 +73,19 @@ def render(label: str, m: dict[str, Any], served: dict[str, Any] | None) -> list
         f"{c['label_agreement']:.1%}, largest probability difference "
         f"{c['max_probability_difference']:.1e}.",
         "",
-        "In process (texts/s; explanation pass: passes/s), best of interleaved windows:",
-        "",
-        "| what | threads | nn.Linear | packed | packed / nn.Linear |",
-        "|---|---|---:|---:|---:|",
     ]
-    rates = m["rates"]
-    for what in (*(f"batch {s}" for s in SIZES), "explanation pass"):
-        for threads in THREADS:
-            key = what.split()[-1] if what.startswith("batch") else "explain"
-            a, b = rates[f"plain@{key}/t{threads}"], rates[f"packed@{key}/t{threads}"]
-            lines.append(f"| {what} | {threads} | {a:.1f} | {b:.1f} | **{b / a:.2f}x** |")
+    lines += in_process_rows(
+        m["rates"], ("plain", "packed"), ("nn.Linear", "packed"), SIZES, THREADS
+    )
     if served:
         lines += [
             "",
             "Served (2 workers x 1 thread, batchSize 8, one text per request; memory: each "
             "worker's resident memory from the management API):",
             "",
-            "| archive | "
-            + " | ".join(f"concurrency {c}: texts/s (p50 / p99 ms)" for c in CONCURRENCIES)
-            + " | lone explanation, median (ms) | worker memory (MB) |",
-            "|---|" + "---|" * len(CONCURRENCIES) + "---:|---|",
+            *served_rows(served, CONCURRENCIES, memory=True),
         ]
-        for name, result in served.items():
-            memory = " / ".join(f"{mb:.0f}" for mb in result.worker_memory_mb)
-            lines.append(
-                f"| {name} | "
-                + " | ".join(load_cells(result, CONCURRENCIES))
-                + f" | {result.lone_explain_ms:.0f} | {memory} |"
-            )
-        (on, off) = served.values()
-        ratios = ", ".join(
-            f"concurrency {c}: **{on.load(c).texts_per_s / off.load(c).texts_per_s:.2f}x**"
-            for c in CONCURRENCIES
-        )
+        ratios = served_ratios(served, CONCURRENCIES)
         lines += ["", f"Packed / not packed, served texts/s: {ratios}."]
     return lines
 

@@ -1,10 +1,12 @@
 """Archives of one model that differ in one build setting, served at once and loaded in turn.
 
-Shared by the benchmarks of a single setting (bench_batch_delay.py, bench_packed.py): for each
-variant, closed-loop v2 infer at several concurrencies (one text per request), the latency of a
-lone explanation (tolerance mode, one text, after a short idle gap), and each worker's memory as
-TorchServe's management API reports it. Windows alternate between the variants, so a slow spell
-of the machine falls on all of them.
+Shared by the benchmarks of a single setting (bench_batch_delay.py, bench_packed.py,
+bench_first_token.py): for each variant, closed-loop v2 infer at several concurrencies (one text
+per request), the latency of a lone explanation (tolerance mode, one text, after a short idle
+gap), and each worker's memory as TorchServe's management API reports it. Windows alternate
+between the variants, so a slow spell of the machine falls on all of them. Also the in-process
+side of such an A/B: two models' forward and explanation-pass rates in interleaved windows, and
+the tables of both.
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from bench import BLOG_TEXT, Load, load, log, served
 
 # Seconds between lone explanations: the worker is idle when the next one arrives.
 EXPLAIN_GAP_S = 0.1
+# Rows of an explanation pass in process (8 path points, f(x) and f(baseline)).
+EXPLAIN_ROWS = 10
 
 
 @dataclass
@@ -116,3 +121,102 @@ def load_cells(result: VariantResult, concurrencies: Sequence[int]) -> list[str]
             + (f", {got.errors} failed" if got.errors else "")
         )
     return cells
+
+
+def explain_pass(model: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    """Forward and backward to the embeddings over EXPLAIN_ROWS rows: an explanation's pass."""
+    ids, mask, types = (t.repeat(EXPLAIN_ROWS, 1) for t in inputs)
+    with torch.no_grad():
+        start = model.get_input_embeddings()(ids)
+
+    def step() -> object:
+        points = start.detach().requires_grad_(True)
+        logits = model(inputs_embeds=points, attention_mask=mask, token_type_ids=types).logits
+        return torch.autograd.grad(logits[:, 0].sum(), points)
+
+    return step
+
+
+def in_process_rates(
+    variants: Mapping[str, tuple[Any, Any]],
+    inputs: Mapping[int, tuple[torch.Tensor, ...]],
+    threads: Sequence[int],
+    seconds: float,
+    rounds: int,
+) -> dict[str, float]:
+    """Best rates of each variant (name -> (logits module, model)) over `rounds` interleaved
+    rounds: texts/s by "{name}@{batch}/t{threads}" for every batch of `inputs`, and explanation
+    passes/s (over the batch-1 inputs) by "{name}@explain/t{threads}"."""
+    from bench_compile import best_seconds, rate  # it sets compiler caches off when imported
+
+    rates: dict[str, float] = {}
+
+    def keep(key: str, got: float) -> None:
+        rates[key] = max(rates.get(key, 0.0), got)
+
+    for _ in range(rounds):
+        for count in threads:
+            torch.set_num_threads(count)
+            for size, batch in inputs.items():
+                for name, (logits, _) in variants.items():
+                    keep(f"{name}@{size}/t{count}", rate(logits, batch, seconds))
+            for name, (_, model) in variants.items():
+                step = explain_pass(model, inputs[1])
+                keep(f"{name}@explain/t{count}", 1.0 / best_seconds(step, seconds))
+    return rates
+
+
+def in_process_rows(
+    rates: Mapping[str, float],
+    names: tuple[str, str],
+    columns: tuple[str, str],
+    sizes: Sequence[int],
+    threads: Sequence[int],
+) -> list[str]:
+    """The in-process table of in_process_rates: variant names[1] against names[0], headed
+    `columns`, with their ratio."""
+    (a_name, b_name), (a_col, b_col) = names, columns
+    lines = [
+        "In process (texts/s; explanation pass: passes/s), best of interleaved windows:",
+        "",
+        f"| what | threads | {a_col} | {b_col} | {b_col} / {a_col} |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for what in (*(f"batch {s}" for s in sizes), "explanation pass"):
+        key = what.split()[-1] if what.startswith("batch") else "explain"
+        for count in threads:
+            a, b = rates[f"{a_name}@{key}/t{count}"], rates[f"{b_name}@{key}/t{count}"]
+            lines.append(f"| {what} | {count} | {a:.1f} | {b:.1f} | **{b / a:.2f}x** |")
+    return lines
+
+
+def served_rows(
+    served: Mapping[str, VariantResult], concurrencies: Sequence[int], *, memory: bool
+) -> list[str]:
+    """The served table of measure_variants' results (with each worker's memory if `memory`),
+    and the first variant's texts/s against the second's per concurrency."""
+    lines = [
+        "| archive | "
+        + " | ".join(f"concurrency {c}: texts/s (p50 / p99 ms)" for c in concurrencies)
+        + " | lone explanation, median (ms) |"
+        + (" worker memory (MB) |" if memory else ""),
+        "|---|" + "---|" * len(concurrencies) + "---:|" + ("---|" if memory else ""),
+    ]
+    for name, result in served.items():
+        mb = " / ".join(f"{m:.0f}" for m in result.worker_memory_mb)
+        lines.append(
+            f"| {name} | "
+            + " | ".join(load_cells(result, concurrencies))
+            + f" | {result.lone_explain_ms:.0f} |"
+            + (f" {mb} |" if memory else "")
+        )
+    return lines
+
+
+def served_ratios(served: Mapping[str, VariantResult], concurrencies: Sequence[int]) -> str:
+    """The first variant's texts/s over the second's, per concurrency ("concurrency C: **R**")."""
+    (on, off) = served.values()
+    return ", ".join(
+        f"concurrency {c}: **{on.load(c).texts_per_s / off.load(c).texts_per_s:.2f}x**"
+        for c in concurrencies
+    )
