@@ -13,7 +13,12 @@ import pytest
 import torch
 import transformers
 from support.fake_context import FakeContext, HttpRequest, run_batch
-from support.in_process_service import TEST_SETTINGS, call
+from support.in_process_service import (
+    TEST_SETTINGS,
+    answers,
+    assert_same_explanations,
+    assert_same_predictions,
+)
 from support.tiny_models import Family
 
 from scibert_pack.handlers.first_token import CUTS, cut_module, first_token_last_layer
@@ -160,13 +165,6 @@ def services(
     return out  # type: ignore[return-value]
 
 
-def answers(service: ClassifierService, *, explain: bool, **parameters: Any) -> list[dict]:
-    body: dict[str, Any] = {"texts": TEXTS, "parameters": {"granularity": "pieces", **parameters}}
-    (response,) = call(service, [HttpRequest(body, explain=explain)])
-    assert response.status == 200, response.body
-    return list(response.body)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize(
     "parameters",
@@ -179,15 +177,10 @@ def test_a_cut_service_predicts_and_explains_as_the_whole_model(
     parameters: dict[str, Any],
 ) -> None:
     whole, cut = services[family]
-    for got, want in zip(answers(cut, explain=False), answers(whole, explain=False), strict=True):
-        assert got["label"] == want["label"]
-        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
-    explained = answers(cut, explain=True, **parameters)
-    for got, want in zip(explained, answers(whole, explain=True, **parameters), strict=True):
-        assert got["words"] == want["words"]
-        assert got["importances"] == pytest.approx(want["importances"], abs=1e-6)
-        assert got["delta"] == pytest.approx(want["delta"], abs=1e-6)
-        assert got["n_steps"] == want["n_steps"]
+    predicted = [answers(s, TEXTS, explain=False) for s in (cut, whole)]
+    assert_same_predictions(*predicted, 1e-6)
+    explained, reference = (answers(s, TEXTS, explain=True, **parameters) for s in (cut, whole))
+    assert_same_explanations(explained, reference, 1e-6)
     assert max(abs(i) for item in explained for i in item["importances"]) > 1e-3
 
 

@@ -17,7 +17,12 @@ import pytest
 import torch
 from support.build_and_serve import serving
 from support.fake_context import FakeContext, HttpRequest, run_batch
-from support.in_process_service import TEST_SETTINGS, call
+from support.in_process_service import (
+    TEST_SETTINGS,
+    assert_same_explanations,
+    assert_same_predictions,
+)
+from support.in_process_service import answers as in_process_answers
 from support.tiny_models import LABELS, Family
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -69,12 +74,7 @@ def pairs(
 
 
 def answers(service: ClassifierService, *, explain: bool) -> list[dict]:
-    body = (
-        {"texts": TEXTS, "parameters": {"granularity": "pieces"}} if explain else {"texts": TEXTS}
-    )
-    (response,) = call(service, [HttpRequest(body, explain=explain)])
-    assert response.status == 200, response.body
-    return list(response.body)
+    return in_process_answers(service, TEXTS, explain=explain)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -82,10 +82,7 @@ def test_packed_layers_predict_what_nn_linear_predicts(
     pairs: dict[Family, tuple[ClassifierService, ClassifierService]], family: Family
 ) -> None:
     plain, packed = (answers(s, explain=False) for s in pairs[family])
-    for ours, theirs in zip(packed, plain, strict=True):
-        assert ours["label"] == theirs["label"]
-        for label, p in theirs["probabilities"].items():
-            assert ours["probabilities"][label] == pytest.approx(p, abs=1e-6)
+    assert_same_predictions(packed, plain, 1e-6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -94,11 +91,7 @@ def test_packed_layers_explain_what_nn_linear_explains(
 ) -> None:
     """Gradients flow back through the packed forward (the backward uses the original weight)."""
     plain, packed = (answers(s, explain=True) for s in pairs[family])
-    for ours, theirs in zip(packed, plain, strict=True):
-        assert ours["words"] == theirs["words"]
-        assert ours["importances"] == pytest.approx(theirs["importances"], abs=1e-6)
-        assert ours["delta"] == pytest.approx(theirs["delta"], abs=1e-6)
-        assert ours["n_steps"] == theirs["n_steps"]
+    assert_same_explanations(packed, plain, 1e-6)
     assert max(abs(i) for item in plain for i in item["importances"]) > 1e-3
 
 

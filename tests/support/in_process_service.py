@@ -8,10 +8,11 @@ on the words (probabilities move by tenths) while staying smooth enough for 50 I
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -82,6 +83,34 @@ def call(
 ) -> list[Response]:
     context = FakeContext(model_name="scibert", model_version="2.1", metrics=metrics)
     return run_batch(service.handle, context, requests)
+
+
+def answers(
+    service: ClassifierService, texts: Sequence[str], *, explain: bool, **parameters: Any
+) -> list[dict[str, Any]]:
+    """The answers to one v1 request of `texts` (explanations by word piece), which must be a 200."""
+    if explain:
+        parameters = {"granularity": "pieces", **parameters}
+    body: dict[str, Any] = {"texts": list(texts)}
+    if parameters:
+        body["parameters"] = parameters
+    (response,) = call(service, [HttpRequest(body, explain=explain)])
+    assert response.status == 200, response.body
+    return list(response.body)
+
+
+def assert_same_predictions(got: list[dict], want: list[dict], tolerance: float) -> None:
+    for ours, theirs in zip(got, want, strict=True):
+        assert ours["label"] == theirs["label"]
+        assert ours["probabilities"] == pytest.approx(theirs["probabilities"], abs=tolerance)
+
+
+def assert_same_explanations(got: list[dict], want: list[dict], tolerance: float) -> None:
+    for ours, theirs in zip(got, want, strict=True):
+        assert ours["words"] == theirs["words"]
+        assert ours["importances"] == pytest.approx(theirs["importances"], abs=tolerance)
+        assert ours["delta"] == pytest.approx(theirs["delta"], abs=tolerance)
+        assert ours["n_steps"] == theirs["n_steps"]
 
 
 def reference_probabilities(model: Any, tokenizer: Any, text: str) -> list[float]:
