@@ -437,6 +437,16 @@ def cold_start(store: Path, run_dir: Path) -> float:
         process.wait(timeout=60)
 
 
+def cold_starts(stores: dict[str, Path], work: Path, runs: int) -> dict[str, list[float]]:
+    """Seconds of `runs` cold starts of each store, the stores in turn (a slow spell hits all)."""
+    times: dict[str, list[float]] = {kind: [] for kind in stores}
+    for run in range(runs):
+        for kind, store in stores.items():
+            times[kind].append(cold_start(store, work / f"cold-{kind}-{run}"))
+            log(f"cold start {kind} run {run + 1}: {times[kind][-1]:.1f} s")
+    return times
+
+
 def _timed(func: Callable[[], object]) -> float:
     start = time.perf_counter()
     func()
@@ -487,11 +497,7 @@ def main() -> None:
                     rows["explain"] = explain_compare(model, ours, reps, batch8=not args.quick)
         log("[sci] cold start")
         deflate = build_store(sci, work / "sci-deflate", "scibert", "deflate")
-        cold: dict[str, list[float]] = {"ours": [], "deflate": []}
-        for run in range(cold_runs):
-            for kind, store in (("ours", work / "sci-ours"), ("deflate", deflate)):
-                cold[kind].append(cold_start(store, work / f"cold-{kind}-{run}"))
-                log(f"cold start {kind} run {run + 1}: {cold[kind][-1]:.1f} s")
+        cold = cold_starts({"ours": work / "sci-ours", "deflate": deflate}, work, cold_runs)
         rows["cold"] = {k: statistics.median(v) for k, v in cold.items()}
     rows["load_after"] = os.getloadavg()[0]
     body = render(rows, demo_label, duration, rounds, reps, cold_runs, args.quick)

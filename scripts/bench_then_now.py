@@ -32,7 +32,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import Load, benchmark_models, build_store, cold_start, load, log, served
+from bench import Load, benchmark_models, build_store, cold_starts, load, log, served
 from benchlib import ROOT, machine, write_section
 
 # The commit whose serving run (BENCHMARKS.md at that commit) the performance issue quotes.
@@ -140,15 +140,6 @@ def measure_model(
     return result, stores["then"], stores["now"]
 
 
-def measure_cold(stores: dict[str, Path], work: Path, runs: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {kind: [] for kind in stores}
-    for run in range(runs):
-        for kind, store in stores.items():
-            times[kind].append(cold_start(store, work / f"cold-{kind}-{run}"))
-            log(f"  cold start {kind} run {run + 1}: {times[kind][-1]:.1f} s")
-    return times
-
-
 def render(
     then: Revision,
     now: Revision,
@@ -251,7 +242,7 @@ def main() -> None:
                 log(f"[{label}] cold start")
                 deflate = build_store(model, work / f"{key}-deflate", "m", "deflate")
                 stores = {"then": then_store, "now": now_store, "deflate": deflate}
-                cold, cold_label = measure_cold(stores, work, cold_runs), label
+                cold, cold_label = cold_starts(stores, work, cold_runs), label
     loads = (before, os.getloadavg()[0])
     body = render(then, now, results, cold, cold_label, seconds, rounds, loads)
     print(body)
