@@ -17,9 +17,12 @@ answer; a layer computes the same before and after its swap.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import threading
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -31,6 +34,8 @@ MIN_PACKED_FEATURES = 768
 # The rows (texts x tokens) oneDNN chooses the weight's layout for: a served batch's order of
 # size. Any row count is computed correctly with it.
 PACKED_FOR_ROWS = 128
+# How often a packer waiting for an idle worker checks whether the process is exiting.
+STOP_POLL_S = 0.05
 
 
 def packing_available() -> bool:
@@ -139,7 +144,12 @@ def pack_linear_layers(model: torch.nn.Module, min_features: int = MIN_PACKED_FE
 
 class IdlePacker(threading.Thread):
     """Packs a model's packable layers in the background, one at a time, each only while
-    `idle` is set (the worker clears it while it answers a batch)."""
+    `idle` is set (the worker clears it while it answers a batch).
+
+    A daemon thread still inside oneDNN when the interpreter exits aborts the whole process
+    ("terminate called without an active exception", exit status 134), so at exit the packer
+    finishes the layer in hand, stops and is waited for.
+    """
 
     def __init__(
         self,
@@ -151,13 +161,34 @@ class IdlePacker(threading.Thread):
         self.layers = packable_layers(model, min_features)
         self.idle = idle
         self.packed = 0
+        self.stopping = threading.Event()
+        # A weak reference: the exit hook must not keep the model alive.
+        self._at_exit = functools.partial(_stop_at_exit, weakref.ref(self))
+
+    def start(self) -> None:
+        atexit.register(self._at_exit)
+        super().start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the layer being packed (the rest stay nn.Linear) and wait for it."""
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout)
 
     def run(self) -> None:
+        try:
+            self._pack()
+        finally:
+            if not self.stopping.is_set():  # at exit the hook is running: leave it be
+                atexit.unregister(self._at_exit)
+
+    def _pack(self) -> None:
         if not self.layers or not packing_available():
             return
         started = time.perf_counter()
         for parent, name, child in self.layers:
-            self.idle.wait()
+            if not self._wait_until_idle():
+                return
             try:
                 layer = PackedLinear.from_linear(child)
             except RuntimeError:  # e.g. out of memory: the layers left stay as they are
@@ -171,3 +202,16 @@ class IdlePacker(threading.Thread):
             self.packed,
             time.perf_counter() - started,
         )
+
+    def _wait_until_idle(self) -> bool:
+        """True once the worker is idle, False if the packer is stopping first."""
+        while not self.idle.wait(STOP_POLL_S):
+            if self.stopping.is_set():
+                return False
+        return not self.stopping.is_set()
+
+
+def _stop_at_exit(packer: weakref.ref[IdlePacker]) -> None:
+    alive = packer()
+    if alive is not None:
+        alive.stop()

@@ -7,6 +7,9 @@ every layer of copies (min_features=1) and compare them with the unpacked models
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -212,6 +215,16 @@ def test_the_idle_packer_packs_only_while_the_worker_is_idle() -> None:
     assert packer.packed == packed_count(model) == 7
 
 
+def test_a_stopped_packer_ends_without_waiting_for_the_worker_to_be_idle() -> None:
+    model = wide_bert()
+    idle = threading.Event()  # a batch that never ends
+    packer = IdlePacker(model, idle)
+    packer.start()
+    packer.stop(timeout=10)
+    assert not packer.is_alive()
+    assert packer.packed == packed_count(model) == 0
+
+
 @pytest.fixture(scope="module")
 def wide_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     """A saved one-layer classifier as wide as bert-base, with the tiny BERT's tokenizer."""
@@ -295,3 +308,31 @@ def test_a_served_worker_packs_and_answers_as_nn_linear(
         assert got.words == want["words"]
         assert got.importances == pytest.approx(want["importances"], abs=1e-5)
         assert got.delta == pytest.approx(want["delta"], abs=1e-5)
+
+
+# A process that ends right after loading: the packer is still reordering weights.
+EXIT_RIGHT_AFTER_LOADING = """
+import sys
+from support.fake_context import FakeContext
+from scibert_pack.handlers.service import ClassifierService
+service = ClassifierService.from_context(FakeContext(sys.argv[1]))
+print("packer started:", service.packer is not None)
+"""
+
+
+def test_a_process_that_exits_while_the_packer_works_exits_cleanly(wide_model_dir: Path) -> None:
+    """A bare script (a benchmark, a notebook kernel's shutdown) that loads the handler and ends
+    at once: the packer's oneDNN call in flight at exit used to abort the process (status 134,
+    "terminate called without an active exception")."""
+    tests = Path(__file__).parent
+    for _ in range(3):  # the race is lost most times without the exit hook; bounded
+        done = subprocess.run(
+            [sys.executable, "-c", EXIT_RIGHT_AFTER_LOADING, str(wide_model_dir)],
+            cwd=tests,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tests)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (done.returncode, "terminate called" in done.stderr) == (0, False), done.stderr
+        assert done.stdout == "packer started: True\n"
