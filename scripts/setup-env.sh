@@ -72,19 +72,7 @@ sys.exit("__editable__" not in c.__file__)' 2>/dev/null; then
   echo "$package_files" >"$stamp"
 fi
 
-if ! command -v java >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    _install_java() {
-      $SUDO apt-get update -qq &&
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null
-    }
-    step 4 "java not found: installing a JDK 17 for TorchServe (apt-get)" _install_java
-  else
-    echo "TorchServe needs Java 17 and apt-get is not available: install a JDK 17 and rerun" >&2
-    exit 1
-  fi
-fi
+ensure_java
 
 # Headless Chromium for the screenshot test of the HTML report (tests/test_report_html.py skips,
 # saying why, without it). Installed only as root with apt-get: never asks for a password.

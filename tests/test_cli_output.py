@@ -267,6 +267,9 @@ def test_config_properties_ends_with_one_newline(built_store: Path) -> None:
 # -- the setup script says what it does while pip is silent -----------------------------------
 
 
+JAVA_FOUND = '[setup 4/4] java found (openjdk version "17.0.15" 2025-04-15): nothing to install\n'
+
+
 def _steps(script: str, tick_s: int = 1) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", "-c", f"set -euo pipefail; source scripts/setup-steps.sh; {script}"],
@@ -293,6 +296,30 @@ def test_setup_step_shows_the_step_and_elapsed_time_while_it_runs(tmp_path: Path
     assert lines[1].startswith("[setup 2/4] installing things (pip) ... ")
     assert lines[1].endswith(" s") and lines[1].split()[-2].isdigit()
     assert lines[-1].startswith("[setup 2/4] installing things (pip) done in ")
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("step 3 'installing x' true 2>/dev/null; ensure_java", JAVA_FOUND),
+        ("ensure_java", ""),
+    ],
+    ids=["after-a-step-says-it-has-nothing-to-do", "quiet-when-nothing-ran"],
+)
+def test_setup_java_step_with_java_on_the_path(tmp_path: Path, script: str, expected: str) -> None:
+    fake = tmp_path / "java"
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"17.0.15\" 2025-04-15' >&2\n")
+    fake.chmod(0o755)
+    done = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail; source scripts/setup-steps.sh; {script}"],
+        cwd=ROOT,
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", expected)
 
 
 def test_a_failed_setup_step_stops_the_script_with_its_exit_code() -> None:
