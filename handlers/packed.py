@@ -179,7 +179,9 @@ class IdlePacker(threading.Thread):
         try:
             self._pack()
         finally:
-            if not self.stopping.is_set():  # at exit the hook is running: leave it be
+            # A stopped packer leaves its hook (it then does nothing): stop() may be the exit
+            # hook itself, which is not unregistered while atexit runs it.
+            if not self.stopping.is_set():
                 atexit.unregister(self._at_exit)
 
     def _pack(self) -> None:
