@@ -13,7 +13,6 @@ the body's shape picks the protocol.
 from __future__ import annotations
 
 import json
-import math
 import re
 import reprlib
 from collections.abc import Mapping, Sequence
@@ -532,10 +531,23 @@ def _check_shape(name: str, shape: object, count: int) -> None:
     known = [d for d in dims if d != -1]
     if any(d < 0 for d in known):
         raise bad_request(f"input {name} shape {shown(shape)} has a negative size")
-    size = math.prod(known)
+    size = _product_past(known, count)
     fits = size == count if len(known) == len(dims) else (size > 0 and count % size == 0)
     if not fits:
         raise bad_request(f"input {name} shape {shown(shape)} disagrees with {count} data item(s)")
+
+
+def _product_past(sizes: Sequence[int], count: int) -> int:
+    """The product of sizes, or any partial product past count (which then fits no count the
+    same way): thousands of huge sizes multiplied out would hold a worker for minutes."""
+    if 0 in sizes:
+        return 0
+    product = 1
+    for size in sizes:
+        product *= size
+        if product > count:
+            break
+    return product
 
 
 def _text_item(item: object, where: str) -> _Text:

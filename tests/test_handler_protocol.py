@@ -273,6 +273,21 @@ BAD = [
         "input 'text' shape [3] disagrees with 2 data item(s)",
         id="v2-shape-mismatch",
     ),
+    # Thousands of 400-digit sizes: multiplied out, they held a worker for minutes.
+    pytest.param(
+        v2(["a"], shape=[10**400] * 5000),
+        JSON,
+        400,
+        "input 'text' shape [100000000000000000...000000000000000... disagrees with 1 data item(s)",
+        id="v2-shape-of-huge-sizes",
+    ),
+    pytest.param(
+        v2(["a"], shape=[-1] + [10**400] * 5000),
+        JSON,
+        400,
+        "input 'text' shape [-1, 100000000000000000...00000000000... disagrees with 1 data item(s)",
+        id="v2-wildcard-shape-of-huge-sizes",
+    ),
     pytest.param(
         v2(["a"], shape="1"),
         JSON,

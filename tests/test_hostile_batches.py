@@ -40,6 +40,13 @@ LABEL_LIST = "labels: chimie, médecine, physique"
 DEEP = b"[" * 100_000 + b"]" * 100_000
 HUGE_INT = b"1" * 5_000
 THREE_MB_KEY = "k" * 3_000_000
+HUGE_SHAPE = (
+    b'{"inputs": [{"name": "t", "datatype": "BYTES", "shape": ['
+    + b",".join([b"9" * 400] * 14_000)
+    + b'], "data": ["'
+    + GOOD_TEXT.encode()
+    + b'"]}]}'
+)
 
 Body = tuple[bytes, str | None, dict[str, str]]
 
@@ -131,6 +138,13 @@ CASES = [
         "5000-digit-integer",
         huge_n_steps,
         "request body holds a JSON number too long to read (over 4300 digits)",
+    ),
+    Hostile(
+        # 5.6 MB: multiplied out, the sizes held the worker past its response timeout.
+        "shape-of-14000-huge-sizes",
+        raw(HUGE_SHAPE),
+        "disagrees with 1 data item(s)",
+        protocols=("v2",),
     ),
     Hostile(
         "gzip-with-content-encoding",
