@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from scibert_pack.errors import StorageError, StoreError
+from scibert_pack.files import sha256_file
 from scibert_pack.layout import CONFIG_FILE
 from scibert_pack.storage.backend import Backend, RemoteFile
 from scibert_pack.storage.local_store import LocalFile, LocalStore
@@ -131,6 +132,7 @@ def run_upload(
     ):
         if batch:
             backend.put(store.version, batch, tracker.add_bytes, landed)
+    _check_unchanged_since_read(sending)
     backend.verify(store.version, store.files)
     if not plan.recorded or sending or plan.extras:
         backend.commit(store.version, completion_record(store, plan.storage_uri))
@@ -144,6 +146,20 @@ def run_upload(
         bytes_transferred=tracker.bytes_done,
         deleted=deleted,
     )
+
+
+def _check_unchanged_since_read(files: Sequence[LocalFile]) -> None:
+    """A file rewritten in place while it was sent went up mixed, and a backend that checks the
+    stored bytes against the local file as it is now (S3's checksum) would find them equal."""
+    for f in files:
+        now = sha256_file(f.source)
+        if now != f.sha256:
+            raise StorageError(
+                f"{f.source} changed while it was being uploaded (sha256 {f.sha256[:12]}... when "
+                f"the upload started, {now[:12]}... now); the version was not marked complete",
+                fix="rerun `scibert-pack upload` once nothing writes to the store (is a build "
+                "still writing into it?)",
+            )
 
 
 def empty_files_warning(store: LocalStore, where: str) -> str | None:

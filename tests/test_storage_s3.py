@@ -230,6 +230,35 @@ def test_object_replaced_during_upload_fails_verification(
     assert rerun.uploaded == ("build-report.json",)
 
 
+@pytest.mark.parametrize("checksum", [True, False], ids=["sha256-checksum", "no-checksum"])
+def test_a_local_file_rewritten_in_place_during_upload_is_never_marked_complete(
+    s3_env: S3Server, bucket: str, make_store: Callable[..., Path], checksum: bool
+) -> None:
+    """`cp` over the archive while it goes up: the object holds bytes of neither version, and
+    S3's checksum of them matches the local file as it is now, so only the sha256 taken when
+    the upload started can tell."""
+    store = make_store()
+    version = scan_store(store).version
+    archive = store / "model-store" / "scibert.mar"
+
+    def rewrite(f: LocalFile) -> None:
+        with archive.open("r+b") as fh:  # same file, same size, other bytes
+            fh.seek(-4, os.SEEK_END)
+            fh.write(b"\xff" * 4)
+
+    client = None if checksum else PickyStore(s3_env, checksum=False).client
+    b = backend(s3_env, f"s3://{bucket}/m", client, checksum=checksum, max_concurrency=1)
+    with pytest.raises(StorageError) as err:
+        upload(store, b, on_object=rewrite)
+    message = str(err.value)
+    assert message.startswith(f"{archive} changed while it was being uploaded (sha256 "), message
+    assert message.endswith(
+        "now); the version was not marked complete; rerun `scibert-pack upload` once nothing "
+        "writes to the store (is a build still writing into it?)"
+    ), message
+    assert f"m/{version}.complete.json" not in s3_env.keys(bucket)
+
+
 def test_delete_removes_older_versions_after_the_new_one_is_complete(
     s3_env: S3Server, bucket: str, make_store: Callable[..., Path], tmp_path: Path
 ) -> None:
