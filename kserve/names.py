@@ -21,6 +21,17 @@ _QUANTITY = re.compile(
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 
+# A container image reference as Docker's distribution/reference grammar spells it, loosely:
+# [registry[:port]/]path[:tag][@digest]; lowercase path components, no spaces or control chars.
+_IMAGE = re.compile(
+    r"^([a-zA-Z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[a-z0-9]+:[0-9a-fA-F]{32,})?$"
+)
+_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# A package version as a Dockerfile's pip line and a base image tag may carry it (PEP 440,
+# local version included: 2.13.0+cpu).
+PACKAGE_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_!-]{0,63}$")
+
 # KServe names the predictor's Knative Service NAME-predictor, which must stay a 63-char label.
 _PREDICTOR_SUFFIX = "-predictor"
 MAX_ISVC_NAME = 63 - len(_PREDICTOR_SUFFIX)
@@ -84,3 +95,30 @@ def check_quantity(value: str, what: str, example: str) -> str:
             fix=f"give a positive quantity such as {example}",
         )
     return value
+
+
+def check_image(value: str, what: str = "--image") -> str:
+    """An image reference that goes into YAML and a Dockerfile's FROM line as it is."""
+    if len(value) > 255 or not _IMAGE.fullmatch(value):
+        raise InputError(
+            f"{what} {shown_value(value)} is not a container image reference",
+            fix="give REGISTRY/PATH:TAG in lowercase with no spaces, e.g. "
+            "'registry.example.com/ml/scibert-pack-torchserve:0.12.0-cpu'",
+        )
+    return value
+
+
+def check_image_tag(value: str, what: str) -> str:
+    if not _IMAGE_TAG.fullmatch(value):
+        raise InputError(
+            f"{what} {shown_value(value)} is not an image tag",
+            fix="give at most 128 characters of letters, digits, '_', '.' and '-', "
+            "e.g. '0.12.0-cpu'",
+        )
+    return value
+
+
+def shown_value(value: str, limit: int = 80) -> str:
+    """A user's value as a message quotes it: repr (escapes newlines), cut to `limit`."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"

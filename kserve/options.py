@@ -7,6 +7,8 @@ from typing import Literal
 
 from scibert_pack.errors import InputError
 from scibert_pack.kserve.names import (
+    check_image,
+    check_image_tag,
     check_isvc_name,
     check_label_name,
     check_model_name,
@@ -106,6 +108,10 @@ class ManifestOptions:
         _choice("--only", self.only, ONLY)
         _choice("--pvc-access-mode", self.pvc_access_mode, ACCESS_MODES)
         check_object_name(self.runtime_name, "runtime name")
+        if self.image is not None:
+            check_image(self.image)
+        if self.runtime_version is not None:
+            check_image_tag(self.runtime_version, "--runtime-version")
         if self.service_account is not None:
             check_object_name(self.service_account, "service account")
         if self.storage_class is not None:

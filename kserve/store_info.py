@@ -9,9 +9,12 @@ from pathlib import Path
 
 from scibert_pack.config.properties import Ports
 from scibert_pack.errors import StoreError
+from scibert_pack.kserve.names import PACKAGE_VERSION, shown_value
 from scibert_pack.layout import CONFIG_FILE, REPORT_FILE, StoreFacts, served_archive
 from scibert_pack.layout import read_store as read_store_facts
 
+# The report's versions that a Dockerfile's FROM and pip lines and the manifest carry.
+_PINNED = ("torch", "torchserve", "transformers", "captum", "python", "onnxruntime")
 _FROM_STORE_FIX = "point {option} at the OUT folder of `scibert-pack build`, or rebuild it"
 DEFAULT_PORTS = Ports().as_dict()
 
@@ -28,4 +31,12 @@ def read_store_for_manifest(out: Path, *, option: str = "--from-store") -> Store
             fix="rebuild the store with `scibert-pack build`",
         )
     served_archive(facts, fix=fix)
+    for dist in _PINNED:
+        version = facts.versions.get(dist)
+        if version is not None and not PACKAGE_VERSION.fullmatch(version):
+            raise StoreError(
+                f"model store {out}: {REPORT_FILE} gives {dist} version {shown_value(version)}, "
+                "which is not a package version (a Dockerfile would carry it as it is)",
+                fix="rebuild the store with `scibert-pack build` instead of editing its report",
+            )
     return facts

@@ -151,6 +151,20 @@ BAD_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
         "--image and --cluster-runtime describe our ServingRuntime, not the stock "
         "'kserve-torchserve'",
     ),
+    (
+        "image-with-a-newline",
+        {"image": "a\nRUN curl http://127.0.0.1/x | sh"},
+        "--image 'a\\nRUN curl http://127.0.0.1/x | sh' is not a container image reference; "
+        "give REGISTRY/PATH:TAG in lowercase with no spaces, e.g. "
+        "'registry.example.com/ml/scibert-pack-torchserve:0.12.0-cpu'",
+    ),
+    ("image-uppercase-path", {"image": "Registry.io/ML/Img:1"}, "--image 'Registry.io/ML/Img:1'"),
+    ("image-yaml-special", {"image": "a: b"}, "--image 'a: b' is not a container image"),
+    (
+        "runtime-version-with-a-newline",
+        {"runtime": "kserve-torchserve", "runtime_version": "0.12.0\nRUN id"},
+        "--runtime-version '0.12.0\\nRUN id' is not an image tag; give at most 128 characters",
+    ),
     ("protocol", {"protocol": "v3"}, "--protocol 'v3' is not one of v1, v2"),
     (
         "storage-credentials",
@@ -567,6 +581,32 @@ def test_dockerfile_pins_the_archive_versions(
     assert [line for line in expected if line not in lines] == []
     image = _by_kind(result.documents, "ServingRuntime")["spec"]["containers"][0]["image"]
     assert image == f"scibert-pack-torchserve:0.12.0-{'gpu' if gpu else 'cpu'}"
+
+
+@pytest.mark.parametrize("dist", ["torch", "torchserve", "transformers", "captum", "python"])
+def test_an_edited_report_cannot_put_lines_into_the_dockerfile(tmp_path: Path, dist: str) -> None:
+    out = write_store(tmp_path / "out", versions={dist: "2.13.0\nRUN id"})
+    with pytest.raises(StoreError) as caught:
+        read_store_for_manifest(out)
+    assert str(caught.value) == (
+        f"model store {out}: build-report.json gives {dist} version '2.13.0\\nRUN id', which "
+        "is not a package version (a Dockerfile would carry it as it is); rebuild the store "
+        "with `scibert-pack build` instead of editing its report"
+    )
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "scibert-pack-torchserve:0.12.0-cpu",
+        "registry.example.com:5000/ml/scibert_pack-torchserve:v1.2",
+        "ghcr.io/org/img@sha256:" + "a" * 64,
+        "localhost/img",
+    ],
+)
+def test_image_references_are_taken_as_given(image: str) -> None:
+    result = build_manifest(ManifestOptions(**BASE, image=image))
+    assert _by_kind(result.documents, "ServingRuntime")["spec"]["containers"][0]["image"] == image
 
 
 def test_dockerfile_without_store_uses_installed_versions() -> None:
