@@ -78,13 +78,23 @@ class S3Settings:
                 f"{self.part_size} and {self.multipart_threshold} bytes",
                 fix="S3 rejects smaller parts; use 8 MiB or more",
             )
-        if self.endpoint_url is not None:
-            parts = urlsplit(self.endpoint_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise InputError(
-                    f"endpoint URL {redact_uri(self.endpoint_url)!r} is not an http(s) URL",
-                    fix="give the S3 endpoint as e.g. http://minio.local:9000",
-                )
+        if self.endpoint_url is not None and not _is_http_url(self.endpoint_url):
+            raise InputError(
+                f"endpoint URL {redact_uri(self.endpoint_url)!r} is not an http(s) URL",
+                fix="give the S3 endpoint as e.g. http://minio.local:9000",
+            )
+
+
+def _is_http_url(url: str) -> bool:
+    """scheme://host[:port][/path], no spaces or control characters, a port that exists."""
+    if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises on a port out of range or not a number
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def make_client(settings: S3Settings) -> S3Client:

@@ -396,8 +396,23 @@ def test_delete_at_the_bucket_root_is_refused(
         ({"part_size": MIB}, r"part size and multipart threshold must be at least 5 MiB"),
         ({"max_concurrency": 0}, r"max concurrency must be 1 to 64, got 0"),
         ({"endpoint_url": "127.0.0.1:9000"}, r"endpoint URL '127.0.0.1:9000' is not an http"),
+        (
+            {"endpoint_url": "http://127.0.0.1:9000\n"},
+            r"endpoint URL 'http://127.0.0.1:9000\\n' is not an http\(s\) URL; give the S3 endpoint",
+        ),
+        ({"endpoint_url": "http://[::1"}, r"endpoint URL 'http://\[::1' is not an http"),
+        ({"endpoint_url": "http://127.0.0.1:99999"}, r"endpoint URL 'http://127.0.0.1:99999' is"),
+        ({"endpoint_url": "http://127.0.0.1:9000 "}, r"endpoint URL 'http://127.0.0.1:9000 ' is"),
     ],
-    ids=["tiny-parts", "no-concurrency", "endpoint-without-scheme"],
+    ids=[
+        "tiny-parts",
+        "no-concurrency",
+        "endpoint-without-scheme",
+        "endpoint-with-a-newline",
+        "endpoint-unclosed-ipv6",
+        "endpoint-port-out-of-range",
+        "endpoint-trailing-space",
+    ],
 )
 def test_bad_s3_settings(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError, match=message):
