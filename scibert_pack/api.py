@@ -229,6 +229,15 @@ def write_manifest(
     from scibert_pack.kserve.store_info import read_store_for_manifest
 
     facts = read_store_for_manifest(store) if store is not None else None
+    if store is not None:
+        written = [("output", output), ("dockerfile", dockerfile if write_dockerfile else None)]
+        for what, path in written:
+            if path is not None and path.resolve().is_relative_to(store.resolve()):
+                raise InputError(
+                    f"{what} {path} is inside the model store {store}: it would overwrite or "
+                    "join the store's files, which upload sends as the model",
+                    fix=f"write it beside the store, e.g. {store.resolve().parent / path.name}",
+                )
     if not isinstance(options, ManifestOptions):
         values = dict(options)
         if values.get("name") is None:

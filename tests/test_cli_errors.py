@@ -268,6 +268,10 @@ def _snapshot(value: str) -> Callable[[Path], None]:
     return breaker
 
 
+def _unchanged(store: Path) -> None:
+    pass
+
+
 REPORT = "{store}/build-report.json is not readable JSON"
 SNAPSHOT = "model_snapshot in {store}/config/config.properties is not a TorchServe snapshot"
 
@@ -277,6 +281,8 @@ STORE_CASES: list[tuple[str, list[str], Callable[[Path], None], str]] = [
     ("manifest-snapshot-deeply-nested", ["manifest", "--from-store", "{store}", "--storage-uri", "s3://models/m/"], _snapshot('{"models": ' + "[" * DEEP), f"{SNAPSHOT} (nested too deeply"),
     ("upload-report-deeply-nested", ["upload", "{store}", "{tmp}/dest"], _report("[" * DEEP), f"{REPORT} (nested too deeply"),
     ("serve-snapshot-5000-digits", ["serve", "{store}"], _snapshot('{"models": ' + DIGITS + "}"), f"{SNAPSHOT} (Exceeds the limit (4300 digits)"),
+    ("manifest-output-in-the-store", ["manifest", "--from-store", "{store}", "--storage-uri", "s3://models/m/", "-o", "{store}/config/config.properties"], _unchanged, "output {store}/config/config.properties is inside the model store {store}: it would overwrite or join the store's files, which upload sends as the model; write it beside the store, e.g. {tmp}/config.properties"),
+    ("manifest-dockerfile-in-the-store", ["manifest", "--from-store", "{store}", "--storage-uri", "s3://models/m/", "--dockerfile", "{store}/model-store/m.mar"], _unchanged, "dockerfile {store}/model-store/m.mar is inside the model store {store}"),
 ]  # fmt: skip
 
 
@@ -299,5 +305,9 @@ def test_commands_refuse_a_hostile_store(
     result = CliRunner().invoke(cli, argv)
     assert isinstance(result.exception, SystemExit), result.exc_info
     assert result.exit_code == 2, result.output
-    assert _one_error_line(result.stderr).startswith(expected.format(store=store))
+    assert _one_error_line(result.stderr).startswith(expected.format(store=store, tmp=tmp_path))
     assert not (tmp_path / "dest").exists()
+    if breaker is _unchanged:  # nothing in the store was touched
+        assert sorted(p.read_bytes() for p in store.rglob("*") if p.is_file()) == sorted(
+            p.read_bytes() for p in built_store.rglob("*") if p.is_file()
+        )
