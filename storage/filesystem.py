@@ -75,6 +75,7 @@ class FilesystemBackend:
                 fix="give a directory to upload into",
             )
         self._check_not_nested(store.root)
+        self._refuse_links(store.version)
         if (self._root / CONFIG_FILE).exists():
             raise StorageError(
                 f"{self._root} already holds an unversioned model store ({CONFIG_FILE}); "
@@ -103,6 +104,17 @@ class FilesystemBackend:
                 "would sit among the uploaded versions, and a reader of the destination "
                 "would see both",
                 fix=f"upload to a folder that does not hold the store, e.g. {instead}",
+            )
+
+    def _refuse_links(self, version: str) -> None:
+        """A link at (or in) a version's staging or final folder would take the copy outside
+        the destination, and a linked version could be changed later through its target."""
+        links = [*_links_in(self._final(version)), *_links_in(self._staging(version))]
+        if links:
+            raise StorageError(
+                f"{links[0]} in the destination is a symbolic link: upload writes versions only "
+                f"into real folders inside {self._where()}",
+                fix=f"remove it (rm {links[0]}) and rerun; upload makes its folders itself",
             )
 
     def _where(self) -> str:
@@ -136,6 +148,7 @@ class FilesystemBackend:
                 "but a version is never changed in place",
                 fix="delete that directory and its .complete.json record, then rerun",
             )
+        self._refuse_links(version)
         staging = self._staging(version)
         with _os_errors(f"copy into {staging}"):
             for f in files:
@@ -187,6 +200,16 @@ class FilesystemBackend:
                     shutil.rmtree(path)
                 else:
                     path.unlink(missing_ok=True)
+
+
+def _links_in(base: Path) -> list[Path]:
+    """`base` if it is a symbolic link, else every link beneath it (none are followed)."""
+    if base.is_symlink():
+        return [base]
+    found = []
+    for folder, dirs, files in os.walk(base):
+        found += [Path(folder, n) for n in sorted(dirs + files) if Path(folder, n).is_symlink()]
+    return found
 
 
 def _files(base: Path) -> list[tuple[str, Path]]:

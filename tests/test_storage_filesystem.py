@@ -122,6 +122,38 @@ def test_changed_complete_version_is_refused(
     )
 
 
+LINKS = [
+    pytest.param(lambda v: f".{v}.partial", id="staging-folder-is-a-link"),
+    pytest.param(lambda v: v, id="version-folder-is-a-link"),
+    pytest.param(lambda v: f".{v}.partial/model-store", id="link-inside-staging"),
+]
+
+
+@pytest.mark.parametrize("link_at", LINKS)
+def test_links_where_a_version_goes_are_refused_before_anything_is_written(
+    make_store: Callable[..., Path], tmp_path: Path, link_at: Callable[[str], str]
+) -> None:
+    """Someone who may write to the destination plants a link where the next version goes:
+    followed, the copy lands outside, and a linked version can be changed after it is served."""
+    store = make_store()
+    version = scan_store(store).version
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    link = tmp_path / "dest" / link_at(version)
+    link.parent.mkdir(parents=True)
+    link.symlink_to(victim, target_is_directory=True)
+
+    with pytest.raises(StorageError) as err:
+        upload(store, FilesystemBackend(tmp_path / "dest"))
+    assert str(err.value) == (
+        f"{link} in the destination is a symbolic link: upload writes versions only into real "
+        f"folders inside {tmp_path / 'dest'}; remove it (rm {link}) and rerun; upload makes its "
+        "folders itself"
+    )
+    assert list(victim.iterdir()) == []
+    assert not list((tmp_path / "dest").glob("*.complete.json"))
+
+
 def test_delete_removes_only_what_uploads_made(
     make_store: Callable[..., Path], tmp_path: Path
 ) -> None:
