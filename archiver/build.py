@@ -31,6 +31,7 @@ from scibert_pack.config import properties
 from scibert_pack.errors import BuildError, InputError, ModelFolderError
 from scibert_pack.handlers import settings as handler_settings
 from scibert_pack.handlers.settings import declarations, option_of
+from scibert_pack.interrupts import interrupt_after
 from scibert_pack.layout import CONFIG_DIR, CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
 from scibert_pack.progress import ProgressSink, silent
 
@@ -283,7 +284,15 @@ def _server_config(settings: BuildSettings, model_store: str) -> properties.Serv
 def _publish(
     work: Path, archive: Path, settings: BuildSettings, output: Path
 ) -> tuple[Path, Path, Path]:
-    """Rename everything into place: archive, then config, then the report that marks it done."""
+    """Rename everything into place: archive, then config, then the report that marks it done;
+    a Ctrl-C meanwhile waits for the last rename, so the store is the old build or the new one."""
+    with interrupt_after():
+        return _rename_into_place(work, archive, settings, output)
+
+
+def _rename_into_place(
+    work: Path, archive: Path, settings: BuildSettings, output: Path
+) -> tuple[Path, Path, Path]:
     store = output / MODEL_STORE_DIR
     store.mkdir(exist_ok=True)
     (output / CONFIG_DIR).mkdir(exist_ok=True)

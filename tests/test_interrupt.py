@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from scibert_pack.interrupts import interrupt_after
+
 SCRIPT = """
 import sys, time
 from scibert_pack.cli._interrupt import stop_within
@@ -60,3 +62,34 @@ def test_ctrl_c_always_ends_the_command(mode: str, presses: int, code: int, said
         proc.kill()
     assert proc.returncode == code, stderr
     assert stderr.strip().splitlines()[-1] == said
+
+
+def test_ctrl_c_during_a_publish_waits_for_its_end() -> None:
+    """build's renames run in interrupt_after: a Ctrl-C between two of them leaves the store
+    whole (old or new), then stops the command as usual."""
+    done: list[str] = []
+    with pytest.raises(KeyboardInterrupt), interrupt_after():
+        done.append("archive")
+        signal.raise_signal(signal.SIGINT)
+        done.append("config")
+        done.append("report")
+    assert done == ["archive", "config", "report"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_held_ctrl_c_goes_to_the_handler_that_was_in_place() -> None:
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with interrupt_after():
+            signal.raise_signal(signal.SIGINT)
+            assert seen == []
+        assert seen == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_no_ctrl_c_no_interrupt() -> None:
+    with interrupt_after():
+        pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = "scibert_pack"  # errors, files, layout, processes, progress: shared by everything
+# errors, files, interrupts, layout, processes, progress: shared by everything
+CORE = "scibert_pack"
 
 # folder -> the folders of ours it may import (itself always allowed).
 MAY_IMPORT: dict[str, frozenset[str]] = {
