@@ -242,6 +242,16 @@ def _check_output(output: Path, model_dir: Path) -> None:
             f"output {output} is a folder that holds other files ({shown}), not a model store",
             fix=fix,
         )
+    # A linked config/ or model-store/ would take the build's files to wherever it points.
+    linked = [
+        output / name for name in (CONFIG_DIR, MODEL_STORE_DIR) if (output / name).is_symlink()
+    ]
+    if linked:
+        raise InputError(
+            f"output {output} has {linked[0].name}/ as a symbolic link (to "
+            f"{os.readlink(linked[0])}): a build writes only into its own folders",
+            fix=f"remove the link (rm {linked[0]}) and rerun, or pass -o with a new folder",
+        )
 
 
 def _model_config(settings: BuildSettings, handler: handler_settings.HandlerSettings) -> str:

@@ -885,6 +885,24 @@ def test_build_writes_only_into_a_new_or_store_folder(
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
 
 
+@pytest.mark.parametrize("linked", ["config", "model-store"])
+def test_build_refuses_an_output_whose_folders_are_links(
+    tiny_bert: Path, tmp_path: Path, linked: str
+) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / linked).symlink_to(elsewhere, target_is_directory=True)
+    code, stdout, stderr = _build_cli(str(tiny_bert), "--name", "m", "-o", str(out))
+    assert (code, stdout) == (2, "")
+    assert stderr.splitlines()[-1] == (
+        f"Error: output {out} has {linked}/ as a symbolic link (to {elsewhere}): a build writes "
+        f"only into its own folders; remove the link (rm {out / linked}) and rerun, or pass -o "
+        "with a new folder"
+    )
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_build_refuses_to_write_into_the_model_folder(tiny_bert: Path, tmp_path: Path) -> None:
     model = tmp_path / "model"
     shutil.copytree(tiny_bert, model)
