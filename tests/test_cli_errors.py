@@ -98,6 +98,7 @@ BUILD_CASES: list[tuple[str, Breaker, str]] = [
     ("unknown-dtype", _safetensors({"w": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, bytes(16)), f"{ST} (tensor 'w' has unknown dtype 'F128')"),
     ("negative-shape", _safetensors({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, bytes(4)), f"{ST} (tensor 'w' has shape [-1], not a list of sizes)"),
     ("size-not-shape-times-dtype", _safetensors(_f32("w", [2, 2], 0, 15), bytes(15)), f"{ST} (tensor 'w' of shape [2, 2] and dtype F32 needs 16 bytes, its data_offsets [0, 15] span 15)"),
+    ("shape-of-thousands-of-huge-sizes", _safetensors(_f32("w", [10**400] * 5000, 0, 4), bytes(4)), f"{ST} (tensor 'w' of shape [10000000000000000000000000000000000000000000000000000000... and dtype F32 needs more than 4 bytes, its data_offsets [0, 4] span 4)"),
     ("overlapping-tensors", _safetensors(_f32("a", [4], 0, 16) | _f32("b", [4], 8, 24), bytes(24)), f"{ST} (tensor 'b' starts at byte 8 of the data, where 16 was expected: it overlaps the tensor before it)"),
     ("gap-between-tensors", _safetensors(_f32("a", [1], 0, 4) | _f32("b", [1], 8, 12), bytes(12)), f"{ST} (tensor 'b' starts at byte 8 of the data, where 4 was expected: it leaves a gap)"),
     ("bytes-after-the-last-tensor", _safetensors(_f32("a", [1], 0, 4), bytes(12)), f"{ST} (8 bytes after the last tensor: the header does not describe the whole file)"),
