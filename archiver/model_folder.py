@@ -16,6 +16,9 @@ from scibert_pack.files import load_json
 from scibert_pack.handlers.settings import usable_positions
 from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
 
+# The last layer of a *ForSequenceClassification head (out_features = labels): BERT, DistilBERT,
+# ALBERT, DeBERTa name it classifier; RoBERTa, ELECTRA, MPNet, XLM-R classifier.out_proj.
+HEAD_WEIGHTS = ("classifier.weight", "classifier.out_proj.weight")
 # Tokenizer files a BERT-family tokenizer can be loaded from, in the order we look for them.
 TOKENIZER_SOURCES: tuple[tuple[str, ...], ...] = (
     ("tokenizer.json",),
@@ -91,7 +94,8 @@ def inspect_model_folder(path: Path, *, allow_pickle: bool = False) -> ModelFold
     config = _read_config(path, shown)
     architecture = _classifier_architecture(config, shown)
     labels = _labels(config, shown)
-    weights, pickled = _weight_files(path, shown, allow_pickle=allow_pickle)
+    weights, pickled, shapes = _weight_files(path, shown, allow_pickle=allow_pickle)
+    _check_head(shapes, labels, shown)
     tokenizer = _tokenizer_files(path, shown)
     _check_links(path, shown, {"config.json", *weights, *tokenizer})
     warnings = []
@@ -252,15 +256,21 @@ def _max_positions(config: dict[str, Any]) -> int | None:
     return usable_positions(str(config.get("model_type", "")), value, pad)
 
 
-def _weight_files(path: Path, shown: str, *, allow_pickle: bool) -> tuple[tuple[str, ...], bool]:
+Shapes = dict[str, list[int]]
+
+
+def _weight_files(
+    path: Path, shown: str, *, allow_pickle: bool
+) -> tuple[tuple[str, ...], bool, Shapes]:
+    """(weight files, whether they are pickles, each safetensors tensor's shape by name)."""
     if (path / SAFETENSORS).is_file():
-        _check_safetensors(path / SAFETENSORS, shown)
-        return (SAFETENSORS,), False
+        return (SAFETENSORS,), False, _check_safetensors(path / SAFETENSORS, shown)
     if (path / SAFETENSORS_INDEX).is_file():
         shards = _index_shards(path, SAFETENSORS_INDEX, shown)
+        shapes: Shapes = {}
         for shard in shards:
-            _check_safetensors(path / shard, shown)
-        return (SAFETENSORS_INDEX, *shards), False
+            shapes.update(_check_safetensors(path / shard, shown))
+        return (SAFETENSORS_INDEX, *shards), False, shapes
     pickled = [name for name in (PICKLE, PICKLE_INDEX) if (path / name).is_file()]
     if not pickled:
         raise ModelFolderError(
@@ -276,8 +286,22 @@ def _weight_files(path: Path, shown: str, *, allow_pickle: bool) -> tuple[tuple[
             "pass --allow-pickle if you trust where the file came from",
         )
     if pickled[0] == PICKLE_INDEX:
-        return (PICKLE_INDEX, *_index_shards(path, PICKLE_INDEX, shown)), True
-    return (PICKLE,), True
+        return (PICKLE_INDEX, *_index_shards(path, PICKLE_INDEX, shown)), True, {}
+    return (PICKLE,), True, {}
+
+
+def _check_head(shapes: Shapes, labels: tuple[str, ...], shown: str) -> None:
+    """The classifier's last layer gives one output per label: a mismatch loads in no worker
+    (transformers refuses the shapes), so every worker of the archive would fail at start."""
+    for name in HEAD_WEIGHTS:
+        shape = shapes.get(name)
+        if shape is not None and len(shape) == 2 and shape[0] != len(labels):
+            raise ModelFolderError(
+                f"the classifier head of {shown} has {shape[0]} outputs ({name} of shape "
+                f"{shape}) but id2label in config.json names {len(labels)} labels",
+                fix="give id2label one label per output (model.config.id2label = {0: ..., "
+                f"{shape[0] - 1}: ...}}) and save the model again",
+            )
 
 
 def _index_shards(path: Path, index_name: str, shown: str) -> tuple[str, ...]:
@@ -305,7 +329,7 @@ def _index_shards(path: Path, index_name: str, shown: str) -> tuple[str, ...]:
     return tuple(shards)
 
 
-def _check_safetensors(file: Path, shown: str) -> None:
+def _check_safetensors(file: Path, shown: str) -> Shapes:
     """The header must describe the file exactly, as the format requires: known dtypes, each
     tensor's bytes = its shape x dtype size, offsets that tile the data section with no gap or
     overlap. Catches cut-off copies and crafted headers before TorchServe loads them."""
@@ -321,6 +345,7 @@ def _check_safetensors(file: Path, shown: str) -> None:
                 raise ValueError(f"header length {header_len} past the end of the file")
             header = load_json(fh.read(header_len))
         spans = _tensor_spans(header)
+        shapes = {name: header[name]["shape"] for _, _, name in spans}
     except ValueError as err:
         raise ModelFolderError(
             f"{file.name} in {shown} is not a valid safetensors file ({err})", fix=fix
@@ -349,6 +374,7 @@ def _check_safetensors(file: Path, shown: str) -> None:
             f"bytes after the last tensor: the header does not describe the whole file)",
             fix=fix,
         )
+    return shapes
 
 
 def _tensor_spans(header: object) -> list[tuple[int, int, str]]:

@@ -114,6 +114,13 @@ CASES: list[tuple[str, Breaker, str]] = [
         "1: ...}} (and label2id) and save again with model.save_pretrained('{m}')",
     ),
     (
+        "id2label-longer-than-the-head",
+        _set("id2label", {str(i): f"label {i}" for i in range(5)}),
+        "the classifier head of {m} has 3 outputs (classifier.weight of shape [3, 32]) but "
+        "id2label in config.json names 5 labels; give id2label one label per output "
+        "(model.config.id2label = {{0: ..., 2: ...}}) and save the model again",
+    ),
+    (
         "id2label-gap",
         _set("id2label", {"0": "a", "2": "c"}),
         "id2label in config.json of {m} must cover the indexes 0..1 exactly, got [0, 2]; set "
