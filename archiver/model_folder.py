@@ -449,4 +449,21 @@ def _tokenizer_files(path: Path, shown: str) -> tuple[str, ...]:
             f"model folder {shown} has no tokenizer (looked for {looked})",
             fix=f"save it with tokenizer.save_pretrained('{shown}')",
         )
+    if (path / "tokenizer.json").is_file():
+        _check_tokenizer_json(path / "tokenizer.json", shown)
     return tuple(name for name in TOKENIZER_EXTRAS if (path / name).is_file())
+
+
+def _check_tokenizer_json(file: Path, shown: str) -> None:
+    """transformers loads tokenizer.json first when it is there: one it cannot read fails every
+    worker at start. The tokenizers library (what transformers reads it with) decides."""
+    import tokenizers  # transformers' own dependency; imported only when there is one to read
+
+    try:
+        tokenizers.Tokenizer.from_file(str(file))
+    except Exception as err:  # the library raises plain Exception for every reading problem
+        raise ModelFolderError(
+            f"tokenizer.json in {shown} is not a tokenizer the tokenizers library can read "
+            f"({str(err)[:200]})",
+            fix=f"save the tokenizer again with tokenizer.save_pretrained('{shown}')",
+        ) from err

@@ -121,6 +121,20 @@ CASES: list[tuple[str, Breaker, str]] = [
         "(model.config.id2label = {{0: ..., 2: ...}}) and save the model again",
     ),
     (
+        "tokenizer-json-garbage",
+        lambda f: (f / "tokenizer.json").write_bytes(b"\x00garbage"),
+        "tokenizer.json in {m} is not a tokenizer the tokenizers library can read (expected "
+        "value at line 1 column 1); save the tokenizer again with "
+        "tokenizer.save_pretrained('{m}')",
+    ),
+    (
+        "tokenizer-json-not-a-tokenizer",
+        lambda f: (f / "tokenizer.json").write_text('{"version": "1.0"}'),
+        "tokenizer.json in {m} is not a tokenizer the tokenizers library can read (Model "
+        "missing. at line 1 column 18); save the tokenizer again with "
+        "tokenizer.save_pretrained('{m}')",
+    ),
+    (
         "id2label-gap",
         _set("id2label", {"0": "a", "2": "c"}),
         "id2label in config.json of {m} must cover the indexes 0..1 exactly, got [0, 2]; set "
