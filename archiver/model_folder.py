@@ -13,6 +13,7 @@ from typing import Any
 
 from scibert_pack.errors import ModelFolderError
 from scibert_pack.files import load_json
+from scibert_pack.handlers.protocol import product_past
 from scibert_pack.handlers.settings import usable_positions
 from scibert_pack.layout import CONFIG_FILE, MODEL_STORE_DIR, REPORT_FILE
 
@@ -409,7 +410,7 @@ def _tensor_spans(header: object) -> list[tuple[int, int, str]]:
         begin, end = offsets
         span_bits = 8 * (end - begin)
         # Multiplied out, thousands of huge sizes would take minutes: past the span is enough.
-        elements = _product_past(shape, span_bits)
+        elements = product_past(shape, span_bits)
         bits = elements * SAFETENSORS_DTYPE_BITS[dtype]
         if bits != span_bits:
             needs = f"more than {end - begin}" if elements > span_bits else f"{bits / 8:g}"
@@ -419,18 +420,6 @@ def _tensor_spans(header: object) -> list[tuple[int, int, str]]:
             )
         spans.append((begin, end, name))
     return spans
-
-
-def _product_past(sizes: list[int], limit: int) -> int:
-    """The product of sizes, or a partial product past limit (no product of the rest is less)."""
-    if 0 in sizes:
-        return 0
-    product = 1
-    for size in sizes:
-        product *= size
-        if product > limit:
-            break
-    return product
 
 
 def _is_count(value: object) -> bool:

@@ -531,15 +531,16 @@ def _check_shape(name: str, shape: object, count: int) -> None:
     known = [d for d in dims if d != -1]
     if any(d < 0 for d in known):
         raise bad_request(f"input {name} shape {shown(shape)} has a negative size")
-    size = _product_past(known, count)
+    size = product_past(known, count)
     fits = size == count if len(known) == len(dims) else (size > 0 and count % size == 0)
     if not fits:
         raise bad_request(f"input {name} shape {shown(shape)} disagrees with {count} data item(s)")
 
 
-def _product_past(sizes: Sequence[int], count: int) -> int:
-    """The product of sizes, or any partial product past count (which then fits no count the
-    same way): thousands of huge sizes multiplied out would hold a worker for minutes."""
+def product_past(sizes: Sequence[int], count: int) -> int:
+    """The product of sizes, or a partial product past count (no product of the rest is less,
+    so it compares with count as the whole would): thousands of huge sizes multiplied out
+    would take minutes (a request's shape, a safetensors header's)."""
     if 0 in sizes:
         return 0
     product = 1
