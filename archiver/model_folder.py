@@ -99,6 +99,8 @@ def inspect_model_folder(path: Path, *, allow_pickle: bool = False) -> ModelFold
     _check_head(shapes, labels, shown)
     tokenizer = _tokenizer_files(path, shown)
     _check_links(path, shown, {"config.json", *weights, *tokenizer})
+    if "tokenizer.json" in tokenizer:  # read only once it is known to live in the folder
+        _check_tokenizer_json(path / "tokenizer.json", shown)
     warnings = []
     if all(label == f"LABEL_{i}" for i, label in enumerate(labels)):
         warnings.append(
@@ -438,8 +440,6 @@ def _tokenizer_files(path: Path, shown: str) -> tuple[str, ...]:
             f"model folder {shown} has no tokenizer (looked for {looked})",
             fix=f"save it with tokenizer.save_pretrained('{shown}')",
         )
-    if (path / "tokenizer.json").is_file():
-        _check_tokenizer_json(path / "tokenizer.json", shown)
     return tuple(name for name in TOKENIZER_EXTRAS if (path / name).is_file())
 
 
