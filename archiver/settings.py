@@ -129,27 +129,27 @@ class BuildSettings:
     def __post_init__(self) -> None:
         if len(self.name) > MAX_NAME_LENGTH:
             raise InputError(
-                f"model name {_shown(self.name)} is {len(self.name)} characters long, more than "
+                f"model name {quoted(self.name)} is {len(self.name)} characters long, more than "
                 f"the {MAX_NAME_LENGTH} allowed: it names the archive file (NAME.tar.gz) and "
                 "staging files, which must stay under the 255-byte file name limit",
                 fix=f"pass a --model-name of at most {MAX_NAME_LENGTH} characters",
             )
         if not NAME_PATTERN.fullmatch(self.name):
             raise InputError(
-                f"model name {_shown(self.name)} is not allowed: it is the key in request URLs "
+                f"model name {quoted(self.name)} is not allowed: it is the key in request URLs "
                 f"and must match {NAME_RULE}",
                 fix="pass --model-name with letters, digits, '.', '_' or '-', "
                 "e.g. --model-name scibert",
             )
         if len(self.version) > MAX_VERSION_LENGTH:
             raise InputError(
-                f"model version {_shown(self.version)} is {len(self.version)} characters long, "
+                f"model version {quoted(self.version)} is {len(self.version)} characters long, "
                 f"more than the {MAX_VERSION_LENGTH} allowed (it names upload folders)",
                 fix=f"pass a --version of at most {MAX_VERSION_LENGTH} characters, e.g. 1.0",
             )
         if not VERSION_PATTERN.fullmatch(self.version):
             raise InputError(
-                f"model version {_shown(self.version)} is not allowed "
+                f"model version {quoted(self.version)} is not allowed "
                 "(expected e.g. 1.0 or 2024-05)",
                 fix="pass --version with letters, digits, '.', '_' or '-'",
             )
@@ -218,6 +218,7 @@ def _check(option: str, value: int, low: int, high: int) -> None:
         )
 
 
-def _shown(value: str) -> str:
+def quoted(value: object) -> str:
+    """A user's value as a message quotes it: repr (escapes newlines), long ones cut short."""
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:40]}...{text[-12:]}"

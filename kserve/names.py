@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from scibert_pack.archiver.settings import MAX_NAME_LENGTH, NAME_PATTERN
+from scibert_pack.archiver.settings import MAX_NAME_LENGTH, NAME_PATTERN, quoted
 from scibert_pack.errors import InputError
 
 # DNS-1035 label: what KServe requires of an InferenceService name (it becomes a Service name).
@@ -23,11 +23,12 @@ _QUANTITY = re.compile(
 
 # A container image reference as Docker's distribution/reference grammar spells it, loosely:
 # [registry[:port]/]path[:tag][@digest]; lowercase path components, no spaces or control chars.
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _IMAGE = re.compile(
     r"^([a-zA-Z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
-    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[a-z0-9]+:[0-9a-fA-F]{32,})?$"
+    rf"(:{_TAG})?(@[a-z0-9]+:[0-9a-fA-F]{{32,}})?$"
 )
-_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_IMAGE_TAG = re.compile(rf"^{_TAG}$")
 # A package version as a Dockerfile's pip line and a base image tag may carry it (PEP 440,
 # local version included: 2.13.0+cpu).
 PACKAGE_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_!-]{0,63}$")
@@ -101,7 +102,7 @@ def check_image(value: str, what: str = "--image") -> str:
     """An image reference that goes into YAML and a Dockerfile's FROM line as it is."""
     if len(value) > 255 or not _IMAGE.fullmatch(value):
         raise InputError(
-            f"{what} {shown_value(value)} is not a container image reference",
+            f"{what} {quoted(value)} is not a container image reference",
             fix="give REGISTRY/PATH:TAG in lowercase with no spaces, e.g. "
             "'registry.example.com/ml/scibert-pack-torchserve:0.12.0-cpu'",
         )
@@ -111,14 +112,8 @@ def check_image(value: str, what: str = "--image") -> str:
 def check_image_tag(value: str, what: str) -> str:
     if not _IMAGE_TAG.fullmatch(value):
         raise InputError(
-            f"{what} {shown_value(value)} is not an image tag",
+            f"{what} {quoted(value)} is not an image tag",
             fix="give at most 128 characters of letters, digits, '_', '.' and '-', "
             "e.g. '0.12.0-cpu'",
         )
     return value
-
-
-def shown_value(value: str, limit: int = 80) -> str:
-    """A user's value as a message quotes it: repr (escapes newlines), cut to `limit`."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scibert_pack.archiver.settings import quoted
 from scibert_pack.config.properties import Ports
 from scibert_pack.errors import StoreError
-from scibert_pack.kserve.names import PACKAGE_VERSION, shown_value
+from scibert_pack.kserve.names import PACKAGE_VERSION
 from scibert_pack.layout import CONFIG_FILE, REPORT_FILE, StoreFacts, served_archive
 from scibert_pack.layout import read_store as read_store_facts
 
@@ -35,7 +36,7 @@ def read_store_for_manifest(out: Path, *, option: str = "--from-store") -> Store
         version = facts.versions.get(dist)
         if version is not None and not PACKAGE_VERSION.fullmatch(version):
             raise StoreError(
-                f"model store {out}: {REPORT_FILE} gives {dist} version {shown_value(version)}, "
+                f"model store {out}: {REPORT_FILE} gives {dist} version {quoted(version)}, "
                 "which is not a package version (a Dockerfile would carry it as it is)",
                 fix="rebuild the store with `scibert-pack build` instead of editing its report",
             )

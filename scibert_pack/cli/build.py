@@ -10,6 +10,7 @@ import click
 from click.core import ParameterSource
 
 from scibert_pack.api import BuildSettings, build_settings
+from scibert_pack.archiver.settings import quoted
 from scibert_pack.cli._console import Console
 from scibert_pack.cli._options import setting_options
 from scibert_pack.config.properties import Ports
@@ -31,17 +32,12 @@ class ByteSize(click.ParamType[int]):
         match = _SIZE.fullmatch(str(value).lower())
         if match is None or match.group(2) not in _UNITS:
             self.fail(
-                f"{_shown(value)} is not a size; give bytes or a number with a unit "
+                f"{quoted(value)} is not a size; give bytes or a number with a unit "
                 "(B, KB, MB, GB, KiB, MiB, GiB), e.g. 10MiB",
                 param,
                 ctx,
             )
         return int(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:40]}...{text[-12:]}"
 
 
 @click.command()
