@@ -270,11 +270,13 @@ def test_config_properties_ends_with_one_newline(built_store: Path) -> None:
 JAVA_FOUND = '[setup 4/4] java found (openjdk version "17.0.15" 2025-04-15): nothing to install\n'
 
 
-def _steps(script: str, tick_s: int = 1) -> subprocess.CompletedProcess[str]:
+def _steps(
+    script: str, tick_s: int = 1, path: str = "/usr/bin:/bin"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", "-c", f"set -euo pipefail; source scripts/setup-steps.sh; {script}"],
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "SETUP_TICK_S": str(tick_s)},
+        env={"PATH": path, "SETUP_TICK_S": str(tick_s)},
         capture_output=True,
         text=True,
         timeout=60,
@@ -310,15 +312,7 @@ def test_setup_java_step_with_java_on_the_path(tmp_path: Path, script: str, expe
     fake = tmp_path / "java"
     fake.write_text("#!/bin/sh\necho 'openjdk version \"17.0.15\" 2025-04-15' >&2\n")
     fake.chmod(0o755)
-    done = subprocess.run(
-        ["bash", "-c", f"set -euo pipefail; source scripts/setup-steps.sh; {script}"],
-        cwd=ROOT,
-        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _steps(script, path=f"{tmp_path}:/usr/bin:/bin")
     assert (done.returncode, done.stdout, done.stderr) == (0, "", expected)
 
 
